@@ -41,6 +41,9 @@ class ArchitectureSpec:
     # Bias compensation (FLAP) stays stock-loadable only where these exist.
     attention_bias_flag: str | None = None
     mlp_bias_flag: str | None = None
+    # The stock config rejects head counts that do not divide hidden_size, even with an explicit head_dim
+    # (LlamaConfig.validate_architecture in transformers 5.2x); such uniform plans use the pruned modeling.
+    heads_must_divide_hidden: bool = False
 
 
 _REGISTRY: dict[str, ArchitectureSpec] = {
@@ -53,6 +56,7 @@ _REGISTRY: dict[str, ArchitectureSpec] = {
             module="llama",
             attention_bias_flag="attention_bias",
             mlp_bias_flag="mlp_bias",
+            heads_must_divide_hidden=True,
         ),
         ArchitectureSpec(
             model_type="mistral",

@@ -1,0 +1,79 @@
+"""Writing a pruned model as a `save_pretrained`-style checkpoint directory, and reading base models."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from transformers import PreTrainedModel
+
+from . import remote_modeling
+from .architectures import get_spec
+from .modeling import REMOTE_MODELING_FILE
+from .plan import PrunePlan
+
+PLAN_FILE = "prune_plan.json"
+PROVENANCE_FILE = "provenance.json"
+TOKEN_MAP_FILE = "token_map.json"
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}") from None
+
+
+def load_base_model(path: str | Path, *, dtype: torch.dtype = torch.float32, device: str = "cpu"):
+    """Load a dense base checkpoint and its tokenizer from a local directory (never from the network)."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} is not a model directory (no config.json)")
+    config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+    get_spec(config.model_type)
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+    return model.to(device).eval(), tokenizer
+
+
+def export_checkpoint(
+    model: PreTrainedModel,
+    tokenizer,
+    plan: PrunePlan,
+    out_dir: str | Path,
+    provenance: Mapping[str, Any],
+    *,
+    kept_token_ids: Sequence[int] | None = None,
+) -> Path:
+    """Write weights (safetensors), config, tokenizer, generation config, plan, provenance and token map.
+
+    Heterogeneous models also get `modeling_pruned.py`, so they load with trust_remote_code=True."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    if "auto_map" in model.config.to_dict():
+        shutil.copyfile(remote_modeling.__file__, out / REMOTE_MODELING_FILE)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    _write_json(out / PLAN_FILE, plan.to_dict())
+    _write_json(out / PROVENANCE_FILE, dict(provenance))
+    if kept_token_ids is not None:
+        _write_json(out / TOKEN_MAP_FILE, {"new_to_original": list(kept_token_ids)})
+    return out
+
+
+def read_token_map(checkpoint: str | Path) -> list[int] | None:
+    """new id -> original id, or None when the vocabulary was not trimmed."""
+    path = Path(checkpoint) / TOKEN_MAP_FILE
+    return json.loads(path.read_text())["new_to_original"] if path.is_file() else None
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n")

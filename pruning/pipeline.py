@@ -1,0 +1,152 @@
+"""The prune job end to end: base checkpoint + plan (+ calibration) -> importance -> surgery -> export."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .architectures import model_shape
+from .calibration import CalibrationDoc, load_calibration, token_blocks
+from .export import export_checkpoint, load_base_model, parse_dtype
+from .importance import ImportanceScores, compute_importance
+from .modeling import model_class_for
+from .plan import PrunePlan
+from .stats import cached_activation_stats, calibration_fingerprint, model_fingerprint
+from .surgery import apply_plan
+from .vocab import select_kept_tokens, token_frequencies, trim_tokenizer
+
+
+@dataclass(frozen=True)
+class CalibrationSettings:
+    """How much calibration text the importance pass reads."""
+
+    path: Path | None = None
+    seq_len: int = 256
+    max_tokens: int = 65_536
+    batch_size: int = 8
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Unique parameters (tied embeddings count once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def count_config_parameters(config) -> int:
+    """Parameters of the model a config describes, without materialising weights."""
+    with torch.device("meta"):
+        return count_parameters(model_class_for(config)(config))
+
+
+def layer_shapes(model) -> list[dict[str, int]]:
+    """Per decoder layer: kept query heads, KV heads and MLP channels, read from the modules themselves."""
+    shapes = []
+    for layer in model.model.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        head_dim = model.config.head_dim
+        shapes.append(
+            {
+                "heads": attn.q_proj.out_features // head_dim if attn is not None else 0,
+                "kv_heads": attn.k_proj.out_features // head_dim if attn is not None else 0,
+                "ffn": mlp.down_proj.in_features if mlp is not None else 0,
+            }
+        )
+    return shapes
+
+
+@dataclass(frozen=True)
+class _ImportanceRun:
+    scores: ImportanceScores
+    calibration_fingerprint: str | None = None
+    calibration_tokens: int = 0
+    cached: bool = False
+
+
+def _importance(model, criterion: str, docs: list[CalibrationDoc] | None, tokenizer, settings) -> _ImportanceRun:
+    if docs is None:
+        return _ImportanceRun(compute_importance(model, criterion))
+    blocks = token_blocks(tokenizer, docs, settings.seq_len, settings.max_tokens)
+    stats, cached = cached_activation_stats(model, blocks, batch_size=settings.batch_size)
+    scores = compute_importance(model, criterion, stats)
+    return _ImportanceRun(scores, calibration_fingerprint(blocks), blocks.numel(), cached)
+
+
+def _kept_tokens(plan: PrunePlan, tokenizer, docs: list[CalibrationDoc] | None) -> list[int] | None:
+    if plan.vocab is None or plan.vocab == len(tokenizer):
+        return None
+    texts = [doc.coverage_text for doc in docs] if docs else []
+    return select_kept_tokens(tokenizer, token_frequencies(tokenizer, texts), plan.vocab)
+
+
+def prune_checkpoint(
+    model_dir: str | Path,
+    plan: PrunePlan,
+    out_dir: str | Path,
+    *,
+    criterion: str | None = None,
+    calibration: CalibrationSettings = CalibrationSettings(),
+    dtype: str = "fp32",
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Prune the checkpoint in `model_dir` by `plan`, write the result to `out_dir`, return a summary."""
+    started = time.perf_counter()
+    target_dtype = parse_dtype(dtype)
+    model, tokenizer = load_base_model(model_dir, device=device)
+    plan.validate_for(model_shape(model.config, num_special_tokens=len(tokenizer.all_special_ids)))
+    docs = load_calibration(calibration.path, tokenizer) if calibration.path else None
+    criterion = criterion or ("flap" if docs else "magnitude")
+    run = _importance(model, criterion, docs, tokenizer, calibration)
+    kept_tokens = _kept_tokens(plan, tokenizer, docs)
+    pruned = apply_plan(model, plan, run.scores, kept_token_ids=kept_tokens, dtype=target_dtype)
+    new_tokenizer = trim_tokenizer(tokenizer, kept_tokens) if kept_tokens is not None else tokenizer
+    provenance = _provenance(model, model_dir, criterion, run, calibration.path)
+    export_checkpoint(pruned, new_tokenizer, plan, out_dir, provenance, kept_token_ids=kept_tokens)
+    return {
+        "out": str(out_dir),
+        "criterion": criterion,
+        "stock_loadable": "auto_map" not in pruned.config.to_dict(),
+        "parameters": {"before": count_parameters(model), "after": count_parameters(pruned)},
+        "vocab": {"before": model.config.vocab_size, "after": pruned.config.vocab_size},
+        "layers": layer_shapes(pruned),
+        "importance_cached": run.cached,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def _provenance(model, model_dir, criterion: str, run: _ImportanceRun, calibration_path) -> dict:
+    return {
+        "tool": "prunesearch",
+        "base_model": str(Path(model_dir).resolve()),
+        "base_model_fingerprint": model_fingerprint(model),
+        "criterion": criterion,
+        "bias_compensation": run.scores.compensates_bias,
+        "calibration_file": str(calibration_path) if calibration_path else None,
+        "calibration_fingerprint": run.calibration_fingerprint,
+        "calibration_tokens": run.calibration_tokens,
+    }
+
+
+def dense_plan_dict(config) -> dict[str, Any]:
+    return PrunePlan.dense(model_shape(config)).to_dict()
+
+
+def describe_config(config) -> dict[str, Any]:
+    """What `prunesearch inspect` prints: the architecture and the dense plan that reproduces it."""
+    shape = model_shape(config)
+    return {
+        "model_type": config.model_type,
+        "layers": shape.num_layers,
+        "heads": shape.num_heads,
+        "kv_groups": shape.num_kv_heads,
+        "group_size": shape.group_size,
+        "head_dim": shape.head_dim,
+        "hidden_size": shape.hidden_size,
+        "mlp": shape.intermediate_size,
+        "vocab": shape.vocab_size,
+        "tied_embeddings": bool(getattr(config, "tie_word_embeddings", False)),
+        "parameters": count_config_parameters(config),
+        "dense_plan": dense_plan_dict(config),
+    }
