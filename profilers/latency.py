@@ -1,0 +1,76 @@
+"""The latency-model interface: a workload goes in, a `LatencyEstimate` comes out. Pure logic, no torch.
+
+Decode convention (every implementation follows it): like `generate`, the prefill forward already yields
+the first new token, so a workload generating G tokens runs G-1 decode steps, at key lengths
+prompt+1 .. prompt+G-1. `decode_ms_per_token` is the mean over those steps (the roofline integrates them
+exactly); `total_ms = prefill_ms + (G-1) * decode_ms_per_token`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from prunesearch.pruning.plan import PrunePlan
+
+from .hardware import DTYPE_BYTES
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What is timed: `batch` sequences of `prompt_tokens`, then `generate_tokens` new tokens each."""
+
+    batch: int = 1
+    prompt_tokens: int = 512
+    generate_tokens: int = 128
+    dtype: str = "bf16"
+
+    def __post_init__(self) -> None:
+        if self.batch < 1 or self.prompt_tokens < 1 or self.generate_tokens < 1:
+            raise ValueError(f"batch, prompt and generate must be at least 1, got {self}")
+        if self.dtype not in DTYPE_BYTES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; known: {', '.join(DTYPE_BYTES)}")
+
+    @property
+    def dtype_bytes(self) -> int:
+        return DTYPE_BYTES[self.dtype]
+
+    @property
+    def decode_steps(self) -> int:
+        return self.generate_tokens - 1
+
+
+@dataclass(frozen=True)
+class LatencyEstimate:
+    """Latency of one workload on one device, and the model facts that determine it."""
+
+    prefill_ms: float
+    decode_ms_per_token: float
+    total_ms: float
+    tokens_per_s: float
+    params: int
+    weight_bytes: int
+    kv_bytes_per_token: int
+    fits_in_memory: bool
+    method: str
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"details": dict(self.details)}
+
+
+def totals(prefill_ms: float, decode_ms_per_token: float, workload: Workload) -> tuple[float, float]:
+    """`total_ms` and generated `tokens_per_s` from the per-phase times, by the convention above."""
+    total_ms = prefill_ms + workload.decode_steps * decode_ms_per_token
+    tokens_per_s = workload.batch * workload.generate_tokens / (total_ms / 1e3)
+    return total_ms, tokens_per_s
+
+
+@runtime_checkable
+class LatencyModel(Protocol):
+    """Prices a pruned model on a device: roofline (analytical), measured, or calibrated."""
+
+    def estimate(self, config: Any, plan: PrunePlan | None, workload: Workload) -> LatencyEstimate:
+        """Latency of `config` pruned by `plan` (None = dense) running `workload`."""
+        ...
