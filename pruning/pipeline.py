@@ -15,7 +15,7 @@ from .export import export_checkpoint, load_base_model, parse_dtype
 from .importance import ImportanceScores, compute_importance
 from .modeling import model_class_for
 from .plan import PrunePlan
-from .stats import cached_activation_stats, calibration_fingerprint, model_fingerprint
+from .stats import cached_activation_stats, model_fingerprint, token_blocks_fingerprint
 from .surgery import apply_plan
 from .vocab import select_kept_tokens, token_frequencies, trim_tokenizer
 
@@ -71,7 +71,7 @@ def _importance(model, criterion: str, docs: list[CalibrationDoc] | None, tokeni
     blocks = token_blocks(tokenizer, docs, settings.seq_len, settings.max_tokens)
     stats, cached = cached_activation_stats(model, blocks, batch_size=settings.batch_size)
     scores = compute_importance(model, criterion, stats)
-    return _ImportanceRun(scores, calibration_fingerprint(blocks), blocks.numel(), cached)
+    return _ImportanceRun(scores, token_blocks_fingerprint(blocks), blocks.numel(), cached)
 
 
 def _kept_tokens(plan: PrunePlan, tokenizer, docs: list[CalibrationDoc] | None) -> list[int] | None:

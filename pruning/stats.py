@@ -103,10 +103,12 @@ def collect_activation_stats(
     acc = _Accumulator(num_layers)
     handles = _register_hooks(model, acc)
     device = next(model.parameters()).device
+    # The decoder stack without the LM head: nothing here needs logits, and the head is often the largest GEMM.
+    decoder = model.get_submodule(get_spec(model.config.model_type).layers_path.rpartition(".")[0])
     try:
         for start in tqdm(range(0, len(blocks), batch_size), desc="calibration", disable=not progress):
             batch = blocks[start : start + batch_size].to(device)
-            model(input_ids=batch, use_cache=False)
+            decoder(input_ids=batch, use_cache=False)
             acc.tokens += batch.numel()
     finally:
         for handle in handles:
@@ -167,7 +169,7 @@ def load_stats(path: Path) -> ActivationStats:
     )
 
 
-def calibration_fingerprint(blocks: torch.Tensor) -> str:
+def token_blocks_fingerprint(blocks: torch.Tensor) -> str:
     """Digest of the exact calibration token blocks (so tokenizer, text and block size all count)."""
     digest = hashlib.sha256(str(tuple(blocks.shape)).encode())
     digest.update(blocks.to(torch.int64).cpu().numpy().tobytes())
@@ -181,7 +183,7 @@ def cached_activation_stats(
 
     The cache key is the model fingerprint and the calibration fingerprint. Returns (stats, was_cached)."""
     key = hashlib.sha256(
-        f"{STATS_FORMAT}:{model_fingerprint(model)}:{calibration_fingerprint(blocks)}".encode()
+        f"{STATS_FORMAT}:{model_fingerprint(model)}:{token_blocks_fingerprint(blocks)}".encode()
     ).hexdigest()[:32]
     path = cache_dir() / f"{key}.safetensors"
     if path.is_file():
