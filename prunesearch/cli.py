@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = args.handler(args)
-    except (CLIError, ValueError, FileNotFoundError, NotADirectoryError) as exc:
+    except (CLIError, ValueError, OSError) as exc:
         print(f"prunesearch {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return int(result or 0)

@@ -14,11 +14,11 @@ import importlib
 
 import torch
 from torch import nn
-from transformers.utils import logging
 from transformers.models.llama.modeling_llama import LlamaForCausalLM
 from transformers.models.mistral.modeling_mistral import MistralForCausalLM
 from transformers.models.qwen2.modeling_qwen2 import Qwen2ForCausalLM
 from transformers.models.qwen3.modeling_qwen3 import Qwen3ForCausalLM
+from transformers.utils import logging
 
 # This modeling reads per-layer shapes from each layer's config, so transformers' warning about reading
 # per-layer attributes globally (which the cache and rotary code do for shared values) is expected here.
@@ -64,11 +64,13 @@ _LAYER_CLASSES: dict[str, type] = {}
 
 
 def _pruned_layer_class(model_type: str) -> type:
-    """A subclass of the stock decoder layer (so output recording hooks still match) that can skip sublayers."""
+    """A subclass of the stock decoder layer (so output-recording hooks still match) that skips sublayers."""
     if model_type not in _LAYER_CLASSES:
         module = importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
         stock = getattr(module, _DECODER_LAYERS[model_type])
-        _LAYER_CLASSES[model_type] = type(f"Pruned{stock.__name__}", (stock,), {"forward": _skippable_forward})
+        _LAYER_CLASSES[model_type] = type(
+            f"Pruned{stock.__name__}", (stock,), {"forward": _skippable_forward}
+        )
     return _LAYER_CLASSES[model_type]
 
 

@@ -103,7 +103,7 @@ def collect_activation_stats(
     acc = _Accumulator(num_layers)
     handles = _register_hooks(model, acc)
     device = next(model.parameters()).device
-    # The decoder stack without the LM head: nothing here needs logits, and the head is often the largest GEMM.
+    # The decoder stack without the LM head: nothing here needs logits, and the head is often the largest op.
     decoder = model.get_submodule(get_spec(model.config.model_type).layers_path.rpartition(".")[0])
     try:
         for start in tqdm(range(0, len(blocks), batch_size), desc="calibration", disable=not progress):
@@ -124,7 +124,7 @@ def collect_activation_stats(
 
 
 def model_fingerprint(model) -> str:
-    """A stable digest of a model's config and weights (a strided sample of every tensor, so it stays cheap)."""
+    """A stable digest of a model's config and weights (a strided sample of each tensor keeps it cheap)."""
     digest = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
     for name, tensor in sorted(model.state_dict().items()):
         flat = tensor.detach().reshape(-1)

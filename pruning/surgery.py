@@ -188,7 +188,7 @@ def _fill_missing(model: PreTrainedModel, missing: list[str], dtype, device) -> 
 
 
 def _copy_buffers(model: PreTrainedModel, dense: PreTrainedModel, device) -> None:
-    """Non-persistent buffers (rotary frequencies) are not in the state dict: take them from the dense model."""
+    """Non-persistent buffers (rotary frequencies) are not in the state dict: copy the dense model's."""
     dense_buffers = dict(dense.named_buffers())
     for name, buffer in list(model.named_buffers()):
         if buffer.is_meta:

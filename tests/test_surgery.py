@@ -184,8 +184,7 @@ def _substitute_mean(kept: torch.Tensor, mean: torch.Tensor):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_trimmed_vocabulary_logits_are_original_logits_restricted(arch):
     model = tiny_model(arch)
-    kept = sorted(random.Random(0).sample(range(model.config.vocab_size), 40) + [0, 1, 2])
-    kept = sorted(set(kept))
+    kept = sorted({*random.Random(0).sample(range(model.config.vocab_size), 40), 0, 1, 2})
     plan = PrunePlan(layers=PrunePlan.dense(model_shape(model.config)).layers, vocab=len(kept))
     pruned = apply_plan(model, plan, kept_token_ids=kept)
     original_ids = torch.tensor([kept[i] for i in (3, 9, 0, 20, 5, 7)])[None, :]
