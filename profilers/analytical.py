@@ -65,7 +65,7 @@ class RooflineModel:
     method: str = "roofline"
 
     def estimate(self, config: Any, plan: PrunePlan | None, workload: Workload) -> LatencyEstimate:
-        """Price `config` pruned by `plan` running `workload` on `self.profile` (milliseconds even for 70B)."""
+        """Price `config` pruned by `plan` running `workload` on `self.profile` (ms even for 70B)."""
         dims = model_dims(config, plan)
         prefill, decode = phase_ops(dims, workload, self.dynamic_cache)
         prefill_s, prefill_mem = op_seconds(prefill, self.profile, workload.dtype)

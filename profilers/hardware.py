@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,16 @@ BUILTIN_PROFILES: dict[str, HardwareProfile] = {
 }
 
 
+def data_dir() -> Path:
+    """Where prunesearch keeps per-machine data: `$PRUNESEARCH_HOME`, else `~/.cache/prunesearch`."""
+    return Path(os.environ.get("PRUNESEARCH_HOME") or Path.home() / ".cache" / "prunesearch")
+
+
+def user_profile_dir() -> Path:
+    """Users' own profiles, one JSON file each, found by name like the built-in ones."""
+    return data_dir() / "hardware"
+
+
 def load_profile(path: str | Path) -> HardwareProfile:
     """Read one profile from a JSON file (the fields of `HardwareProfile`)."""
     path = Path(path)
@@ -119,14 +130,17 @@ def known_profiles(extra_dir: str | Path | None = None) -> dict[str, HardwarePro
     return profiles
 
 
-def get_profile(name_or_path: str, extra_dir: str | Path | None = None) -> HardwareProfile:
-    """A profile by registry name, or from a JSON file path; the error names every known profile."""
-    profiles = known_profiles(extra_dir)
+def get_profile(
+    name_or_path: str, extra_dir: str | Path | None = None, also_known: tuple[str, ...] = ()
+) -> HardwareProfile:
+    """A profile by name (built-in, or a JSON file in `extra_dir`, default `user_profile_dir()`), or from a
+    JSON file path; the error names every known profile (and `also_known`, names callers handle)."""
+    profiles = known_profiles(user_profile_dir() if extra_dir is None else extra_dir)
     if name_or_path in profiles:
         return profiles[name_or_path]
     if name_or_path.endswith(".json") or Path(name_or_path).is_file():
         return load_profile(name_or_path)
     raise HardwareError(
-        f"unknown hardware {name_or_path!r}; known profiles: {', '.join(sorted(profiles))} "
+        f"unknown hardware {name_or_path!r}; known: {', '.join([*sorted(profiles), *also_known])} "
         "(or a path to a profile .json)"
     )

@@ -91,7 +91,7 @@ def _norm(name: str, tokens: Number, width: int, b: int) -> Op:
 def attention_ops(
     dims: ModelDims, heads: int, batch: int, q: int, context: Number, b: int, dynamic_cache: bool
 ):
-    """The attention sublayer with `heads` query heads: q new tokens per sequence attending to `context` keys."""
+    """The attention sublayer with `heads` query heads: q new tokens per sequence, `context` keys."""
     d, hd, kv = dims.hidden, dims.head_dim, heads // dims.group
     tokens = batch * q
     ops = [

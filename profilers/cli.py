@@ -1,0 +1,101 @@
+"""`prunesearch latency` (price or time a plan) and `prunesearch latency-calibrate` (fit this device)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from prunesearch.cli import CLIError, print_json
+from prunesearch.pruning.architectures import model_shape
+from prunesearch.pruning.plan import PrunePlan
+
+from .hardware import BUILTIN_PROFILES, DTYPE_BYTES
+from .latency import Workload
+from .registry import LOCAL_NAMES, default_dtype, latency_model_for
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `latency` and `latency-calibrate` sub-commands."""
+    names = "|".join([*BUILTIN_PROFILES, *LOCAL_NAMES])
+    latency = subparsers.add_parser("latency", help="predict or measure the latency of a (pruned) model")
+    latency.add_argument("--model", required=True, help="model directory (only config.json is read)")
+    latency.add_argument("--plan", help="prune plan JSON (default: the dense model)")
+    latency.add_argument("--hardware", required=True, help=f"{names}, or a profile .json")
+    _workload_arguments(latency, prompt=512, generate=128)
+    latency.add_argument("--dtype", choices=sorted(DTYPE_BYTES), help="default: bf16 (fp32 for local on CPU)")
+    latency.set_defaults(handler=_latency)
+    calib = subparsers.add_parser("latency-calibrate", help="fit the latency model to this device")
+    calib.add_argument("--model", required=True, help="model directory whose shape is measured (config.json)")
+    calib.add_argument(
+        "--plans", type=int, default=8, help="random plans to measure (the dense one included)"
+    )
+    calib.add_argument("--seed", type=int, default=0)
+    _workload_arguments(calib, prompt=128, generate=32)
+    calib.set_defaults(handler=_calibrate)
+
+
+def _workload_arguments(parser: argparse.ArgumentParser, prompt: int, generate: int) -> None:
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--prompt", type=int, default=prompt, help="prompt tokens per sequence")
+    parser.add_argument("--generate", type=int, default=generate, help="generated tokens per sequence")
+
+
+def read_config(model_dir: str) -> dict[str, Any]:
+    """The model's config.json as a dict, with a clear error when it is missing or not JSON."""
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        raise CLIError(f"{model_dir} has no config.json; --model must be a model directory")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CLIError(f"{path} is not valid JSON: {exc}") from exc
+
+
+def read_plan(plan_path: str | None, config: dict[str, Any]) -> PrunePlan | None:
+    """The plan file validated against the model, or None (dense)."""
+    if plan_path is None:
+        return None
+    path = Path(plan_path)
+    if not path.is_file():
+        raise CLIError(f"plan file {plan_path} does not exist")
+    return PrunePlan.from_json(path.read_text()).validate_for(model_shape(config))
+
+
+def _latency(args: argparse.Namespace) -> int:
+    config = read_config(args.model)
+    plan = read_plan(args.plan, config)
+    model = latency_model_for(args.hardware)
+    dtype = args.dtype or default_dtype(args.hardware)
+    workload = Workload(args.batch, args.prompt, args.generate, dtype)
+    estimate = model.estimate(config, plan, workload).to_dict()
+    print_json({"model": args.model, "plan": args.plan, "workload": vars(workload)} | estimate)
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    import torch
+
+    from .calibrate import Measurement, calibrate, random_plan, save_calibration
+    from .device import cpu_facts, device_key
+    from .local import local_profile
+    from .measured import MeasuredLatencyModel
+
+    config = read_config(args.model)
+    shape = model_shape(config)
+    if args.plans < 3:
+        raise CLIError("--plans must be at least 3 (four parameters are fitted over prefill and decode)")
+    rng = random.Random(args.seed)
+    plans = [PrunePlan.dense(shape)] + [random_plan(shape, rng) for _ in range(args.plans - 1)]
+    workload = Workload(args.batch, args.prompt, args.generate, "fp32")
+    measurer = MeasuredLatencyModel()
+    measurements = []
+    for plan in plans:
+        e = measurer.estimate(config, plan, workload)
+        measurements.append(Measurement(config, plan, workload, e.prefill_ms, e.decode_ms_per_token))
+    facts = cpu_facts(torch.get_num_threads())
+    calibration = calibrate(measurements, local_profile(), device_key(facts), facts)
+    print_json({"saved": str(save_calibration(calibration))} | calibration.to_dict())
+    return 0

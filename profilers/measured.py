@@ -1,0 +1,167 @@
+"""Measured latency: build the pruned model (random weights) on the local device and time it.
+
+Prefill is one forward over the prompt with `logits_to_keep=1` (as `generate` runs it); decode is G-1
+single-token forwards on the KV cache plus the greedy pick, each timed on its own (convention: `latency.py`).
+CUDA events with synchronisation on GPUs, `time.perf_counter_ns` on CPU; the timer is injectable.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+import torch
+import transformers
+
+from prunesearch.pruning.plan import PrunePlan
+
+from .device import device_facts
+from .latency import LatencyEstimate, Workload, totals
+from .ops import kv_bytes_per_token, model_dims
+
+T = TypeVar("T")
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Timer(Protocol):
+    def __call__(self, fn: Callable[[], T]) -> tuple[T, float]:
+        """Run `fn`, return its result and the elapsed milliseconds."""
+        ...
+
+
+def cpu_timer(fn: Callable[[], T]) -> tuple[T, float]:
+    """Monotonic wall-clock timing for CPU work (which is synchronous)."""
+    start = time.perf_counter_ns()
+    result = fn()
+    return result, (time.perf_counter_ns() - start) / 1e6
+
+
+@dataclass(frozen=True)
+class CudaTimer:
+    """CUDA-event timing: record around `fn`, synchronise, read the elapsed time (factories injectable)."""
+
+    event_factory: Callable[[], Any] = field(default=lambda: torch.cuda.Event(enable_timing=True))
+    synchronize: Callable[[], None] = field(default=lambda: torch.cuda.synchronize())
+
+    def __call__(self, fn: Callable[[], T]) -> tuple[T, float]:
+        start, end = self.event_factory(), self.event_factory()
+        self.synchronize()
+        start.record()
+        result = fn()
+        end.record()
+        self.synchronize()
+        return result, float(start.elapsed_time(end))
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Median and 10th/90th percentiles of repeated timings, in milliseconds."""
+
+    median: float
+    p10: float
+    p90: float
+    samples: tuple[float, ...]
+
+    @classmethod
+    def of(cls, samples: list[float]) -> Stats:
+        p10, median, p90 = np.percentile(samples, [10, 50, 90])
+        return cls(float(median), float(p10), float(p90), tuple(samples))
+
+
+def timer_for(device: str) -> Timer:
+    return CudaTimer() if device.startswith("cuda") else cpu_timer
+
+
+def _one_run(model, workload: Workload, timer: Timer, device: str) -> tuple[float, float]:
+    """One prefill and its decode steps; returns (prefill ms, mean decode-step ms)."""
+    vocab = model.config.vocab_size
+    ids = torch.randint(0, vocab, (workload.batch, workload.prompt_tokens), device=device)
+    out, prefill_ms = timer(lambda: _step(model, ids, None, logits_to_keep=1))
+    steps = []
+    for _ in range(max(workload.decode_steps, 1)):
+        out, ms = timer(lambda out=out: _step(model, out[0], out[1]))
+        steps.append(ms)
+    return prefill_ms, float(np.mean(steps))
+
+
+def _step(model, ids: torch.Tensor, cache: Any, **kwargs: Any) -> tuple[torch.Tensor, Any]:
+    output = model(ids, past_key_values=cache, use_cache=True, **kwargs)
+    return output.logits[:, -1:].argmax(-1), output.past_key_values
+
+
+def measure_latency(
+    model, workload: Workload, *, warmup: int = 2, repeats: int = 5, timer: Timer | None = None
+) -> tuple[Stats, Stats]:
+    """Prefill and per-decode-step statistics of `model` on `workload` (per-run means for decode)."""
+    device = str(next(model.parameters()).device)
+    timer = timer or timer_for(device)
+    runs = []
+    with torch.inference_mode():
+        for index in range(warmup + repeats):
+            result = _one_run(model, workload, timer, device)
+            if index >= warmup:
+                runs.append(result)
+    return Stats.of([r[0] for r in runs]), Stats.of([r[1] for r in runs])
+
+
+def hf_config(config: Mapping[str, Any] | transformers.PretrainedConfig) -> transformers.PretrainedConfig:
+    """A transformers config from a config dict (as read from config.json) or a config."""
+    if isinstance(config, transformers.PretrainedConfig):
+        return config
+    data = dict(config)
+    return transformers.AutoConfig.for_model(data.pop("model_type"), **data)
+
+
+def build_model(config: Any, plan: PrunePlan | None, dtype: str, device: str):
+    """The pruned model with random weights, built by the surgery package's `build_pruned_model`."""
+    from prunesearch.pruning.architectures import model_shape
+    from prunesearch.pruning.modeling import build_pruned_model
+
+    config = hf_config(config)
+    plan = plan or PrunePlan.dense(model_shape(config))
+    return build_pruned_model(config, plan, dtype=TORCH_DTYPES[dtype], device=device)
+
+
+@dataclass(frozen=True)
+class MeasuredLatencyModel:
+    """`LatencyModel` that times the real (random-weight) model on `device`."""
+
+    device: str = "cpu"
+    warmup: int = 2
+    repeats: int = 5
+    timer: Timer | None = None
+
+    def estimate(self, config: Any, plan: PrunePlan | None, workload: Workload) -> LatencyEstimate:
+        """Build, warm up and time `config` pruned by `plan`; medians with p10/p90 in `details`."""
+        model = build_model(config, plan, workload.dtype, self.device)
+        prefill, decode = measure_latency(
+            model, workload, warmup=self.warmup, repeats=self.repeats, timer=self.timer
+        )
+        total_ms, tokens_per_s = totals(prefill.median, decode.median, workload)
+        weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        facts = device_facts(self.device, threads=torch.get_num_threads())
+        details = {"prefill": _stats_dict(prefill), "decode": _stats_dict(decode), "device": facts}
+        return LatencyEstimate(
+            prefill_ms=prefill.median,
+            decode_ms_per_token=decode.median,
+            total_ms=total_ms,
+            tokens_per_s=tokens_per_s,
+            params=model.num_parameters(),
+            weight_bytes=weight_bytes,
+            kv_bytes_per_token=kv_bytes_per_token(model_dims(config, plan), workload.dtype_bytes),
+            fits_in_memory=True,  # it ran
+            method=f"measured:{facts.get('name', self.device)}",
+            details=details,
+        )
+
+
+def _stats_dict(stats: Stats) -> dict[str, float]:
+    return {
+        "median_ms": stats.median,
+        "p10_ms": stats.p10,
+        "p90_ms": stats.p90,
+        "repeats": len(stats.samples),
+    }

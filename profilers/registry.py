@@ -1,0 +1,43 @@
+"""Pick a `LatencyModel` by name: a roofline profile, `local`, `local-calibrated`, or `measured`.
+
+Torch-backed models are imported only when asked for, so pricing a datasheet profile needs no torch.
+"""
+
+from __future__ import annotations
+
+from .analytical import RooflineModel
+from .hardware import get_profile
+from .latency import LatencyModel
+
+LOCAL_NAMES = ("local", "local-calibrated", "measured")
+
+
+def default_dtype(hardware: str) -> str:
+    """fp32 on this machine's CPU (half-precision matmuls are ~100x slower there), bf16 on GPU profiles."""
+    if hardware in LOCAL_NAMES:
+        import torch
+
+        return "bf16" if torch.cuda.is_available() else "fp32"
+    return "bf16"
+
+
+def latency_model_for(hardware: str) -> LatencyModel:
+    """The latency model behind a `--hardware` value; unknown names raise `HardwareError`."""
+    if hardware == "local":
+        from .local import local_profile
+
+        return RooflineModel(local_profile(), dynamic_cache=True)
+    if hardware == "local-calibrated":
+        import torch
+
+        from .calibrate import CalibratedLatencyModel, load_calibration
+        from .device import cpu_facts, device_key
+
+        return CalibratedLatencyModel(load_calibration(device_key(cpu_facts(torch.get_num_threads()))))
+    if hardware == "measured":
+        import torch
+
+        from .measured import MeasuredLatencyModel
+
+        return MeasuredLatencyModel(device="cuda" if torch.cuda.is_available() else "cpu")
+    return RooflineModel(get_profile(hardware, also_known=LOCAL_NAMES))
