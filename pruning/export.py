@@ -31,8 +31,20 @@ def parse_dtype(name: str) -> torch.dtype:
         raise ValueError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}") from None
 
 
+def check_device(device: str) -> torch.device:
+    """A torch device that exists here, or a clear error."""
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"unknown device {device!r}: {exc}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but no CUDA GPU is available here")
+    return resolved
+
+
 def load_base_model(path: str | Path, *, dtype: torch.dtype = torch.float32, device: str = "cpu"):
     """Load a dense base checkpoint and its tokenizer from a local directory (never from the network)."""
+    check_device(device)
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} is not a model directory (no config.json)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -206,3 +207,20 @@ def test_console_script_runs_as_a_subprocess():
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["model_type"] == "llama"
+
+
+EXAMPLE_PLAN = Path(__file__).resolve().parents[1] / "examples" / "plan-uniform.json"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--model", "/nonexistent"], "/nonexistent is not a model directory"),
+        (["--model", str(LLAMA_DOCS), "--device", "cuda:3"], "no CUDA GPU is available")
+        if not torch.cuda.is_available()
+        else (["--model", str(LLAMA_DOCS), "--device", "npu"], "unknown device"),
+    ],
+)
+def test_bad_model_or_device_exit_2(capsys, tmp_path, extra, message):
+    code, err = _run(capsys, "prune", "--plan", str(EXAMPLE_PLAN), "--out", str(tmp_path / "o"), *extra)
+    assert code == 2 and message in err

@@ -224,3 +224,15 @@ def test_surgery_leaves_the_input_model_untouched():
     apply_plan(model, random_plan(model, random.Random(2)))
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, before[key], atol=0, rtol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("arch", ARCHS)
+def test_surgery_on_cuda_matches_cpu(arch):
+    model = tiny_model(arch)
+    plan = random_plan(model, random.Random(4))
+    on_cpu = apply_plan(model, plan)
+    on_gpu = apply_plan(model.cuda(), plan, device="cuda")
+    assert {p.device.type for p in on_gpu.parameters()} == {"cuda"}
+    ids = _ids(model)
+    torch.testing.assert_close(_logits(on_gpu, ids.cuda()).cpu(), _logits(on_cpu, ids), atol=1e-4, rtol=0)
