@@ -1,0 +1,98 @@
+"""The search job specification: one pydantic model, used by the CLI and as the body of an HTTP job."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MinKeep(_Strict):
+    """Smallest kept fraction per knob (per layer for heads and MLP, of the whole model for depth and vocab)."""
+
+    heads: float = Field(0.25, ge=0, le=1)
+    ffn: float = Field(0.25, ge=0, le=1)
+    layers: float = Field(0.5, gt=0, le=1, description="fraction of attention and of MLP sublayers kept")
+    vocab: float = Field(0.25, gt=0, le=1)
+
+
+class SearchSpace(_Strict):
+    """Which knobs the search may turn, and how far."""
+
+    heads: bool = True
+    ffn: bool = True
+    depth: Literal["none", "layers", "sublayers"] = "sublayers"
+    vocab: bool = False
+    ffn_step: int | None = Field(None, ge=1, description="MLP width granularity; default 64, or 8 for tiny models")
+    min_keep: MinKeep = MinKeep()
+    layers: list[int] | None = Field(None, description="indices of layers the search may touch (default: all)")
+    parametrization: Literal["per_layer", "profile"] = "per_layer"
+
+    @model_validator(mode="after")
+    def _some_knob(self) -> SearchSpace:
+        if not (self.heads or self.ffn or self.vocab or self.depth != "none"):
+            raise ValueError("the search space has no knob: enable heads, ffn, depth or vocab")
+        if self.layers is not None and (not self.layers or min(self.layers) < 0):
+            raise ValueError("layers must be a non-empty list of non-negative layer indices")
+        return self
+
+
+class Objectives(_Strict):
+    quality: Literal["kl", "ppl"] = "kl"
+    latency: Literal["prefill", "decode", "total"] = "total"
+    extra: list[Literal["params", "memory"]] = Field(default_factory=list)
+
+
+class Constraints(_Strict):
+    latency_budget_fraction: float | None = Field(None, gt=0, le=1, description="at most this share of dense")
+    latency_budget_ms: float | None = Field(None, gt=0, description="at most this many milliseconds")
+    vocab_coverage: float | None = Field(None, gt=0, le=1, description="min fraction of calibration tokens kept")
+    fit_in_memory: bool = True
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> Constraints:
+        if self.latency_budget_fraction is not None and self.latency_budget_ms is not None:
+            raise ValueError("give latency_budget_fraction or latency_budget_ms, not both")
+        return self
+
+
+class Workload(_Strict):
+    batch: int = Field(1, ge=1, le=4096)
+    prompt_tokens: int = Field(512, ge=1, le=1_048_576)
+    generate_tokens: int = Field(128, ge=0, le=1_048_576)
+    dtype: Literal["fp32", "bf16", "fp16"] = "bf16"
+
+
+class Calibration(_Strict):
+    tokens: int = Field(16_384, ge=64, le=10_000_000)
+    seq_len: int = Field(256, ge=8, le=32_768)
+    criterion: Literal["flap", "wanda", "magnitude"] = "flap"
+
+
+class SearchSpec(_Strict):
+    """Everything a search needs. `model` and `calibration` are local paths (the service resolves ids first)."""
+
+    model: str
+    calibration: str
+    space: SearchSpace = SearchSpace()
+    objectives: Objectives = Objectives()
+    constraints: Constraints = Constraints()
+    hardware: str = "h100-sxm"
+    workload: Workload = Workload()
+    calibration_settings: Calibration = Calibration()
+    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
+    n_trials: int = Field(100, ge=1, le=100_000)
+    timeout_s: float | None = Field(None, gt=0)
+    seed: int = 0
+    baselines: bool = True
+
+    def latency_budget_ms(self, dense_ms: float) -> float | None:
+        """The latency budget in milliseconds, given the dense model's latency."""
+        c = self.constraints
+        if c.latency_budget_fraction is not None:
+            return c.latency_budget_fraction * dense_ms
+        return c.latency_budget_ms
