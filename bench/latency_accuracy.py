@@ -4,7 +4,7 @@
 
 Calibrates the roofline on `--calibration-plans` random plans of llama-docs (saved per device under
 $PRUNESEARCH_HOME), then measures `--plans` other random plans and compares prefill and decode separately.
-Workload: batch 1, prompt 128, generate 32 (31 decode steps), fp32, 2 warm-up runs + 3 timed runs per plan.
+Workload: batch 1, prompt 128, generate 32 (31 decode steps), fp32; 1 warm-up + 5 timed interleaved rounds.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from prunesearch.profilers.calibrate import (
 from prunesearch.profilers.device import cpu_facts, device_key
 from prunesearch.profilers.latency import Workload
 from prunesearch.profilers.local import local_profile
-from prunesearch.profilers.measured import MeasuredLatencyModel
+from prunesearch.profilers.measured import build_model, measure_interleaved
 from prunesearch.pruning.architectures import model_shape
 from prunesearch.pruning.plan import PrunePlan
 
@@ -45,14 +45,16 @@ WORKLOAD = Workload(batch=1, prompt_tokens=128, generate_tokens=32, dtype="fp32"
 SECTION = "## Latency model"
 
 
-def measure(config, plans, workload: Workload, repeats: int = 3) -> list[Measurement]:
-    measurer = MeasuredLatencyModel(warmup=2, repeats=repeats)
+def measure(config, plans, workload: Workload, repeats: int = 5) -> list[Measurement]:
+    """Median prefill and decode-step times of every plan, measured in interleaved rounds."""
+    models = [build_model(config, plan, workload.dtype, "cpu") for plan in plans]
+    stats = measure_interleaved(models, workload, warmup=1, repeats=repeats)
     out = []
-    for index, plan in enumerate(plans):
-        e = measurer.estimate(config, plan, workload)
-        out.append(Measurement(config, plan, workload, e.prefill_ms, e.decode_ms_per_token))
-        times = f"prefill {e.prefill_ms:7.2f} ms  decode {e.decode_ms_per_token:6.2f} ms"
-        print(f"  [{index + 1}/{len(plans)}] {times}")
+    for index, (plan, (prefill, decode)) in enumerate(zip(plans, stats, strict=True)):
+        out.append(Measurement(config, plan, workload, prefill.median, decode.median))
+        print(
+            f"  [{index + 1}/{len(plans)}] prefill {prefill.median:7.2f} ms  decode {decode.median:6.2f} ms"
+        )
     return out
 
 
@@ -99,8 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plans", type=int, default=30)
     parser.add_argument("--calibration-plans", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice, the core count)")
     parser.add_argument("--no-doc", action="store_true", help="print only; do not update docs/benchmarks.md")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     config = json.loads((MODEL / "config.json").read_text())
     shape = model_shape(config)
     rng = random.Random(args.seed)
@@ -134,6 +139,7 @@ def _doc_body(args, rows, calibration, elapsed: float) -> str:
     command = (
         f"python bench/latency_accuracy.py --plans {args.plans} "
         f"--calibration-plans {args.calibration_plans} --seed {args.seed}"
+        + (f" --threads {args.threads}" if args.threads else "")
     )
     return "\n".join(
         [
@@ -144,8 +150,8 @@ def _doc_body(args, rows, calibration, elapsed: float) -> str:
             "Model `shared/models/llama-docs` (random weights in its shape; latency does not depend on the",
             "values), random plans (layers, attention or MLP removed, kept heads and MLP channels,",
             "vocabulary trims). Workload: batch 1, prompt 128, generate 32 (31 decode steps), fp32;",
-            "each plan",
-            "2 warm-up runs + 3 timed runs, medians.",
+            "1 warm-up round + 5 timed rounds, each round running every plan once (interleaved, so load",
+            "from other processes spreads over all plans); medians.",
             f"Calibration fitted on {args.calibration_plans} plans (dense + random);",
             f"the table is on {args.plans} other, held-out plans.",
             "",

@@ -24,7 +24,7 @@ from latency_accuracy import MODEL, machine, update_doc
 from prunesearch.profilers.calibrate import CalibratedLatencyModel, load_calibration
 from prunesearch.profilers.device import cpu_facts, device_key
 from prunesearch.profilers.latency import Workload
-from prunesearch.profilers.measured import measure_latency
+from prunesearch.profilers.measured import measure_interleaved
 from prunesearch.pruning.export import export_checkpoint, load_base_model
 from prunesearch.pruning.modeling import load_pruned
 from prunesearch.pruning.plan import LayerPlan, PrunePlan
@@ -53,28 +53,31 @@ def exported_model(base, tokenizer, plan: PrunePlan, directory: Path):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice, the core count)")
     parser.add_argument("--no-doc", action="store_true")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     started = time.time()
     calibration = load_calibration(device_key(cpu_facts(torch.get_num_threads())))
     predictor = CalibratedLatencyModel(calibration)
     config = json.loads((MODEL / "config.json").read_text())
     base, tokenizer = load_base_model(MODEL)
-    rows = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for index, (name, plan) in enumerate(PLANS.items()):
-            model = exported_model(base, tokenizer, plan, Path(tmp) / str(index))
-            prefill, decode = measure_latency(model, WORKLOAD, warmup=2, repeats=args.repeats)
-            predicted = predictor.estimate(config, plan, WORKLOAD)
-            rows[name] = (prefill.median, decode.median, predicted.prefill_ms, predicted.decode_ms_per_token)
-            print(
-                f"{name}: measured {prefill.median:.2f} / {decode.median:.2f} ms, predicted "
-                f"{predicted.prefill_ms:.2f} / {predicted.decode_ms_per_token:.2f} ms"
-            )
+        models = [
+            exported_model(base, tokenizer, plan, Path(tmp) / str(i)) for i, plan in enumerate(PLANS.values())
+        ]
+    stats = measure_interleaved(models, WORKLOAD, warmup=1, repeats=args.repeats)
+    rows = {}
+    for (name, plan), (prefill, decode) in zip(PLANS.items(), stats, strict=True):
+        predicted = predictor.estimate(config, plan, WORKLOAD)
+        rows[name] = (prefill.median, decode.median, predicted.prefill_ms, predicted.decode_ms_per_token)
+        print(f"{name}: measured prefill/decode {prefill.median:.2f} / {decode.median:.2f} ms")
     text = table(rows)
     print(text)
     if not args.no_doc:
         command = f"python bench/latency_speedup.py --repeats {args.repeats}"
+        command += f" --threads {args.threads}" if args.threads else ""
         update_doc("Speedup of exported checkpoints", _doc_body(command, text, time.time() - started))
     return 0
 
@@ -101,7 +104,8 @@ def _doc_body(command: str, text: str, elapsed: float) -> str:
             "Plans applied to the real llama-docs weights (magnitude importance), exported with",
             "`export_checkpoint`, reloaded with `load_pruned`, timed on batch 1, prompt 128, generate 32,",
             "fp32",
-            "(2 warm-up + timed runs, medians). Predicted = the calibrated model's dense / pruned time.",
+            "(1 warm-up + timed rounds, every model once per round; medians). Predicted = the calibrated",
+            "model's dense / pruned time.",
             "",
             text,
         ]

@@ -107,6 +107,22 @@ def measure_latency(
     return Stats.of([r[0] for r in runs]), Stats.of([r[1] for r in runs])
 
 
+def measure_interleaved(
+    models: list, workload: Workload, *, warmup: int = 1, repeats: int = 5, timer: Timer | None = None
+) -> list[tuple[Stats, Stats]]:
+    """`measure_latency` for several models, in rounds (one run of each model per round), so that load from
+    other processes on a shared machine spreads over all models instead of skewing a few."""
+    samples: list[list[tuple[float, float]]] = [[] for _ in models]
+    with torch.inference_mode():
+        for index in range(warmup + repeats):
+            for model, runs in zip(models, samples, strict=True):
+                device = str(next(model.parameters()).device)
+                result = _one_run(model, workload, timer or timer_for(device), device)
+                if index >= warmup:
+                    runs.append(result)
+    return [(Stats.of([r[0] for r in runs]), Stats.of([r[1] for r in runs])) for runs in samples]
+
+
 def hf_config(config: Mapping[str, Any] | transformers.PretrainedConfig) -> transformers.PretrainedConfig:
     """A transformers config from a config dict (as read from config.json) or a config."""
     if isinstance(config, transformers.PretrainedConfig):
