@@ -13,6 +13,8 @@ from typing import Any
 _COMMAND_MODULES = (
     "prunesearch.pruning.cli",
     "prunesearch.profilers.cli",
+    "prunesearch.search.cli",
+    "prunesearch.service.cli",
 )
 
 

@@ -1,0 +1,51 @@
+"""Injected dependencies, as `Annotated` aliases the routes take as parameters."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Query, Request
+from sqlalchemy.orm import Session
+
+from prunesearch.service import crud
+from prunesearch.service.db import session_scope
+from prunesearch.service.models import Export, Job
+from prunesearch.service.settings import Settings
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_session(settings: SettingsDep) -> Iterator[Session]:
+    with session_scope(settings.db_url) as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def get_job(job_id: str, session: SessionDep) -> Job:
+    job = crud.get_job(session, job_id=job_id)
+    if job is None:
+        raise HTTPException(404, f"job {job_id} not found")
+    return job
+
+
+JobDep = Annotated[Job, Depends(get_job)]
+
+
+def get_export(export_id: str, session: SessionDep) -> Export:
+    export = crud.get_export(session, export_id=export_id)
+    if export is None:
+        raise HTTPException(404, f"export {export_id} not found")
+    return export
+
+
+ExportDep = Annotated[Export, Depends(get_export)]
+OffsetDep = Annotated[int, Query(ge=0, le=10_000_000)]
+LimitDep = Annotated[int, Query(ge=1, le=500)]

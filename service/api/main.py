@@ -1,0 +1,25 @@
+"""Build the FastAPI application."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from prunesearch import __version__
+from prunesearch.service.api import errors
+from prunesearch.service.api.routes import datasets, exports, jobs, system
+from prunesearch.service.settings import Settings, get_settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The API; it reads and writes the database only (workers do all model work)."""
+    app = FastAPI(title="prunesearch", version=__version__, description="Hardware-aware pruning search jobs.")
+    app.state.settings = settings or get_settings()
+    for module in (jobs, exports, datasets, system):
+        app.include_router(module.router)
+    errors.install(app)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for `uvicorn --factory prunesearch.service.api.main:app_from_env`."""
+    return create_app(get_settings())

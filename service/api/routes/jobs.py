@@ -1,0 +1,101 @@
+"""`/v1/jobs`: submit, list, inspect, trials, Pareto front, cancel, delete."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Header, HTTPException, Response
+
+from prunesearch.service import crud
+from prunesearch.service.api.deps import JobDep, LimitDep, OffsetDep, SessionDep, SettingsDep
+from prunesearch.service.engine import delete_study, search_engine
+from prunesearch.service.jobs import submit_job
+from prunesearch.service.schemas import JobCreate, JobPublic, Page, ParetoPublic
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+@router.post("", status_code=202, response_model=JobPublic)
+def create_job(
+    body: JobCreate,
+    response: Response,
+    settings: SettingsDep,
+    session: SessionDep,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> JobPublic:
+    """Queue a search job; a retry with the same `Idempotency-Key` returns the first job."""
+    job = submit_job(body, settings, session, idempotency_key)
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return JobPublic.of(job)
+
+
+@router.get("", response_model=Page[JobPublic])
+def list_jobs(
+    session: SessionDep, status: Status | None = None, offset: OffsetDep = 0, limit: LimitDep = 50
+) -> Page[JobPublic]:
+    jobs, total = crud.list_jobs(session, status=status, offset=offset, limit=limit)
+    return Page[JobPublic](items=[JobPublic.of(j) for j in jobs], total=total, offset=offset, limit=limit)
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+def get_job(job: JobDep) -> JobPublic:
+    return JobPublic.of(job)
+
+
+@router.get("/{job_id}/trials", response_model=Page[dict])
+def list_trials(
+    job: JobDep, settings: SettingsDep, offset: OffsetDep = 0, limit: LimitDep = 50
+) -> Page[dict]:
+    """Trials as the search engine stored them (state, plan, metrics, feasibility), by trial number."""
+    items: list[dict] = []
+    if job.started_at is not None:
+        try:
+            items = search_engine().list_trials(settings.db_url, job.study_name, offset=offset, limit=limit)
+        except KeyError:  # the study is not created yet
+            items = []
+    return Page[dict](items=items, offset=offset, limit=limit)
+
+
+@router.get("/{job_id}/pareto", response_model=ParetoPublic)
+def get_pareto(job: JobDep, session: SessionDep) -> ParetoPublic:
+    """The latest Pareto front the workers recorded (empty before the first trial)."""
+    snap = crud.latest_snapshot(session, job_id=job.id)
+    if snap is None:
+        return ParetoPublic(job_id=job.id, trials_done=0, hypervolume=None, front=[])
+    return ParetoPublic(
+        job_id=job.id, trials_done=snap.trials_done, hypervolume=snap.hypervolume, front=snap.front
+    )
+
+
+@router.post("/{job_id}/cancel", status_code=202, response_model=JobPublic)
+def cancel_job(job: JobDep, session: SessionDep) -> JobPublic:
+    """Cancel a queued job at once, or a running one between trials."""
+    if job.status not in ("queued", "running"):
+        raise HTTPException(
+            409, f"job {job.id} is {job.status}; only queued or running jobs can be cancelled"
+        )
+    crud.request_cancel(session, job=job)
+    return JobPublic.of(job)
+
+
+@router.delete("/{job_id}", status_code=204)
+def delete_job(job: JobDep, session: SessionDep, settings: SettingsDep) -> Response:
+    """Delete a finished job with its snapshots, exports (files too) and Optuna study."""
+    if job.status in ("queued", "running"):
+        raise HTTPException(409, f"job {job.id} is {job.status}; cancel it and wait until it stops")
+    for export in crud.list_exports(session, job_id=job.id):
+        _remove(export.path)
+    crud.delete_job(session, job=job)
+    delete_study(settings.db_url, job.study_name)
+    return Response(status_code=204)
+
+
+def _remove(path: str | None) -> None:
+    if not path:
+        return
+    archive = Path(path)
+    archive.unlink(missing_ok=True)
+    shutil.rmtree(archive.with_suffix(""), ignore_errors=True)

@@ -1,0 +1,108 @@
+"""Service sub-commands: `db upgrade|downgrade`, `worker`, `serve`, and the HTTP client commands."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+
+from prunesearch import migrations
+
+from . import client_cli
+from .settings import Settings
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the service's commands to the `prunesearch` parser."""
+    db = subparsers.add_parser("db", help="apply or revert the service's database migrations")
+    db.add_argument("action", choices=["upgrade", "downgrade", "current"])
+    db.add_argument("--revision", default=None, help="target (default: head for upgrade, base for downgrade)")
+    _server_options(db)
+    db.set_defaults(handler=_db)
+
+    worker = subparsers.add_parser("worker", help="claim and run queued search jobs and exports")
+    _server_options(worker)
+    worker.add_argument("--max-idle", type=float, default=None, help="exit after this many idle seconds")
+    worker.add_argument("--max-jobs", type=int, default=None, help="exit after working on this many jobs")
+    worker.set_defaults(handler=_worker)
+
+    serve = subparsers.add_parser("serve", help="run the API (and one local worker) on the data directory")
+    _server_options(serve)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--no-worker", action="store_true", help="run the API alone")
+    serve.set_defaults(handler=_serve)
+    client_cli.register(subparsers)
+
+
+def _server_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--database-url", default=None, help="SQLAlchemy URL (default: SQLite in the data dir)"
+    )
+    parser.add_argument("--data-dir", default=None, help="default: $PRUNESEARCH_HOME/data or ~/.local/share")
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """Environment settings, overridden by the command line."""
+    overrides = {"database_url": args.database_url, "data_dir": args.data_dir}
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _db(args: argparse.Namespace) -> None:
+    url = settings_from(args).db_url
+    if args.action == "upgrade":
+        migrations.upgrade(url, args.revision or "head")
+    elif args.action == "downgrade":
+        migrations.downgrade(url, args.revision or "base")
+    print(f"schema revision: {migrations.current(url) or 'none'}")
+
+
+def _worker(args: argparse.Namespace) -> None:
+    from .worker.loop import Worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s worker[%(process)d] %(message)s")
+    settings = settings_from(args)
+    worker = Worker(settings, max_idle_s=args.max_idle, max_jobs=args.max_jobs)
+    worker.install_signal_handlers()
+    jobs = worker.run()
+    logging.getLogger(__name__).info("worker exits after %d job(s)", jobs)
+
+
+def _serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from .api.main import create_app
+
+    settings = settings_from(args)
+    migrations.upgrade(settings.db_url)
+    worker = None if args.no_worker else start_worker(settings)
+    try:
+        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning")
+    finally:
+        if worker is not None:
+            stop_process(worker)
+
+
+def start_worker(settings: Settings) -> subprocess.Popen:
+    """One local worker process on the same database and data directory."""
+    env = {
+        **os.environ,
+        "PRUNESEARCH_DATABASE_URL": settings.db_url,
+        "PRUNESEARCH_DATA_DIR": str(settings.data_dir),
+    }
+    return subprocess.Popen([sys.executable, "-m", "prunesearch.cli", "worker"], env=env)
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 30.0) -> None:
+    """SIGTERM (the worker finishes its trial and leaves), then SIGKILL if it does not exit in time."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

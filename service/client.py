@@ -1,0 +1,90 @@
+"""A small synchronous HTTP client for the service (used by the CLI and the end-to-end tests)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+DEFAULT_SERVER = "http://127.0.0.1:8000"
+
+
+class ServiceError(RuntimeError):
+    """The server refused a request; the message is the server's."""
+
+
+def default_server() -> str:
+    return os.environ.get("PRUNESEARCH_SERVER", DEFAULT_SERVER)
+
+
+class Client:
+    """One method per endpoint the CLI uses."""
+
+    def __init__(self, server: str | None = None, timeout: float = 30.0) -> None:
+        self.http = httpx.Client(base_url=server or default_server(), timeout=timeout)
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise ServiceError(f"cannot reach {self.http.base_url}: {exc}") from None
+        if response.status_code >= 400:
+            raise ServiceError(f"{response.status_code}: {_message(response)}")
+        return response.json() if response.content else None
+
+    def submit(self, spec: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self._call("POST", "/v1/jobs", json=spec, headers=headers)
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/jobs/{job_id}")
+
+    def pareto(self, job_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/jobs/{job_id}/pareto")
+
+    def export(self, job_id: str, trial: int, dtype: str) -> dict[str, Any]:
+        return self._call("POST", f"/v1/jobs/{job_id}/exports", json={"trial": trial, "dtype": dtype})
+
+    def export_status(self, export_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/exports/{export_id}")
+
+    def upload(self, path: Path) -> dict[str, Any]:
+        with path.open("rb") as f:
+            return self._call("POST", "/v1/datasets", files={"file": (path.name, f)})
+
+    def download(self, export_id: str, out_dir: Path) -> dict[str, Any]:
+        """Stream the archive, check its sha256 against the server's, and unpack it into `out_dir`."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        archive = out_dir / f".{export_id}.tar"
+        digest = hashlib.sha256()
+        with self.http.stream("GET", f"/v1/exports/{export_id}/download") as response:
+            if response.status_code >= 400:
+                response.read()
+                raise ServiceError(f"{response.status_code}: {_message(response)}")
+            expected = response.headers.get("X-Checksum-SHA256", "")
+            with archive.open("wb") as f:
+                for chunk in response.iter_bytes():
+                    digest.update(chunk)
+                    f.write(chunk)
+        if digest.hexdigest() != expected:
+            archive.unlink()
+            raise ServiceError(f"sha256 mismatch: got {digest.hexdigest()}, server says {expected}")
+        with tarfile.open(archive) as tar:
+            tar.extractall(out_dir, filter="data")
+        size = archive.stat().st_size
+        archive.unlink()
+        return {"export": export_id, "dir": str(out_dir), "size": size, "sha256": expected}
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        detail = response.json().get("detail", response.text)
+    except ValueError:
+        return response.text
+    if isinstance(detail, list):
+        return "; ".join(f"{'.'.join(str(p) for p in d.get('loc', []))}: {d.get('msg')}" for d in detail)
+    return str(detail)

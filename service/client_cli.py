@@ -1,0 +1,122 @@
+"""Client commands (all take `--server URL`): submit, status, pareto, export, download."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from prunesearch.cli import CLIError, print_json
+
+from .client import Client, ServiceError, default_server
+
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the client commands; `export` becomes `job-export` if another module already owns `export`."""
+    p = _add(subparsers, "submit", "submit a search job (a JSON spec file)", _submit)
+    p.add_argument("spec", type=Path)
+    p.add_argument("--idempotency-key", default=None)
+    p = _add(subparsers, "status", "show a job (with --watch, a progress bar until it finishes)", _status)
+    p.add_argument("job_id")
+    p.add_argument("--watch", action="store_true")
+    p.add_argument("--interval", type=float, default=1.0)
+    p = _add(subparsers, "pareto", "print a job's Pareto front as a table", _pareto)
+    p.add_argument("job_id")
+    name = "job-export" if "export" in subparsers.choices else "export"
+    p = _add(subparsers, name, "ask the server to export one trial of a job as a checkpoint", _export)
+    p.add_argument("job_id")
+    p.add_argument("--trial", type=int, required=True)
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.add_argument("--wait", action="store_true", help="wait until the export has finished")
+    p = _add(subparsers, "download", "download an export, verify its sha256 and unpack it", _download)
+    p.add_argument("export_id")
+    p.add_argument("-o", "--out", type=Path, required=True)
+
+
+def _add(subparsers, name: str, help_text: str, handler) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(name, help=help_text)
+    parser.add_argument(
+        "--server", default=default_server(), help="service URL (default: $PRUNESEARCH_SERVER)"
+    )
+    parser.set_defaults(handler=lambda args: _guarded(handler, args))
+    return parser
+
+
+def _guarded(handler, args: argparse.Namespace):
+    try:
+        return handler(Client(args.server), args)
+    except ServiceError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def _submit(client: Client, args: argparse.Namespace) -> None:
+    try:
+        spec = json.loads(args.spec.read_text())
+    except json.JSONDecodeError as exc:
+        raise CLIError(f"{args.spec} is not valid JSON: {exc}") from None
+    job = client.submit(spec, idempotency_key=args.idempotency_key)
+    print_json({"id": job["id"], "status": job["status"], "url": f"{args.server}/v1/jobs/{job['id']}"})
+
+
+def _status(client: Client, args: argparse.Namespace) -> int:
+    job = client.job(args.job_id)
+    if args.watch:
+        job = watch(client, job, args.interval)
+    print_json({k: v for k, v in job.items() if k != "spec"})
+    return 1 if job["status"] == "failed" else 0
+
+
+def watch(client: Client, job: dict, interval: float) -> dict:
+    """A tqdm bar of trials done, with front size and hypervolume, until the job is final."""
+    from tqdm import tqdm
+
+    with tqdm(total=job["n_trials"], desc=job["id"][:8], unit="trial") as bar:
+        while True:
+            bar.update(job["trials_done"] - bar.n)
+            bar.set_postfix(
+                status=job["status"], front=job["front_size"], hv=f"{job['hypervolume'] or 0:.4g}"
+            )
+            if job["status"] in FINAL:
+                return job
+            time.sleep(interval)
+            job = client.job(job["id"])
+
+
+def _pareto(client: Client, args: argparse.Namespace) -> None:
+    result = client.pareto(args.job_id)
+    print(format_front(result["front"]))
+    count, done, hv = len(result["front"]), result["trials_done"], result["hypervolume"]
+    print(f"{count} plans after {done} trials; hypervolume {hv}")
+
+
+def format_front(front: list[dict]) -> str:
+    """A plain-text table: trial, each metric, and a short plan description."""
+    metrics = sorted({k for row in front for k in row.get("metrics", {})})
+    header = ["trial", *metrics, "layers (heads/ffn)"]
+    rows = [header]
+    for row in sorted(front, key=lambda r: r["trial"]):
+        plan = row.get("plan") or {}
+        layers = " ".join(f"{la.get('heads')}/{la.get('ffn')}" for la in plan.get("layers", []))
+        values = [_fmt(row.get("metrics", {}).get(m)) for m in metrics]
+        rows.append([str(row["trial"]), *values, layers])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
+    return "\n".join("  ".join([*(c.rjust(w) for c, w in zip(r, widths, strict=False)), r[-1]]) for r in rows)
+
+
+def _fmt(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _export(client: Client, args: argparse.Namespace) -> None:
+    export = client.export(args.job_id, args.trial, args.dtype)
+    while args.wait and export["status"] in ("queued", "running"):
+        time.sleep(1.0)
+        export = client.export_status(export["id"])
+    print_json(export)
+
+
+def _download(client: Client, args: argparse.Namespace) -> None:
+    print_json(client.download(args.export_id, args.out))

@@ -1,0 +1,196 @@
+"""Every read and write of the service's tables, with keyword-only arguments. Callers pass a session from
+`db.session_scope`; the API and the worker share these functions."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from .models import Dataset, Export, Job, ParetoSnapshot, utcnow
+
+
+def create_job(
+    session: Session,
+    *,
+    spec: dict[str, Any],
+    parallelism: int,
+    owner: str | None,
+    idempotency_key: str | None,
+) -> Job:
+    """Insert a queued job."""
+    job = Job(
+        spec=spec,
+        n_trials=spec["n_trials"],
+        parallelism=parallelism,
+        owner=owner,
+        idempotency_key=idempotency_key,
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def get_job(session: Session, *, job_id: str) -> Job | None:
+    return session.get(Job, job_id)
+
+
+def get_job_by_key(session: Session, *, idempotency_key: str) -> Job | None:
+    return session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
+
+
+def list_jobs(session: Session, *, status: str | None, offset: int, limit: int) -> tuple[list[Job], int]:
+    """A page of jobs, newest first, and the total count."""
+    query = select(Job) if status is None else select(Job).where(Job.status == status)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(query.order_by(Job.created_at.desc()).offset(offset).limit(limit)).all()
+    return list(rows), total
+
+
+def request_cancel(session: Session, *, job: Job) -> None:
+    """Queued jobs cancel at once; running ones stop between trials (workers see `cancel_requested`)."""
+    job.cancel_requested = True
+    if job.status == "queued":
+        job.status, job.finished_at = "cancelled", utcnow()
+
+
+def delete_job(session: Session, *, job: Job) -> None:
+    session.execute(delete(ParetoSnapshot).where(ParetoSnapshot.job_id == job.id))
+    session.execute(delete(Export).where(Export.job_id == job.id))
+    session.delete(job)
+
+
+def claim_trial(session: Session, *, job_id: str) -> bool:
+    """Atomically reserve one trial of a running job; False once n_trials are claimed (or it stopped)."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.trials_claimed < Job.n_trials, Job.status == "running")
+        .where(Job.cancel_requested.is_(False))
+        .values(trials_claimed=Job.trials_claimed + 1)
+    )
+    return result.rowcount == 1
+
+
+def claimable_jobs(session: Session, *, lease_s: float, for_update: bool):
+    """The query for jobs a worker may take: queued, joinable (parallelism left), or with an expired lease."""
+    stale = utcnow() - timedelta(seconds=lease_s)
+    joinable = (
+        (Job.status == "running")
+        & (Job.active_workers < Job.parallelism)
+        & (Job.trials_claimed < Job.n_trials)
+        & Job.cancel_requested.is_(False)
+    )
+    expired = (Job.status == "running") & (Job.heartbeat_at < stale)
+    query = (
+        select(Job).where(or_(Job.status == "queued", joinable, expired)).order_by(Job.created_at).limit(1)
+    )
+    return query.with_for_update(skip_locked=True) if for_update else query
+
+
+def join_job(session: Session, *, job: Job, lease_s: float) -> None:
+    """Mark the caller as one more worker on `job`; an expired lease means its workers died: recover it."""
+    now = utcnow()
+    if job.status == "running" and _aware(job.heartbeat_at) < now - timedelta(seconds=lease_s):
+        # Trials claimed by dead workers never finished: hand them out again.
+        job.active_workers, job.trials_claimed = 0, job.trials_done
+    job.status, job.started_at = "running", job.started_at or now
+    job.active_workers += 1
+    job.heartbeat_at = now
+
+
+def heartbeat(session: Session, *, job_id: str) -> None:
+    session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=utcnow()))
+
+
+def record_progress(
+    session: Session, *, job_id: str, trials_done: int, front_size: int, hypervolume: float | None
+) -> None:
+    """Store progress (never moving trials_done backwards: parallel workers report out of order)."""
+    job = session.get(Job, job_id, with_for_update=True)
+    if job is None or trials_done < job.trials_done:
+        return
+    job.trials_done, job.front_size, job.hypervolume = trials_done, front_size, hypervolume
+    job.heartbeat_at = utcnow()
+
+
+def add_snapshot(
+    session: Session, *, job_id: str, trials_done: int, hypervolume: float | None, front: list[Any]
+) -> None:
+    session.add(ParetoSnapshot(job_id=job_id, trials_done=trials_done, hypervolume=hypervolume, front=front))
+
+
+def latest_snapshot(session: Session, *, job_id: str) -> ParetoSnapshot | None:
+    query = select(ParetoSnapshot).where(ParetoSnapshot.job_id == job_id)
+    return session.scalar(
+        query.order_by(ParetoSnapshot.trials_done.desc(), ParetoSnapshot.id.desc()).limit(1)
+    )
+
+
+def leave_job(session: Session, *, job_id: str, error: str | None = None, requeue: bool = False) -> Job:
+    """The caller stops working on the job; the last worker out (or any, once all trials are done) settles
+    its final status. An error fails the job for everyone; a worker shutting down (`requeue`) leaves an
+    unfinished job queued for another worker."""
+    job = session.get(Job, job_id, with_for_update=True)
+    assert job is not None
+    job.active_workers = max(0, job.active_workers - 1)
+    if job.status != "running":
+        return job
+    if error is not None:
+        job.status, job.error, job.cancel_requested = "failed", error, True
+    elif job.trials_done >= job.n_trials:
+        job.status = "succeeded"
+    elif job.active_workers > 0:
+        return job
+    elif requeue and not job.cancel_requested:
+        job.status, job.trials_claimed = "queued", job.trials_done
+        return job
+    else:
+        job.status = "cancelled" if job.cancel_requested else "succeeded"
+    job.finished_at = utcnow()
+    return job
+
+
+def create_export(session: Session, *, job_id: str, trial: int, dtype: str) -> Export:
+    export = Export(job_id=job_id, trial=trial, dtype=dtype)
+    session.add(export)
+    session.flush()
+    return export
+
+
+def get_export(session: Session, *, export_id: str) -> Export | None:
+    return session.get(Export, export_id)
+
+
+def list_exports(session: Session, *, job_id: str) -> list[Export]:
+    return list(session.scalars(select(Export).where(Export.job_id == job_id)).all())
+
+
+def claimable_exports(*, for_update: bool):
+    query = select(Export).where(Export.status == "queued").order_by(Export.created_at).limit(1)
+    return query.with_for_update(skip_locked=True) if for_update else query
+
+
+def finish_export(session: Session, *, export_id: str, **fields: Any) -> None:
+    session.execute(update(Export).where(Export.id == export_id).values(finished_at=utcnow(), **fields))
+
+
+def create_dataset(
+    session: Session, *, dataset_id: str, filename: str, path: str, size: int, sha256: str
+) -> Dataset:
+    dataset = Dataset(id=dataset_id, filename=filename, path=path, size=size, sha256=sha256)
+    session.add(dataset)
+    session.flush()
+    return dataset
+
+
+def get_dataset(session: Session, *, dataset_id: str) -> Dataset | None:
+    return session.get(Dataset, dataset_id)
+
+
+def _aware(value: datetime | None) -> datetime:
+    """SQLite returns naive datetimes; treat them as UTC."""
+    if value is None:
+        return datetime.min.replace(tzinfo=utcnow().tzinfo)
+    return value if value.tzinfo else value.replace(tzinfo=utcnow().tzinfo)

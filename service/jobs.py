@@ -1,0 +1,56 @@
+"""Admission of a new job: resolve its paths and hardware, then insert it (idempotently)."""
+
+from __future__ import annotations
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from prunesearch.profilers.hardware import HardwareError, known_profiles, user_profile_dir
+from prunesearch.profilers.registry import LOCAL_NAMES
+
+from . import crud
+from .models import Job
+from .paths import resolve_calibration, resolve_model
+from .schemas import JobCreate
+from .settings import Settings
+
+
+def check_hardware(name: str) -> None:
+    """Only named profiles: a request may not point the server at a profile file."""
+    known = [*sorted(known_profiles(user_profile_dir())), *LOCAL_NAMES]
+    if name not in known:
+        raise HardwareError(f"unknown hardware {name!r}; known: {', '.join(known)}")
+
+
+def resolved_spec(body: JobCreate, settings: Settings, session: Session) -> dict:
+    """The stored spec: the body's search part with model and calibration as checked local paths."""
+    check_hardware(body.hardware)
+    dataset = crud.get_dataset(session, dataset_id=body.calibration)
+    spec = body.search_spec()
+    spec["model"] = resolve_model(body.model, settings)
+    spec["calibration"] = resolve_calibration(body.calibration, settings, dataset.path if dataset else None)
+    return spec
+
+
+def submit_job(body: JobCreate, settings: Settings, session: Session, idempotency_key: str | None) -> Job:
+    """Insert the job, or return the one already created with this idempotency key."""
+    if idempotency_key:
+        existing = crud.get_job_by_key(session, idempotency_key=idempotency_key)
+        if existing is not None:
+            return existing
+    spec = resolved_spec(body, settings, session)
+    try:
+        with session.begin_nested():
+            return crud.create_job(
+                session,
+                spec=spec,
+                parallelism=body.parallelism,
+                owner=body.owner,
+                idempotency_key=idempotency_key,
+            )
+    except IntegrityError:
+        # A concurrent retry with the same key won the race.
+        existing = crud.get_job_by_key(session, idempotency_key=idempotency_key or "")
+        if existing is None:
+            raise
+        return existing

@@ -1,0 +1,35 @@
+"""Atomic claims. PostgreSQL: `SELECT ... FOR UPDATE SKIP LOCKED`, so workers on many machines never take the
+same row; SQLite: an immediate transaction (the write lock is taken before the read)."""
+
+from __future__ import annotations
+
+from prunesearch.service import crud
+from prunesearch.service.db import is_sqlite, session_scope
+
+
+def claim_job(url: str, *, lease_s: float) -> str | None:
+    """Join a queued job, a running one with parallelism to spare, or one whose workers' lease expired."""
+    sqlite = is_sqlite(url)
+    with session_scope(url, immediate=sqlite) as session:
+        job = session.scalar(crud.claimable_jobs(session, lease_s=lease_s, for_update=not sqlite))
+        if job is None:
+            return None
+        crud.join_job(session, job=job, lease_s=lease_s)
+        return job.id
+
+
+def claim_export(url: str) -> str | None:
+    """Take the oldest queued export request."""
+    sqlite = is_sqlite(url)
+    with session_scope(url, immediate=sqlite) as session:
+        export = session.scalar(crud.claimable_exports(for_update=not sqlite))
+        if export is None:
+            return None
+        export.status = "running"
+        return export.id
+
+
+def claim_trial(url: str, job_id: str) -> bool:
+    """One more trial for this job, if its quota allows (a single conditional UPDATE: atomic everywhere)."""
+    with session_scope(url) as session:
+        return crud.claim_trial(session, job_id=job_id)

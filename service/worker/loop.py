@@ -1,0 +1,61 @@
+"""The worker loop: exports first (they are short), then jobs; bounded, and stopped cleanly by SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+
+from prunesearch.service.settings import Settings
+
+from .claims import claim_export, claim_job
+from .exporter import run_export
+from .runner import run_job
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    """Claims and runs work until stopped, `max_idle_s` passes without work, or after `max_jobs` jobs."""
+
+    def __init__(
+        self, settings: Settings, *, max_idle_s: float | None = None, max_jobs: int | None = None
+    ) -> None:
+        self.settings = settings
+        self.max_idle_s, self.max_jobs = max_idle_s, max_jobs
+        self.stopping = threading.Event()
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM and SIGINT finish the current trial, leave the job for others, and exit."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stopping.set())
+
+    def run(self) -> int:
+        """Loop until told to stop; returns the number of jobs worked on."""
+        jobs, idle_since = 0, time.monotonic()
+        while not self.stopping.is_set():
+            if self.run_one_export():
+                idle_since = time.monotonic()
+                continue
+            job_id = claim_job(self.settings.db_url, lease_s=self.settings.lease_s)
+            if job_id is not None:
+                log.info("claimed job %s", job_id)
+                run_job(job_id, self.settings, self.stopping, self.run_one_export)
+                jobs, idle_since = jobs + 1, time.monotonic()
+                if self.max_jobs is not None and jobs >= self.max_jobs:
+                    break
+                continue
+            if self.max_idle_s is not None and time.monotonic() - idle_since > self.max_idle_s:
+                break
+            self.stopping.wait(self.settings.poll_s)
+        return jobs
+
+    def run_one_export(self) -> bool:
+        """Run the oldest queued export, if any (also called between trials so exports never wait long)."""
+        export_id = claim_export(self.settings.db_url)
+        if export_id is None:
+            return False
+        log.info("exporting %s", export_id)
+        run_export(export_id, self.settings)
+        return True

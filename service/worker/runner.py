@@ -1,0 +1,79 @@
+"""Run one job's share of trials: the search engine with the job's quota, cancel check and progress hooks."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+
+from prunesearch.search.spec import SearchSpec
+from prunesearch.service import crud
+from prunesearch.service.db import session_scope
+from prunesearch.service.engine import search_engine
+from prunesearch.service.settings import Settings
+
+from .claims import claim_trial
+from .heartbeat import Heartbeat
+
+log = logging.getLogger(__name__)
+
+
+def run_job(
+    job_id: str, settings: Settings, stopping: threading.Event, between_trials: Callable[[], None]
+) -> None:
+    """Work on `job_id` until its trials are all claimed, it is cancelled, or this worker is stopping."""
+    url = settings.db_url
+    with session_scope(url) as session:
+        job = crud.get_job(session, job_id=job_id)
+        spec, study = SearchSpec.model_validate(job.spec), job.study_name
+    engine = search_engine()
+
+    def on_trial(progress) -> None:
+        record(url, job_id, study, progress)
+        between_trials()
+
+    error = None
+    with Heartbeat(url, job_id, settings.heartbeat_s):
+        try:
+            progress = engine.run_search(
+                spec,
+                storage=url,
+                study_name=study,
+                claim=lambda: claim_trial(url, job_id),
+                should_stop=lambda: stopping.is_set() or _stopped(url, job_id),
+                on_trial=on_trial,
+            )
+            record(url, job_id, study, progress)
+        except Exception as exc:
+            log.exception("job %s failed", job_id)
+            error = f"{type(exc).__name__}: {exc}"[:2000]
+    with session_scope(url) as session:
+        job = crud.leave_job(session, job_id=job_id, error=error, requeue=stopping.is_set())
+        log.info("left job %s: %s, %d/%d trials", job_id, job.status, job.trials_done, job.n_trials)
+
+
+def _stopped(url: str, job_id: str) -> bool:
+    with session_scope(url) as session:
+        job = crud.get_job(session, job_id=job_id)
+        return job is None or job.cancel_requested or job.status != "running"
+
+
+def record(url: str, job_id: str, study: str, progress) -> None:
+    """Store progress and a Pareto snapshot (plans and metrics as JSON)."""
+    front = json.loads(json.dumps(search_engine().pareto_front(url, study), default=str))
+    with session_scope(url) as session:
+        crud.record_progress(
+            session,
+            job_id=job_id,
+            trials_done=progress.trials_done,
+            front_size=progress.front_size,
+            hypervolume=progress.hypervolume,
+        )
+        crud.add_snapshot(
+            session,
+            job_id=job_id,
+            trials_done=progress.trials_done,
+            hypervolume=progress.hypervolume,
+            front=front,
+        )
