@@ -81,7 +81,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     from .calibrate import Measurement, calibrate, random_plan, save_calibration
     from .device import cpu_facts, device_key
     from .local import local_profile
-    from .measured import MeasuredLatencyModel
+    from .measured import build_model, measure_interleaved
 
     config = read_config(args.model)
     shape = model_shape(config)
@@ -90,11 +90,12 @@ def _calibrate(args: argparse.Namespace) -> int:
     rng = random.Random(args.seed)
     plans = [PrunePlan.dense(shape)] + [random_plan(shape, rng) for _ in range(args.plans - 1)]
     workload = Workload(args.batch, args.prompt, args.generate, "fp32")
-    measurer = MeasuredLatencyModel()
-    measurements = []
-    for plan in plans:
-        e = measurer.estimate(config, plan, workload)
-        measurements.append(Measurement(config, plan, workload, e.prefill_ms, e.decode_ms_per_token))
+    models = [build_model(config, plan, workload.dtype, "cpu") for plan in plans]
+    stats = measure_interleaved(models, workload)  # rounds spread other processes' load over all plans
+    measurements = [
+        Measurement(config, plan, workload, prefill.median, decode.median)
+        for plan, (prefill, decode) in zip(plans, stats, strict=True)
+    ]
     facts = cpu_facts(torch.get_num_threads())
     calibration = calibrate(measurements, local_profile(), device_key(facts), facts)
     print_json({"saved": str(save_calibration(calibration))} | calibration.to_dict())

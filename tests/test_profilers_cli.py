@@ -118,3 +118,13 @@ def test_subprocess(model_dir):
     assert json.loads(done.stdout)["workload"]["prompt_tokens"] == 1024
     bad = subprocess.run([*argv[:-1], "nope"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "unknown hardware 'nope'" in bad.stderr
+
+
+def test_latency_calibrate_saves_a_calibration_for_this_device(capsys, tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("PRUNESEARCH_HOME", str(tmp_path))
+    argv = ["latency-calibrate", "--model", str(tiny_dir), "--plans", "3", "--prompt", "8", "--generate", "3"]
+    assert main(argv) == 0
+    saved = json.loads(capsys.readouterr().out)
+    assert Path(saved["saved"]).is_file() and saved["metrics"]["fit_samples"] == 3
+    code, result, _ = run(capsys, "--model", str(tiny_dir), "--hardware", "local-calibrated")
+    assert code == 0 and result["method"].startswith("calibrated")
