@@ -26,6 +26,9 @@ def alembic_config(database_url: str) -> Config:
 
 def upgrade(database_url: str, revision: str = "head") -> None:
     """Apply migrations up to `revision`."""
+    from prunesearch.service.db import make_sqlite_dir
+
+    make_sqlite_dir(database_url)
     command.upgrade(alembic_config(database_url), revision)
 
 

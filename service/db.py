@@ -44,11 +44,16 @@ def get_engine(url: str) -> Engine:
     return _ENGINES[url]
 
 
+def make_sqlite_dir(url: str) -> None:
+    """Create the directory of a SQLite database file."""
+    database = make_url(url).database
+    if is_sqlite(url) and database and database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+
+
 def _create(url: str) -> Engine:
     if is_sqlite(url):
-        database = make_url(url).database
-        if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        make_sqlite_dir(url)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         _sqlite_hooks(engine)
         return engine

@@ -89,6 +89,7 @@ def delete_job(job: JobDep, session: SessionDep, settings: SettingsDep) -> Respo
     for export in crud.list_exports(session, job_id=job.id):
         _remove(export.path)
     crud.delete_job(session, job=job)
+    session.commit()  # release the write lock (SQLite) before Optuna opens its own connection
     delete_study(settings.db_url, job.study_name)
     return Response(status_code=204)
 

@@ -1,0 +1,102 @@
+"""End to end with real worker processes and the real search engine on the bundled tiny model: submit,
+poll, Pareto, export, download, untar, load with transformers, generate; on SQLite and PostgreSQL; two
+workers on one PostgreSQL job stop at exactly n_trials."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from prunesearch.service.api.main import create_app
+from prunesearch.service.client import Client
+
+from .conftest import job_body, wait_for
+
+pytestmark = pytest.mark.slow
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+def _client(settings) -> tuple[TestClient, Client]:
+    api = TestClient(create_app(settings))
+    client = Client("http://testserver")
+    client.http = api
+    return api, client
+
+
+def _finished(api: TestClient, job_id: str, timeout: float = 180) -> dict:
+    return wait_for(lambda: (j := api.get(f"/v1/jobs/{job_id}").json())["status"] in FINAL and j, timeout)
+
+
+def _search_export_download(settings, processes, tmp_path, n_trials: int = 5) -> dict:
+    api, client = _client(settings)
+    with api:
+        processes.worker(settings, "--max-idle", "60", log=tmp_path / "worker.log")
+        job = client.submit(job_body(n_trials=n_trials))
+        running = wait_for(lambda: (j := client.job(job["id"]))["trials_done"] > 0 and j)
+        assert running["status"] in ("running", "succeeded")
+        done = _finished(api, job["id"])
+        assert done["status"] == "succeeded", (done, (tmp_path / "worker.log").read_text()[-3000:])
+        assert done["trials_done"] == n_trials and done["front_size"] >= 1
+        front = client.pareto(job["id"])["front"]
+        assert front and {"kl", "latency_ms"} <= set(front[0]["metrics"])
+        trials = api.get(f"/v1/jobs/{job['id']}/trials", params={"limit": 100}).json()["items"]
+        finished_trials = [t for t in trials if t["state"] in ("complete", "fail")]
+        assert len(finished_trials) == n_trials  # enqueued baselines not reached stay "waiting"
+        smallest = min(front, key=lambda r: r["metrics"]["latency_ms"])
+        export = client.export(job["id"], smallest["trial"], "fp32")
+        final = ("succeeded", "failed")
+        finished = wait_for(lambda: (e := client.export_status(export["id"]))["status"] in final and e)
+        assert finished["status"] == "succeeded", finished
+        result = client.download(export["id"], tmp_path / "ckpt")
+        assert result["sha256"] == finished["sha256"] and result["size"] == finished["size"]
+        _load_and_generate(tmp_path / "ckpt")
+        return done
+
+
+def _load_and_generate(path) -> None:
+    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    ids = tokenizer("The module", return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=8, do_sample=False)
+    assert out.shape[1] == ids.shape[1] + 8
+
+
+def test_end_to_end_on_sqlite(settings, processes, tmp_path):
+    _search_export_download(settings, processes, tmp_path)
+
+
+def test_end_to_end_on_postgresql(pg_settings, processes, tmp_path):
+    _search_export_download(pg_settings, processes, tmp_path)
+
+
+def test_two_workers_share_one_job_and_stop_at_n_trials(pg_settings, processes, tmp_path):
+    n_trials = 12
+    api, client = _client(pg_settings)
+    with api:
+        job = client.submit(job_body(n_trials=n_trials, parallelism=2))
+        for i in range(2):
+            processes.worker(pg_settings, "--max-idle", "60", log=tmp_path / f"worker{i}.log")
+        wait_for(lambda: client.job(job["id"])["active_workers"] == 2, timeout=60)
+        done = _finished(api, job["id"])
+        assert done["status"] == "succeeded"
+        trials = api.get(f"/v1/jobs/{job['id']}/trials", params={"limit": 100}).json()["items"]
+        finished_trials = [t for t in trials if t["state"] in ("complete", "fail")]
+        assert len(finished_trials) == n_trials == done["trials_done"]
+        assert not [t for t in trials if t["state"] == "running"]
+    logs = [(tmp_path / f"worker{i}.log").read_text() for i in range(2)]
+    assert all(f"claimed job {job['id']}" in log for log in logs)
+
+
+def test_cancel_stops_a_running_job_between_trials(settings, processes, tmp_path):
+    api, client = _client(settings)
+    with api:
+        processes.worker(settings, "--max-idle", "60", log=tmp_path / "worker.log")
+        job = client.submit(job_body(n_trials=200))
+        wait_for(lambda: client.job(job["id"])["trials_done"] > 0)
+        assert api.post(f"/v1/jobs/{job['id']}/cancel").status_code == 202
+        done = _finished(api, job["id"], timeout=60)
+        assert done["status"] == "cancelled" and done["trials_done"] < 200
+        assert api.delete(f"/v1/jobs/{job['id']}").status_code == 204
