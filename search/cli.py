@@ -1,0 +1,97 @@
+"""`prunesearch search` and `prunesearch export`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from prunesearch.cli import CLIError, print_json
+
+from .plot import plot_front
+from .results import export_trial, load_study, pareto_front
+from .spec import SearchSpec
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    search = subparsers.add_parser("search", help="search pruning plans (multi-objective Optuna study)")
+    search.add_argument("--model", required=True, help="base checkpoint directory")
+    search.add_argument("--calibration", required=True, help="calibration file (.txt, .jsonl)")
+    search.add_argument("--trials", type=int, default=100)
+    search.add_argument("--sampler", choices=["tpe", "nsga2", "random"], default="tpe")
+    search.add_argument("--hardware", default="h100-sxm", help="a hardware profile name, local, or a JSON file")
+    search.add_argument("--latency-budget", type=float, help="at most this fraction of dense latency (0-1]")
+    search.add_argument("--objective", choices=["kl", "ppl"], default="kl")
+    search.add_argument("--storage", help="Optuna storage URL (default: sqlite:///OUT/study.db)")
+    search.add_argument("--study", help="study name (default: derived from the output folder)")
+    search.add_argument("--spec", type=Path, help="a full job spec JSON; flags given explicitly override it")
+    search.add_argument("--seed", type=int, default=0)
+    search.add_argument("--calibration-tokens", type=int, default=16_384)
+    search.add_argument("--out", required=True, type=Path)
+    search.set_defaults(handler=_search)
+
+    export = subparsers.add_parser("export", help="materialise one trial of a search as a checkpoint")
+    export.add_argument("--storage", required=True)
+    export.add_argument("--study", required=True)
+    export.add_argument("--trial", required=True, type=int)
+    export.add_argument("--out", required=True, type=Path)
+    export.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
+    export.set_defaults(handler=_export)
+
+
+def _spec_from_args(args: argparse.Namespace) -> SearchSpec:
+    base = json.loads(args.spec.read_text()) if args.spec else {}
+    base.update(model=args.model, calibration=args.calibration, n_trials=args.trials, sampler=args.sampler)
+    base.update(hardware=args.hardware, seed=args.seed)
+    base.setdefault("objectives", {})["quality"] = args.objective
+    base.setdefault("calibration_settings", {})["tokens"] = args.calibration_tokens
+    if args.latency_budget is not None:
+        base.setdefault("constraints", {})["latency_budget_fraction"] = args.latency_budget
+    try:
+        return SearchSpec.model_validate(base)
+    except ValidationError as exc:
+        raise CLIError(_validation_message(exc)) from None
+
+
+def _validation_message(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+
+
+def _search(args: argparse.Namespace) -> int:
+    from .engine import run_search  # torch and transformers load only when a search really runs
+
+    spec = _spec_from_args(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    storage = args.storage or f"sqlite:///{(args.out / 'study.db').resolve()}"
+    study_name = args.study or args.out.resolve().name
+    progress = run_search(spec, storage=storage, study_name=study_name, progress_bar=True)
+    front = pareto_front(storage, study_name)
+    (args.out / "pareto.json").write_text(json.dumps(front, indent=2) + "\n")
+    plot_front(load_study(storage, study_name), args.out / "pareto.png")
+    print_json(
+        {
+            "storage": storage,
+            "study": study_name,
+            "progress": progress.to_dict(),
+            "pareto": str(args.out / "pareto.json"),
+            "plot": str(args.out / "pareto.png"),
+            "front": [{"trial": x["trial"], "baseline": x["baseline"], **_short(x["metrics"])} for x in front],
+        }
+    )
+    return 0
+
+
+def _short(metrics: dict) -> dict:
+    keys = ("kl", "ppl", "latency_ms", "latency_fraction", "params")
+    return {k: round(metrics[k], 5) if isinstance(metrics[k], float) else metrics[k] for k in keys if k in metrics}
+
+
+def _export(args: argparse.Namespace) -> int:
+    try:
+        summary = export_trial(args.storage, args.study, args.trial, args.out, dtype=args.dtype)
+    except LookupError as exc:
+        raise CLIError(str(exc).strip("'\"")) from None
+    print_json(summary)
+    return 0

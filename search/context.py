@@ -1,0 +1,127 @@
+"""Everything one worker loads once per search job, and the evaluation of one trial."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from prunesearch.profilers.latency import LatencyEstimate, LatencyModel, Workload
+from prunesearch.profilers.registry import latency_model_for
+from prunesearch.pruning.architectures import model_shape
+from prunesearch.pruning.calibration import load_calibration, token_blocks
+from prunesearch.pruning.export import load_base_model
+from prunesearch.pruning.importance import compute_importance
+from prunesearch.pruning.plan import PrunePlan
+from prunesearch.pruning.stats import cached_activation_stats
+from prunesearch.pruning.vocab import select_kept_tokens, token_frequencies
+
+from .evaluator import CandidateEvaluator
+from .parametrize import Knobs, TrialLike, depth_violation, resolve, suggest_plan
+from .spec import SearchSpec
+
+# Quality recorded for trials that violate a constraint: the expensive proxy is never run for them.
+INFEASIBLE_QUALITY = 1e6
+LATENCY_FIELDS = {"prefill": "prefill_ms", "decode": "decode_ms_per_token", "total": "total_ms"}
+
+
+@dataclass
+class TrialOutcome:
+    plan: PrunePlan
+    values: list[float]
+    metrics: dict[str, Any]
+    constraints: dict[str, float]
+    feasible: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.feasible = all(value <= 0 for value in self.constraints.values())
+
+
+class SearchContext:
+    """The dense model, calibration, importance scores, proxy evaluator and latency model of one job."""
+
+    def __init__(self, spec: SearchSpec, *, progress: bool = False):
+        self.spec = spec
+        if not Path(spec.model).is_dir():
+            raise FileNotFoundError(f"model directory {spec.model} does not exist")
+        self.model, self.tokenizer = load_base_model(spec.model)
+        self.shape = model_shape(self.model.config, num_special_tokens=len(self.tokenizer.all_special_ids))
+        docs = load_calibration(spec.calibration, self.tokenizer)
+        settings = spec.calibration_settings
+        blocks = token_blocks(self.tokenizer, docs, settings.seq_len, settings.tokens)
+        stats, _ = cached_activation_stats(self.model, blocks, progress=progress)
+        self.scores = compute_importance(self.model, settings.criterion, stats)
+        self.knobs: Knobs = resolve(self.shape, spec.space, stats.influence.tolist())
+        self.evaluator = CandidateEvaluator(self.model, blocks, self.scores)
+        self.frequencies = token_frequencies(self.tokenizer, [doc.coverage_text for doc in docs])
+        self.latency_model: LatencyModel = latency_model_for(spec.hardware)
+        self.config = self.model.config.to_dict()
+        w = spec.workload
+        self.workload = Workload(w.batch, w.prompt_tokens, w.generate_tokens, w.dtype)
+        self.dense_latency = self._latency(self.latency_model.estimate(self.config, None, self.workload))
+        self.budget_ms = spec.latency_budget_ms(self.dense_latency)
+        self.kept_tokens = lru_cache(maxsize=256)(self._kept_tokens)
+
+    def _latency(self, estimate: LatencyEstimate) -> float:
+        return float(getattr(estimate, LATENCY_FIELDS[self.spec.objectives.latency]))
+
+    def _kept_tokens(self, size: int | None) -> tuple[int, ...] | None:
+        if size is None or size >= self.shape.vocab_size:
+            return None
+        return tuple(select_kept_tokens(self.tokenizer, self.frequencies, size))
+
+    def coverage(self, kept: tuple[int, ...] | None) -> float:
+        total = sum(self.frequencies.values())
+        if kept is None or not total:
+            return 1.0
+        return sum(self.frequencies.get(token, 0) for token in kept) / total
+
+    def evaluate(self, trial: TrialLike) -> TrialOutcome:
+        """Suggest a plan, check its shape, price it, and run the proxy only if every constraint holds."""
+        plan = suggest_plan(trial, self.knobs)
+        depth = depth_violation(plan, self.knobs)
+        if depth > 0:  # too shallow (possibly empty): neither priced nor scored
+            return self._rejected(plan, depth)
+        estimate = self.latency_model.estimate(self.config, plan, self.workload)
+        latency = self._latency(estimate)
+        kept = self.kept_tokens(plan.vocab)
+        metrics: dict[str, Any] = {
+            "latency_ms": latency,
+            "latency_fraction": latency / self.dense_latency,
+            "prefill_ms": estimate.prefill_ms,
+            "decode_ms_per_token": estimate.decode_ms_per_token,
+            "total_ms": estimate.total_ms,
+            "params": estimate.params,
+            "weight_bytes": estimate.weight_bytes,
+            "vocab_coverage": self.coverage(kept),
+        }
+        constraints = self._constraints(estimate, latency, metrics["vocab_coverage"]) | {"depth": depth}
+        outcome = TrialOutcome(plan=plan, values=[], metrics=metrics, constraints=constraints)
+        if outcome.feasible:
+            quality = self.evaluator.evaluate(plan, kept)
+            metrics.update(kl=quality.kl, ppl=quality.ppl)
+        quality_value = metrics.get(self.spec.objectives.quality, INFEASIBLE_QUALITY)
+        outcome.values = [quality_value, latency, *self._extra_values(estimate)]
+        return outcome
+
+    def _rejected(self, plan: PrunePlan, depth: float) -> TrialOutcome:
+        """A plan that breaks the depth bound: recorded at the dense latency and the infeasible quality."""
+        constraints = {"latency": -1.0, "depth": depth, "vocab_coverage": -1.0, "memory": -1.0}
+        extra = [INFEASIBLE_QUALITY] * len(self.spec.objectives.extra)
+        values = [INFEASIBLE_QUALITY, self.dense_latency, *extra]
+        return TrialOutcome(plan=plan, values=values, metrics={"rejected": "depth"}, constraints=constraints)
+
+    def _constraints(self, estimate, latency: float, coverage: float) -> dict[str, float]:
+        c = self.spec.constraints
+        return {
+            "latency": latency - self.budget_ms if self.budget_ms is not None else -1.0,
+            "vocab_coverage": (c.vocab_coverage - coverage) if c.vocab_coverage is not None else -1.0,
+            "memory": 1.0 if c.fit_in_memory and not estimate.fits_in_memory else -1.0,
+        }
+
+    def _extra_values(self, estimate: LatencyEstimate) -> list[float]:
+        w = self.workload
+        kv_bytes = estimate.kv_bytes_per_token * w.batch * (w.prompt_tokens + w.generate_tokens)
+        by_name = {"params": float(estimate.params), "memory": float(estimate.weight_bytes + kv_bytes)}
+        return [by_name[name] for name in self.spec.objectives.extra]

@@ -1,0 +1,134 @@
+"""The search loop: an Optuna study over prune plans, with baselines first and constraints per trial.
+
+Ask/tell rather than `study.optimize`, so that a caller (the service's worker) can claim each trial against a
+job quota (several workers on one study stop at exactly n_trials) and stop between trials on cancel.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Callable
+
+import optuna
+from optuna.trial import TrialState
+from tqdm.auto import tqdm
+
+from .baselines import baseline_params
+from .context import SearchContext
+from .results import (
+    SPEC_ATTR,
+    SearchProgress,
+    export_trial,
+    list_trials,
+    pareto_front,
+    progress_of,
+)
+from .spec import SearchSpec
+
+__all__ = ["SearchProgress", "export_trial", "list_trials", "open_study", "pareto_front", "run_search"]
+
+log = logging.getLogger(__name__)
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
+    """TPE (multi-objective, constraint-aware), NSGA-II or random, all seeded by the spec."""
+    if spec.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=10)
+    if spec.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=spec.seed, population_size=20)
+    return optuna.samplers.RandomSampler(seed=spec.seed)
+
+
+def objective_names(spec: SearchSpec) -> list[str]:
+    return [spec.objectives.quality, "latency_ms", *spec.objectives.extra]
+
+
+def open_study(spec: SearchSpec, storage: str | optuna.storages.BaseStorage, study_name: str) -> optuna.Study:
+    """Create the study or join the existing one of the same name (other workers share it)."""
+    study = optuna.create_study(
+        storage=storage,
+        study_name=study_name,
+        directions=["minimize"] * len(objective_names(spec)),
+        sampler=make_sampler(spec),
+        load_if_exists=True,
+    )
+    if SPEC_ATTR not in study.user_attrs:
+        study.set_user_attr(SPEC_ATTR, spec.model_dump(mode="json"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(objective_names(spec))
+    return study
+
+
+def _enqueue_baselines(study: optuna.Study, context: SearchContext) -> None:
+    if not context.spec.baselines or study.user_attrs.get("baselines"):
+        return
+    names = []
+    for name, params in baseline_params(context.knobs):
+        study.enqueue_trial(params, user_attrs={"baseline": name}, skip_if_exists=True)
+        names.append(name)
+    study.set_user_attr("baselines", names)
+    study.set_user_attr("dense_latency_ms", context.dense_latency)
+
+
+def _default_claim(study: optuna.Study, n_trials: int) -> Callable[[], bool]:
+    """A trial may start while fewer than n_trials have started (enqueued, still waiting ones do not count)."""
+    started = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+
+    def claim() -> bool:
+        return len(study.get_trials(deepcopy=False, states=started)) < n_trials
+
+    return claim
+
+
+def _run_trial(study: optuna.Study, context: SearchContext) -> None:
+    trial = study.ask()
+    try:
+        outcome = context.evaluate(trial)
+    except Exception as exc:  # a broken candidate fails its trial, never the job
+        log.exception("trial %d failed", trial.number)
+        trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
+        study.tell(trial, state=TrialState.FAIL)
+        return
+    for name, value in outcome.constraints.items():
+        trial.set_constraint(name, float(value))
+    trial.set_user_attr("plan", outcome.plan.to_dict())
+    trial.set_user_attr("metrics", outcome.metrics)
+    trial.set_user_attr("feasible", outcome.feasible)
+    study.tell(trial, outcome.values)
+
+
+def run_search(
+    spec: SearchSpec,
+    *,
+    storage: str | optuna.storages.BaseStorage,
+    study_name: str,
+    claim: Callable[[], bool] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    on_trial: Callable[[SearchProgress], None] | None = None,
+    progress_bar: bool = False,
+    context: SearchContext | None = None,
+) -> SearchProgress:
+    """Run trials until the quota (`claim`), the timeout or `should_stop` ends the search."""
+    study = open_study(spec, storage, study_name)
+    context = context or SearchContext(spec, progress=progress_bar)
+    _enqueue_baselines(study, context)
+    claim = claim or _default_claim(study, spec.n_trials)
+    deadline = time.monotonic() + spec.timeout_s if spec.timeout_s else None
+    bar = tqdm(total=spec.n_trials, desc="trials", disable=not progress_bar)
+    progress = progress_of(study, spec.n_trials)
+    bar.update(progress.trials_done)
+    for _ in range(spec.n_trials):
+        if should_stop() or (deadline is not None and time.monotonic() > deadline) or not claim():
+            break
+        _run_trial(study, context)
+        progress = progress_of(study, spec.n_trials)
+        bar.update(progress.trials_done - bar.n)
+        bar.set_postfix(front=progress.front_size, hv=f"{progress.hypervolume or 0:.4g}")
+        if on_trial is not None:
+            on_trial(progress)
+    bar.close()
+    return progress

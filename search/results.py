@@ -1,0 +1,151 @@
+"""Reading a search back: progress, Pareto front, trials, hypervolume, and exporting any trial."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna._hypervolume import compute_hypervolume
+from optuna.trial import FrozenTrial, TrialState
+
+from prunesearch.pruning.pipeline import CalibrationSettings, prune_checkpoint
+from prunesearch.pruning.plan import PrunePlan
+
+from .spec import SearchSpec
+
+SPEC_ATTR = "prunesearch_spec"
+HV_MARGIN = 1.1  # reference point = worst baseline quality x this, at the dense latency
+
+
+@dataclass(frozen=True)
+class SearchProgress:
+    trials_done: int
+    n_trials: int
+    front_size: int
+    hypervolume: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class UnknownTrialError(LookupError):
+    """The study has no finished trial of that number."""
+
+
+def load_study(storage: str | optuna.storages.BaseStorage, study_name: str) -> optuna.Study:
+    try:
+        return optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        raise LookupError(f"no study named {study_name!r} in {storage}") from None
+
+
+def study_spec(study: optuna.Study) -> SearchSpec:
+    return SearchSpec.model_validate(study.user_attrs[SPEC_ATTR])
+
+
+def _feasible(trial: FrozenTrial) -> bool:
+    return trial.state == TrialState.COMPLETE and bool(trial.user_attrs.get("feasible"))
+
+
+def front_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Feasible non-dominated trials (Optuna's own Pareto logic, constraints respected)."""
+    return sorted(study.best_trials, key=lambda t: t.values[1])
+
+
+def hypervolume(study: optuna.Study) -> float | None:
+    """Hypervolume of the feasible (quality, latency / dense latency) points.
+
+    The reference point is fixed per job once its baselines are done: the worst feasible baseline quality
+    times 1.1, at the dense latency. Without baselines it follows the worst feasible quality seen so far."""
+    trials = [t for t in study.get_trials(deepcopy=False) if _feasible(t)]
+    dense = study.user_attrs.get("dense_latency_ms")
+    if not trials or not dense:
+        return None
+    baselines = [t for t in trials if "baseline" in t.user_attrs]
+    reference_pool = baselines if baselines else trials
+    q_ref = max(t.values[0] for t in reference_pool) * HV_MARGIN or 1.0
+    points = np.array([[t.values[0] / q_ref, t.values[1] / dense] for t in trials])
+    points = points[(points < 1.0).all(axis=1)]
+    if not len(points):
+        return 0.0
+    return float(compute_hypervolume(points, np.ones(2)))
+
+
+def progress_of(study: optuna.Study, n_trials: int) -> SearchProgress:
+    finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+    return SearchProgress(
+        trials_done=len(finished),
+        n_trials=n_trials,
+        front_size=len(front_trials(study)),
+        hypervolume=hypervolume(study),
+    )
+
+
+def trial_record(trial: FrozenTrial) -> dict[str, Any]:
+    return {
+        "trial": trial.number,
+        "state": trial.state.name.lower(),
+        "baseline": trial.user_attrs.get("baseline"),
+        "feasible": bool(trial.user_attrs.get("feasible")),
+        "plan": trial.user_attrs.get("plan"),
+        "metrics": trial.user_attrs.get("metrics", {}),
+        "error": trial.user_attrs.get("error"),
+    }
+
+
+def pareto_front(storage: str | optuna.storages.BaseStorage, study_name: str) -> list[dict[str, Any]]:
+    """[{trial, plan, metrics}] of the feasible non-dominated trials, fastest first."""
+    study = load_study(storage, study_name)
+    return [
+        {
+            "trial": t.number,
+            "plan": t.user_attrs["plan"],
+            "metrics": t.user_attrs["metrics"],
+            "baseline": t.user_attrs.get("baseline"),
+        }
+        for t in front_trials(study)
+    ]
+
+
+def list_trials(
+    storage: str | optuna.storages.BaseStorage, study_name: str, offset: int = 0, limit: int = 50
+) -> list[dict[str, Any]]:
+    trials = load_study(storage, study_name).get_trials(deepcopy=False)
+    return [trial_record(t) for t in trials[offset : offset + limit]]
+
+
+def trial_plan(study: optuna.Study, number: int) -> PrunePlan:
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    trial = trials.get(number)
+    if trial is None or trial.state != TrialState.COMPLETE or "plan" not in trial.user_attrs:
+        raise UnknownTrialError(f"trial {number} is not a finished trial of study {study.study_name!r}")
+    return PrunePlan.from_dict(trial.user_attrs["plan"])
+
+
+def export_trial(
+    storage: str | optuna.storages.BaseStorage,
+    study_name: str,
+    trial: int,
+    out_dir: str | Path,
+    *,
+    dtype: str = "fp32",
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Materialise a trial's plan as a checkpoint, with the importance settings the search used."""
+    study = load_study(storage, study_name)
+    spec = study_spec(study)
+    settings = spec.calibration_settings
+    calibration = CalibrationSettings(path=Path(spec.calibration), seq_len=settings.seq_len, max_tokens=settings.tokens)
+    summary = prune_checkpoint(
+        spec.model,
+        trial_plan(study, trial),
+        out_dir,
+        criterion=settings.criterion,
+        calibration=calibration,
+        dtype=dtype,
+        device=device,
+    )
+    return summary | {"trial": trial, "study": study_name}

@@ -1,0 +1,220 @@
+"""The search engine end to end on llama-docs with a small calibration set."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from prunesearch.cli import main
+from prunesearch.pruning.export import export_checkpoint
+from prunesearch.pruning.modeling import load_pruned
+from prunesearch.pruning.plan import LayerPlan, PrunePlan
+from prunesearch.pruning.surgery import apply_plan
+from prunesearch.search.context import INFEASIBLE_QUALITY, SearchContext
+from prunesearch.search.engine import run_search
+from prunesearch.search.parametrize import FixedParams
+from prunesearch.search.results import hypervolume, list_trials, load_study, pareto_front
+from prunesearch.search.spec import SearchSpec
+
+from ..factories import LLAMA_DOCS, PYDOCS_CALIB
+
+
+@pytest.fixture(scope="module")
+def calibration(tmp_path_factory):
+    path = tmp_path_factory.mktemp("calib") / "calib.txt"
+    path.write_text(PYDOCS_CALIB.read_text()[:20_000])
+    return path
+
+
+def _spec(calibration, **overrides) -> SearchSpec:
+    body = {
+        "model": str(LLAMA_DOCS),
+        "calibration": str(calibration),
+        "calibration_settings": {"tokens": 512, "seq_len": 64},
+        "constraints": {"latency_budget_fraction": 0.8},
+        "sampler": "random",
+        "n_trials": 14,
+        "seed": 0,
+    }
+    return SearchSpec.model_validate(body | overrides)
+
+
+@pytest.fixture(scope="module")
+def context(calibration, tmp_path_factory):
+    import os
+
+    os.environ["PRUNESEARCH_HOME"] = str(tmp_path_factory.mktemp("home"))
+    return SearchContext(_spec(calibration, space={"vocab": True}))
+
+
+def test_dense_plan_has_zero_kl_and_the_dense_latency(context):
+    assert context.evaluator.evaluate(PrunePlan.dense(context.shape)).kl == pytest.approx(0.0, abs=1e-5)
+    outcome = context.evaluate(FixedParams({}))
+    assert outcome.metrics["latency_fraction"] == pytest.approx(1.0)
+    assert not outcome.feasible  # over the 0.8 latency budget: infeasible
+    assert outcome.constraints["latency"] > 0
+
+
+def test_over_budget_plans_skip_the_proxy(context, monkeypatch):
+    calls = []
+    monkeypatch.setattr(context.evaluator, "evaluate", lambda *a: calls.append(a))
+    outcome = context.evaluate(FixedParams({"ffn_cuts_0": 1}))
+    assert not outcome.feasible and not calls
+    assert outcome.values[0] == INFEASIBLE_QUALITY and "kl" not in outcome.metrics
+
+
+def test_candidate_kl_equals_the_exported_checkpoints_kl(context, tmp_path):
+    """What the search scores is what export writes: recompute KL from the reloaded checkpoint."""
+    plan = PrunePlan(
+        layers=(
+            LayerPlan(8, 688),
+            LayerPlan(4, 256),
+            LayerPlan(0, 512),
+            LayerPlan(0, 0),
+            LayerPlan(8, 0),
+            LayerPlan(6, 600),
+        )
+    )
+    scored = context.evaluator.evaluate(plan)
+    export_checkpoint(apply_plan(context.model, plan, context.scores), None, plan, tmp_path, {})
+    exported = load_pruned(tmp_path)
+    blocks = context.evaluator.blocks
+    with torch.no_grad():
+        log_p = F.log_softmax(context.model(blocks).logits[:, :-1], -1)
+        log_q = F.log_softmax(exported(blocks).logits[:, :-1], -1)
+    kl = float((log_p.exp() * (log_p - log_q)).sum(-1).mean())
+    assert scored.kl == pytest.approx(kl, rel=1e-4)
+
+
+def test_trimmed_vocabulary_kl_charges_the_lost_mass(context):
+    plan = PrunePlan.dense(context.shape)
+    full = context.evaluator.evaluate(plan)
+    kept = context.kept_tokens(1024)
+    trimmed = context.evaluator.evaluate(PrunePlan(layers=plan.layers, vocab=1024), kept)
+    assert full.kl == pytest.approx(0.0, abs=1e-5)
+    assert trimmed.kl > 0.01  # the dense mass on dropped tokens is charged
+    assert 0.9 < context.coverage(kept) < 1.0
+
+
+def test_search_runs_exactly_n_trials_baselines_first(calibration, tmp_path, prunesearch_home):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    spec = _spec(calibration)
+    seen = []
+    progress = run_search(spec, storage=storage, study_name="s", on_trial=seen.append)
+    assert progress.trials_done == 14 and len(seen) == 14
+    trials = list_trials(storage, "s", limit=100)
+    assert len(trials) == 14
+    assert trials[0]["baseline"] == "dense"
+    assert all(t["state"] == "complete" for t in trials)
+    # feasible trials were scored, infeasible ones were not
+    for t in trials:
+        assert ("kl" in t["metrics"]) == t["feasible"]
+        if t["feasible"]:
+            assert t["metrics"]["latency_fraction"] <= 0.8 + 1e-9
+    front = pareto_front(storage, "s")
+    assert front and all(x["metrics"]["latency_fraction"] <= 0.8 + 1e-9 for x in front)
+    # the front is never worse than a feasible baseline: each is weakly dominated by a front member
+    for t in trials:
+        if t["baseline"] and t["feasible"]:
+            assert any(
+                f["metrics"]["kl"] <= t["metrics"]["kl"] + 1e-12
+                and f["metrics"]["latency_ms"] <= t["metrics"]["latency_ms"] + 1e-12
+                for f in front
+            )
+    assert hypervolume(load_study(storage, "s")) > 0
+    # a second call on the same study adds nothing: the quota is spent
+    assert run_search(spec, storage=storage, study_name="s").trials_done == 14
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "nsga2"])
+def test_samplers_are_seeded_and_reproducible(calibration, tmp_path, sampler, prunesearch_home):
+    spec = _spec(calibration, sampler=sampler, n_trials=13, baselines=False)
+    plans = []
+    for name in ("a", "b"):
+        run_search(spec, storage=f"sqlite:///{tmp_path / name}.db", study_name=name)
+        plans.append([t["plan"] for t in list_trials(f"sqlite:///{tmp_path / name}.db", name, limit=100)])
+    assert plans[0] == plans[1]
+
+
+def test_cli_search_then_export(calibration, tmp_path, capsys, prunesearch_home):
+    out = tmp_path / "run"
+    code = main(
+        [
+            "search",
+            "--model",
+            str(LLAMA_DOCS),
+            "--calibration",
+            str(calibration),
+            "--trials",
+            "10",
+            "--sampler",
+            "random",
+            "--latency-budget",
+            "0.8",
+            "--calibration-tokens",
+            "512",
+            "--out",
+            str(out),
+        ]
+    )
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert (out / "pareto.json").is_file() and (out / "pareto.png").stat().st_size > 1000
+    front = json.loads((out / "pareto.json").read_text())
+    assert [x["trial"] for x in front] == [x["trial"] for x in summary["front"]]
+    chosen = front[0]["trial"]
+    code = main(
+        [
+            "export",
+            "--storage",
+            summary["storage"],
+            "--study",
+            summary["study"],
+            "--trial",
+            str(chosen),
+            "--out",
+            str(tmp_path / "ckpt"),
+        ]
+    )
+    exported = json.loads(capsys.readouterr().out)
+    assert code == 0 and exported["trial"] == chosen
+    assert json.loads((tmp_path / "ckpt" / "prune_plan.json").read_text()) == front[0]["plan"]
+    assert load_pruned(tmp_path / "ckpt").generate(torch.tensor([[5, 6, 7]]), max_new_tokens=3).shape == (
+        1,
+        6,
+    )
+
+    code = main(
+        [
+            "export",
+            "--storage",
+            summary["storage"],
+            "--study",
+            summary["study"],
+            "--trial",
+            "999",
+            "--out",
+            str(tmp_path / "none"),
+        ]
+    )
+    assert code == 2 and "trial 999 is not a finished trial" in capsys.readouterr().err
+
+
+def test_cli_search_rejects_a_bad_budget(calibration, tmp_path, capsys):
+    code = main(
+        [
+            "search",
+            "--model",
+            str(LLAMA_DOCS),
+            "--calibration",
+            str(calibration),
+            "--latency-budget",
+            "1.5",
+            "--out",
+            str(tmp_path / "x"),
+        ]
+    )
+    assert code == 2 and "latency_budget_fraction" in capsys.readouterr().err
