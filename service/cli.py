@@ -39,9 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _server_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--database-url", default=None, help="SQLAlchemy URL (default: SQLite in the data dir)"
-    )
+    parser.add_argument("--database-url", default=None, help="SQLAlchemy URL (default: SQLite in the data dir)")
     parser.add_argument("--data-dir", default=None, help="default: $PRUNESEARCH_HOME/data or ~/.local/share")
 
 
@@ -79,6 +77,10 @@ def _serve(args: argparse.Namespace) -> None:
     settings = settings_from(args)
     migrations.upgrade(settings.db_url)
     worker = None if args.no_worker else start_worker(settings)
+    where = "API only" if worker is None else f"with worker pid {worker.pid}"
+    print(f"prunesearch serving on http://{args.host}:{args.port} ({where}); data in {settings.data_dir}", flush=True)
+    # uvicorn re-raises SIGTERM after its graceful shutdown; turn it into SystemExit so `finally` runs.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning")
     finally:

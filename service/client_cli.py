@@ -15,7 +15,8 @@ FINAL = ("succeeded", "failed", "cancelled")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the client commands; `export` becomes `job-export` if another module already owns `export`."""
+    """Add the client commands. `export` is shared with the local search CLI (`--storage/--study/--out`):
+    given a job id it asks the server instead."""
     p = _add(subparsers, "submit", "submit a search job (a JSON spec file)", _submit)
     p.add_argument("spec", type=Path)
     p.add_argument("--idempotency-key", default=None)
@@ -25,22 +26,43 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--interval", type=float, default=1.0)
     p = _add(subparsers, "pareto", "print a job's Pareto front as a table", _pareto)
     p.add_argument("job_id")
-    name = "job-export" if "export" in subparsers.choices else "export"
-    p = _add(subparsers, name, "ask the server to export one trial of a job as a checkpoint", _export)
-    p.add_argument("job_id")
-    p.add_argument("--trial", type=int, required=True)
-    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
-    p.add_argument("--wait", action="store_true", help="wait until the export has finished")
+    if "export" in subparsers.choices:
+        _share_export(subparsers.choices["export"])
+    else:
+        p = _add(subparsers, "export", "ask the server to export one trial of a job as a checkpoint", _export)
+        p.add_argument("job_id")
+        p.add_argument("--trial", type=int, required=True)
+        p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
+        p.add_argument("--wait", action="store_true", help="wait until the export has finished")
     p = _add(subparsers, "download", "download an export, verify its sha256 and unpack it", _download)
     p.add_argument("export_id")
     p.add_argument("-o", "--out", type=Path, required=True)
 
 
+def _share_export(parser: argparse.ArgumentParser) -> None:
+    """Teach the local `export` command the remote form `export JOB_ID --trial N [--server URL] [--wait]`."""
+    local_handler = parser.get_default("handler")
+    required = [a for a in parser._actions if a.required and a.dest != "trial"]
+    for action in required:
+        action.required = False
+    parser.add_argument("job_id", nargs="?", help="a service job id (remote export); omit for a local study")
+    parser.add_argument("--server", default=default_server(), help="service URL (default: $PRUNESEARCH_SERVER)")
+    parser.add_argument("--wait", action="store_true", help="remote: wait until the export has finished")
+
+    def handler(args: argparse.Namespace):
+        if args.job_id is not None:
+            return _guarded(_export, args)
+        missing = [a.option_strings[0] for a in required if getattr(args, a.dest) is None]
+        if missing:
+            raise CLIError(f"give a job id (remote) or {', '.join(missing)} (local study)")
+        return local_handler(args)
+
+    parser.set_defaults(handler=handler)
+
+
 def _add(subparsers, name: str, help_text: str, handler) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(name, help=help_text)
-    parser.add_argument(
-        "--server", default=default_server(), help="service URL (default: $PRUNESEARCH_SERVER)"
-    )
+    parser.add_argument("--server", default=default_server(), help="service URL (default: $PRUNESEARCH_SERVER)")
     parser.set_defaults(handler=lambda args: _guarded(handler, args))
     return parser
 
@@ -76,9 +98,7 @@ def watch(client: Client, job: dict, interval: float) -> dict:
     with tqdm(total=job["n_trials"], desc=job["id"][:8], unit="trial") as bar:
         while True:
             bar.update(job["trials_done"] - bar.n)
-            bar.set_postfix(
-                status=job["status"], front=job["front_size"], hv=f"{job['hypervolume'] or 0:.4g}"
-            )
+            bar.set_postfix(status=job["status"], front=job["front_size"], hv=f"{job['hypervolume'] or 0:.4g}")
             if job["status"] in FINAL:
                 return job
             time.sleep(interval)

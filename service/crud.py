@@ -83,9 +83,7 @@ def claimable_jobs(session: Session, *, lease_s: float, for_update: bool):
         & Job.cancel_requested.is_(False)
     )
     expired = (Job.status == "running") & (Job.heartbeat_at < stale)
-    query = (
-        select(Job).where(or_(Job.status == "queued", joinable, expired)).order_by(Job.created_at).limit(1)
-    )
+    query = select(Job).where(or_(Job.status == "queued", joinable, expired)).order_by(Job.created_at).limit(1)
     return query.with_for_update(skip_locked=True) if for_update else query
 
 
@@ -123,9 +121,7 @@ def add_snapshot(
 
 def latest_snapshot(session: Session, *, job_id: str) -> ParetoSnapshot | None:
     query = select(ParetoSnapshot).where(ParetoSnapshot.job_id == job_id)
-    return session.scalar(
-        query.order_by(ParetoSnapshot.trials_done.desc(), ParetoSnapshot.id.desc()).limit(1)
-    )
+    return session.scalar(query.order_by(ParetoSnapshot.trials_done.desc(), ParetoSnapshot.id.desc()).limit(1))
 
 
 def leave_job(session: Session, *, job_id: str, error: str | None = None, requeue: bool = False) -> Job:
@@ -176,9 +172,7 @@ def finish_export(session: Session, *, export_id: str, **fields: Any) -> None:
     session.execute(update(Export).where(Export.id == export_id).values(finished_at=utcnow(), **fields))
 
 
-def create_dataset(
-    session: Session, *, dataset_id: str, filename: str, path: str, size: int, sha256: str
-) -> Dataset:
+def create_dataset(session: Session, *, dataset_id: str, filename: str, path: str, size: int, sha256: str) -> Dataset:
     dataset = Dataset(id=dataset_id, filename=filename, path=path, size=size, sha256=sha256)
     session.add(dataset)
     session.flush()

@@ -39,9 +39,7 @@ def resolve_model(value: str, settings: Settings) -> str:
         return str(candidate.resolve())
     if settings.allow_hub and _HUB_ID.match(value):
         return value
-    raise PathRejected(
-        "model", f"model {value!r} not found under the allowed model roots (hub ids are disabled)"
-    )
+    raise PathRejected("model", f"model {value!r} not found under the allowed model roots (hub ids are disabled)")
 
 
 def resolve_calibration(value: str, settings: Settings, dataset_path: str | None) -> str:
@@ -53,14 +51,10 @@ def resolve_calibration(value: str, settings: Settings, dataset_path: str | None
     if not candidate.is_absolute():
         local = [root / candidate for root in roots if (root / candidate).is_file()]
         if not local:
-            raise PathRejected(
-                "calibration", f"calibration {value!r} is neither a dataset id nor an allowed file"
-            )
+            raise PathRejected("calibration", f"calibration {value!r} is neither a dataset id nor an allowed file")
         candidate = local[0]
     if not within(candidate, roots):
-        raise PathRejected(
-            "calibration", f"calibration path {value!r} is outside the allowed calibration roots"
-        )
+        raise PathRejected("calibration", f"calibration path {value!r} is outside the allowed calibration roots")
     if not candidate.is_file():
         raise PathRejected("calibration", f"calibration file {value!r} does not exist")
     return str(candidate.resolve())

@@ -17,9 +17,7 @@ class JobCreate(SearchSpec):
     hub id where allowed); `calibration` a dataset id from `POST /v1/datasets` or a file under an allowed
     root."""
 
-    parallelism: int = Field(
-        1, ge=1, le=64, description="how many workers may run trials of this job at once"
-    )
+    parallelism: int = Field(1, ge=1, le=64, description="how many workers may run trials of this job at once")
     owner: str | None = Field(None, max_length=200)
 
     def search_spec(self) -> dict[str, Any]:

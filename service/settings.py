@@ -43,9 +43,7 @@ class Settings(BaseSettings):
 
     @property
     def allowed_model_roots(self) -> list[Path]:
-        return (
-            self.model_roots if self.model_roots is not None else [self.data_dir / "models", BUNDLED_EXAMPLES]
-        )
+        return self.model_roots if self.model_roots is not None else [self.data_dir / "models", BUNDLED_EXAMPLES]
 
     @property
     def allowed_calibration_roots(self) -> list[Path]:

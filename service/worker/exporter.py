@@ -30,9 +30,7 @@ def run_export(export_id: str, settings: Settings) -> None:
         summary = search_engine().export_trial(url, study, trial, out_dir, dtype=dtype)
         archive = out_dir.with_suffix(".tar")
         size, digest = write_archive(out_dir, archive)
-        fields = dict(
-            status="succeeded", path=str(archive), size=size, sha256=digest, summary=_jsonable(summary)
-        )
+        fields = dict(status="succeeded", path=str(archive), size=size, sha256=digest, summary=_jsonable(summary))
     except Exception as exc:
         log.exception("export %s failed", export_id)
         fields = dict(status="failed", error=f"{type(exc).__name__}: {exc}"[:2000])

@@ -19,9 +19,7 @@ log = logging.getLogger(__name__)
 class Worker:
     """Claims and runs work until stopped, `max_idle_s` passes without work, or after `max_jobs` jobs."""
 
-    def __init__(
-        self, settings: Settings, *, max_idle_s: float | None = None, max_jobs: int | None = None
-    ) -> None:
+    def __init__(self, settings: Settings, *, max_idle_s: float | None = None, max_jobs: int | None = None) -> None:
         self.settings = settings
         self.max_idle_s, self.max_jobs = max_idle_s, max_jobs
         self.stopping = threading.Event()

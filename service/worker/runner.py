@@ -19,9 +19,7 @@ from .heartbeat import Heartbeat
 log = logging.getLogger(__name__)
 
 
-def run_job(
-    job_id: str, settings: Settings, stopping: threading.Event, between_trials: Callable[[], None]
-) -> None:
+def run_job(job_id: str, settings: Settings, stopping: threading.Event, between_trials: Callable[[], None]) -> None:
     """Work on `job_id` until its trials are all claimed, it is cancelled, or this worker is stopping."""
     url = settings.db_url
     with session_scope(url) as session:

@@ -53,9 +53,7 @@ def api(settings) -> Iterator[TestClient]:
 def _pg_admin():
     import psycopg
 
-    return psycopg.connect(
-        "host=127.0.0.1 port=5432 user=postgres dbname=postgres", autocommit=True, connect_timeout=3
-    )
+    return psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", autocommit=True, connect_timeout=3)
 
 
 @pytest.fixture(scope="session")

@@ -63,9 +63,7 @@ def test_paths_outside_the_roots_are_rejected(api, change, field):
     response = api.post("/v1/jobs", json=job_body(**change))
     assert response.status_code == 422
     assert _fields(response) == [field]
-    assert (
-        "allowed" in response.json()["detail"][0]["msg"] or "not found" in response.json()["detail"][0]["msg"]
-    )
+    assert "allowed" in response.json()["detail"][0]["msg"] or "not found" in response.json()["detail"][0]["msg"]
 
 
 def test_relative_paths_resolve_under_the_roots(api):

@@ -18,9 +18,7 @@ router = APIRouter(tags=["exports"])
 def create_export(job: JobDep, body: ExportCreate, session: SessionDep, response: Response) -> ExportPublic:
     """Queue an export of trial `body.trial`; a worker writes the checkpoint and its archive."""
     if body.trial >= job.trials_claimed:
-        raise HTTPException(
-            409, f"job {job.id} has no trial {body.trial} yet ({job.trials_done} trials done)"
-        )
+        raise HTTPException(409, f"job {job.id} has no trial {body.trial} yet ({job.trials_done} trials done)")
     export = crud.create_export(session, job_id=job.id, trial=body.trial, dtype=body.dtype)
     response.headers["Location"] = f"/v1/exports/{export.id}"
     return ExportPublic.of(export)

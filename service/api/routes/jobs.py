@@ -46,9 +46,7 @@ def get_job(job: JobDep) -> JobPublic:
 
 
 @router.get("/{job_id}/trials", response_model=Page[dict])
-def list_trials(
-    job: JobDep, settings: SettingsDep, offset: OffsetDep = 0, limit: LimitDep = 50
-) -> Page[dict]:
+def list_trials(job: JobDep, settings: SettingsDep, offset: OffsetDep = 0, limit: LimitDep = 50) -> Page[dict]:
     """Trials as the search engine stored them (state, plan, metrics, feasibility), by trial number."""
     items: list[dict] = []
     if job.started_at is not None:
@@ -65,18 +63,14 @@ def get_pareto(job: JobDep, session: SessionDep) -> ParetoPublic:
     snap = crud.latest_snapshot(session, job_id=job.id)
     if snap is None:
         return ParetoPublic(job_id=job.id, trials_done=0, hypervolume=None, front=[])
-    return ParetoPublic(
-        job_id=job.id, trials_done=snap.trials_done, hypervolume=snap.hypervolume, front=snap.front
-    )
+    return ParetoPublic(job_id=job.id, trials_done=snap.trials_done, hypervolume=snap.hypervolume, front=snap.front)
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobPublic)
 def cancel_job(job: JobDep, session: SessionDep) -> JobPublic:
     """Cancel a queued job at once, or a running one between trials."""
     if job.status not in ("queued", "running"):
-        raise HTTPException(
-            409, f"job {job.id} is {job.status}; only queued or running jobs can be cancelled"
-        )
+        raise HTTPException(409, f"job {job.id} is {job.status}; only queued or running jobs can be cancelled")
     crud.request_cancel(session, job=job)
     return JobPublic.of(job)
 

@@ -1,0 +1,88 @@
+"""The job state machine in the database: trial quota, leaving, requeue on shutdown, lease recovery."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from prunesearch.service import crud
+from prunesearch.service.db import session_scope
+from prunesearch.service.models import utcnow
+from prunesearch.service.worker.claims import claim_job, claim_trial
+
+from .conftest import job_body
+
+
+def _job(settings, **kw) -> str:
+    with session_scope(settings.db_url) as s:
+        spec = job_body(**kw)
+        return crud.create_job(s, spec=spec, parallelism=kw.get("parallelism", 1), owner=None, idempotency_key=None).id
+
+
+def _get(settings, job_id):
+    with session_scope(settings.db_url) as s:
+        return crud.get_job(s, job_id=job_id)
+
+
+def test_trial_claims_stop_at_n_trials(settings):
+    job_id = _job(settings, n_trials=3)
+    assert not claim_trial(settings.db_url, job_id)  # queued: nothing to claim yet
+    assert claim_job(settings.db_url, lease_s=60) == job_id
+    assert [claim_trial(settings.db_url, job_id) for _ in range(5)] == [True] * 3 + [False] * 2
+    assert _get(settings, job_id).trials_claimed == 3
+
+
+def test_parallelism_bounds_how_many_workers_join(settings):
+    job_id = _job(settings, parallelism=2)
+    assert claim_job(settings.db_url, lease_s=60) == job_id
+    assert claim_job(settings.db_url, lease_s=60) == job_id
+    assert claim_job(settings.db_url, lease_s=60) is None
+    assert _get(settings, job_id).active_workers == 2
+
+
+def test_last_worker_out_settles_the_status(settings):
+    job_id = _job(settings, n_trials=2, parallelism=2)
+    claim_job(settings.db_url, lease_s=60), claim_job(settings.db_url, lease_s=60)
+    with session_scope(settings.db_url) as s:
+        crud.record_progress(s, job_id=job_id, trials_done=1, front_size=1, hypervolume=0.1)
+        assert crud.leave_job(s, job_id=job_id).status == "running"  # the other worker is still on it
+    with session_scope(settings.db_url) as s:
+        crud.record_progress(s, job_id=job_id, trials_done=0, front_size=0, hypervolume=None)  # stale report
+        crud.record_progress(s, job_id=job_id, trials_done=2, front_size=2, hypervolume=0.2)
+        job = crud.leave_job(s, job_id=job_id)
+    assert (job.status, job.trials_done, job.active_workers) == ("succeeded", 2, 0)
+
+
+def test_shutdown_requeues_and_errors_fail(settings):
+    job_id = _job(settings, n_trials=5)
+    claim_job(settings.db_url, lease_s=60)
+    claim_trial(settings.db_url, job_id)
+    with session_scope(settings.db_url) as s:
+        job = crud.leave_job(s, job_id=job_id, requeue=True)
+    assert (job.status, job.trials_claimed, job.finished_at) == ("queued", 0, None)
+    claim_job(settings.db_url, lease_s=60)
+    with session_scope(settings.db_url) as s:
+        job = crud.leave_job(s, job_id=job_id, error="ValueError: model is broken")
+    assert (job.status, job.error) == ("failed", "ValueError: model is broken")
+
+
+def test_an_expired_lease_is_recovered_by_another_worker(settings):
+    job_id = _job(settings, n_trials=5)
+    claim_job(settings.db_url, lease_s=60)
+    claim_trial(settings.db_url, job_id), claim_trial(settings.db_url, job_id)
+    with session_scope(settings.db_url) as s:
+        crud.record_progress(s, job_id=job_id, trials_done=1, front_size=1, hypervolume=None)
+        crud.get_job(s, job_id=job_id).heartbeat_at = utcnow() - timedelta(seconds=600)
+    assert claim_job(settings.db_url, lease_s=60) == job_id  # its only worker died
+    job = _get(settings, job_id)
+    assert (job.status, job.active_workers, job.trials_claimed) == ("running", 1, 1)
+
+
+def test_cancel_of_a_running_job_waits_for_its_workers(settings):
+    job_id = _job(settings)
+    claim_job(settings.db_url, lease_s=60)
+    with session_scope(settings.db_url) as s:
+        crud.request_cancel(s, job=crud.get_job(s, job_id=job_id))
+    assert _get(settings, job_id).status == "running"
+    assert not claim_trial(settings.db_url, job_id)
+    with session_scope(settings.db_url) as s:
+        assert crud.leave_job(s, job_id=job_id).status == "cancelled"

@@ -1,0 +1,65 @@
+"""`prunesearch serve` (API plus its own worker process, on SQLite in a data dir) driven by the client
+commands: submit, status --watch, pareto, export --wait, download; stopping serve stops its worker."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+
+import httpx
+import pytest
+
+from prunesearch.cli import main
+
+from .conftest import job_body, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _up(server: str) -> bool:
+    try:
+        return httpx.get(f"{server}/readyz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _run(capsys, *argv: str) -> str:
+    capsys.readouterr()
+    assert main(list(argv)) == 0
+    return capsys.readouterr().out
+
+
+def test_serve_and_client_commands(tmp_path, processes, capsys):
+    port, log = _free_port(), tmp_path / "serve.log"
+    env = {**os.environ, "PRUNESEARCH_HEARTBEAT_S": "1", "PRUNESEARCH_POLL_S": "0.2"}
+    cmd = [sys.executable, "-m", "prunesearch.cli", "serve", "--port", str(port), "--data-dir", str(tmp_path / "d")]
+    serve = processes.start(cmd, env=env, log=log)
+    server = f"http://127.0.0.1:{port}"
+    wait_for(lambda: _up(server), timeout=60)
+    spec_file = tmp_path / "job.json"
+    spec_file.write_text(json.dumps(job_body(n_trials=4)))
+    job_id = json.loads(_run(capsys, "submit", str(spec_file), "--server", server))["id"]
+    status = json.loads(_run(capsys, "status", job_id, "--watch", "--interval", "0.3", "--server", server))
+    assert (status["status"], status["trials_done"]) == ("succeeded", 4)
+    table = _run(capsys, "pareto", job_id, "--server", server)
+    assert "latency_ms" in table and "plans after 4 trials" in table
+    trial = int(table.splitlines()[1].split()[0])
+    export = json.loads(_run(capsys, "export", job_id, "--trial", str(trial), "--wait", "--server", server))
+    assert export["status"] == "succeeded"
+    result = json.loads(_run(capsys, "download", export["id"], "-o", str(tmp_path / "ckpt"), "--server", server))
+    assert result["sha256"] == export["sha256"] and (tmp_path / "ckpt" / "config.json").is_file()
+    assert main(["status", "nope", "--server", server]) == 2  # 404 is a one-line CLI error
+    assert "404" in capsys.readouterr().err
+    processes.stop_all()
+    worker_pid = int(log.read_text().split("worker pid ")[1].split(")")[0])
+    assert serve.returncode is not None
+    with pytest.raises(ProcessLookupError):
+        os.kill(worker_pid, 0)
