@@ -85,9 +85,7 @@ def train(model: LlamaForCausalLM, ids: torch.Tensor, minutes: float, seq_len: i
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", type=Path, default=HERE / "tiny-llama")
     parser.add_argument("--minutes", type=float, default=2.5)
@@ -105,9 +103,7 @@ def main() -> None:
     # A small calibration file: whole documents (blank-line separated) from the end of the training text.
     (args.out / "calib.txt").write_text(text[-24_000:].split("\n\n", 1)[-1], encoding="utf-8")
     params = sum(p.numel() for p in model.parameters())
-    print(
-        f"wrote {args.out}: {params / 1e6:.2f}M parameters, {len(ids)} training tokens, final loss {loss:.3f}"
-    )
+    print(f"wrote {args.out}: {params / 1e6:.2f}M parameters, {len(ids)} training tokens, final loss {loss:.3f}")
 
 
 if __name__ == "__main__":
