@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from prunesearch.pruning.architectures import _get, get_spec, model_shape
+from prunesearch.pruning.architectures import config_value, get_spec, model_shape
 from prunesearch.pruning.plan import LayerPlan, PrunePlan
 
 Number = float | np.ndarray
@@ -57,19 +57,19 @@ class Op:
 def model_dims(config: Mapping[str, Any] | Any, plan: PrunePlan | None = None) -> ModelDims:
     """Read dimensions from a transformers config or its dict; `plan` None means dense."""
     shape = model_shape(config)
-    spec = get_spec(_get(config, "model_type"))
+    spec = get_spec(config_value(config, "model_type"))
     plan = (plan or PrunePlan.dense(shape)).validate_for(shape)
-    attention_bias = bool(_get(config, "attention_bias", False))
+    attention_bias = bool(config_value(config, "attention_bias", False))
     return ModelDims(
         hidden=shape.hidden_size,
         head_dim=shape.head_dim,
         group=shape.group_size,
         vocab=plan.vocab or shape.vocab_size,
         layers=plan.layers,
-        tied_embeddings=bool(_get(config, "tie_word_embeddings", False)),
+        tied_embeddings=bool(config_value(config, "tie_word_embeddings", False)),
         qkv_bias=spec.qkv_bias or attention_bias,
         o_bias=attention_bias,
-        mlp_bias=bool(_get(config, "mlp_bias", False)),
+        mlp_bias=bool(config_value(config, "mlp_bias", False)),
         qk_norm=spec.qk_norm,
     )
 
@@ -88,9 +88,7 @@ def _norm(name: str, tokens: Number, width: int, b: int) -> Op:
     return Op(name, "memory", 4.0 * tokens * width, b * (2 * tokens * width + width), 6)
 
 
-def attention_ops(
-    dims: ModelDims, heads: int, batch: int, q: int, context: Number, b: int, dynamic_cache: bool
-):
+def attention_ops(dims: ModelDims, heads: int, batch: int, q: int, context: Number, b: int, dynamic_cache: bool):
     """The attention sublayer with `heads` query heads: q new tokens per sequence, `context` keys."""
     d, hd, kv = dims.hidden, dims.head_dim, heads // dims.group
     tokens = batch * q

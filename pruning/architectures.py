@@ -96,7 +96,8 @@ def get_spec(model_type: str) -> ArchitectureSpec:
         ) from None
 
 
-def _get(config: Any, key: str, default: Any = None) -> Any:
+def config_value(config: Any, key: str, default: Any = None) -> Any:
+    """A config attribute, from a transformers config or a plain dict (config.json)."""
     if isinstance(config, Mapping):
         return config.get(key, default)
     return getattr(config, key, default)
@@ -104,17 +105,17 @@ def _get(config: Any, key: str, default: Any = None) -> Any:
 
 def model_shape(config: Any, num_special_tokens: int = 0) -> ModelShape:
     """The prunable dimensions of a (dense, homogeneous) base model from its config."""
-    get_spec(_get(config, "model_type"))
-    heads = int(_get(config, "num_attention_heads"))
-    hidden = int(_get(config, "hidden_size"))
-    head_dim = _get(config, "head_dim") or hidden // heads
+    get_spec(config_value(config, "model_type"))
+    heads = int(config_value(config, "num_attention_heads"))
+    hidden = int(config_value(config, "hidden_size"))
+    head_dim = config_value(config, "head_dim") or hidden // heads
     return ModelShape(
-        num_layers=int(_get(config, "num_hidden_layers")),
+        num_layers=int(config_value(config, "num_hidden_layers")),
         num_heads=heads,
-        num_kv_heads=int(_get(config, "num_key_value_heads") or heads),
+        num_kv_heads=int(config_value(config, "num_key_value_heads") or heads),
         head_dim=int(head_dim),
         hidden_size=hidden,
-        intermediate_size=int(_get(config, "intermediate_size")),
-        vocab_size=int(_get(config, "vocab_size")),
+        intermediate_size=int(config_value(config, "intermediate_size")),
+        vocab_size=int(config_value(config, "vocab_size")),
         num_special_tokens=num_special_tokens,
     )

@@ -68,9 +68,7 @@ def _pruned_layer_class(model_type: str) -> type:
     if model_type not in _LAYER_CLASSES:
         module = importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
         stock = getattr(module, _DECODER_LAYERS[model_type])
-        _LAYER_CLASSES[model_type] = type(
-            f"Pruned{stock.__name__}", (stock,), {"forward": _skippable_forward}
-        )
+        _LAYER_CLASSES[model_type] = type(f"Pruned{stock.__name__}", (stock,), {"forward": _skippable_forward})
     return _LAYER_CLASSES[model_type]
 
 
@@ -124,6 +122,14 @@ class PrunedLayersMixin:
             _build_layer(config, i, slot) for i, slot in enumerate(_cache_slots(config, num_layers))
         )
         self.post_init()
+
+    def set_attn_implementation(self, *args, **kwargs):
+        """Each layer's attention holds its own per-layer config: keep its attention kernel in step."""
+        result = super().set_attn_implementation(*args, **kwargs)
+        for layer in self.model.layers:
+            if layer.self_attn is not None:
+                layer.self_attn.config._attn_implementation = self.config._attn_implementation
+        return result
 
 
 def _cache_slots(config, num_layers: int) -> list[int]:

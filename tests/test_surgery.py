@@ -236,3 +236,16 @@ def test_surgery_on_cuda_matches_cpu(arch):
     assert {p.device.type for p in on_gpu.parameters()} == {"cuda"}
     ids = _ids(model)
     torch.testing.assert_close(_logits(on_gpu, ids.cuda()).cpu(), _logits(on_cpu, ids), atol=1e-4, rtol=0)
+
+
+def test_attention_kernel_choice_reaches_every_heterogeneous_layer(tmp_path):
+    model = tiny_model("llama")
+    plan = PrunePlan(layers=(LayerPlan(4, 48), LayerPlan(0, 24), LayerPlan(8, 48), LayerPlan(2, 0)))
+    pruned = apply_plan(model, plan)
+    pruned.set_attn_implementation("eager")
+    kernels = {layer.self_attn.config._attn_implementation for layer in pruned.model.layers if layer.self_attn}
+    assert kernels == {"eager"}
+    ids = _ids(model)
+    eager = _logits(pruned, ids)
+    pruned.set_attn_implementation("sdpa")
+    torch.testing.assert_close(_logits(pruned, ids), eager, atol=ATOL, rtol=0)

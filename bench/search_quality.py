@@ -1,0 +1,243 @@
+"""Search quality and speed on a real checkpoint.
+
+    python bench/search_quality.py [--trials 100] [--hv-trials 50,100,200] [--hv-tokens 4096]
+
+1. Speed: one TPE search of `--trials` trials with `--calibration-tokens` tokens and no latency constraint;
+   wall time, and the time in proxy evaluation against one dense forward pass over the same tokens.
+2. Quality: for each latency budget (fraction of dense total latency, h100-sxm, batch 1, prompt 512,
+   generate 128), the front plan with the lowest KL under the budget, against baselines at matching predicted
+   latency: uniform width with each criterion (the best reported), ShortGPT layer removal. Metric: token
+   perplexity on pydocs-valid (in-domain) and kerneldocs-valid (out-of-domain), no fine-tuning.
+3. Samplers: TPE, NSGA-II and random, hypervolume after each of `--hv-trials`, on one common reference point.
+
+Writes bench/results/search_quality.json and prints it. Nothing here is asserted by a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from optuna._hypervolume import compute_hypervolume
+
+from prunesearch.pruning.evaluate import perplexity
+from prunesearch.pruning.importance import CRITERIA, compute_importance
+from prunesearch.pruning.plan import LayerPlan, PrunePlan
+from prunesearch.pruning.stats import cached_activation_stats
+from prunesearch.pruning.surgery import apply_plan
+from prunesearch.search.context import SearchContext
+from prunesearch.search.engine import run_search
+from prunesearch.search.results import list_trials, pareto_front
+from prunesearch.search.spec import SearchSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+
+def make_spec(args, sampler: str, trials: int, tokens: int) -> SearchSpec:
+    return SearchSpec.model_validate(
+        {
+            "model": str(args.model),
+            "calibration": str(args.data / "pydocs-calib.txt"),
+            "hardware": "h100-sxm",
+            "workload": {"batch": 1, "prompt_tokens": 512, "generate_tokens": 128, "dtype": "bf16"},
+            "calibration_settings": {"tokens": tokens, "criterion": "flap"},
+            "sampler": sampler,
+            "n_trials": trials,
+            "seed": args.seed,
+        }
+    )
+
+
+def timed_search(args, workdir: Path) -> tuple[SearchContext, str, dict]:
+    spec = make_spec(args, "tpe", args.trials, args.calibration_tokens)
+    started = time.perf_counter()
+    context = SearchContext(spec)
+    setup_s = time.perf_counter() - started
+    proxy = {"seconds": 0.0, "calls": 0}
+    original = context.evaluator.evaluate
+
+    def counted(*a, **k):
+        t = time.perf_counter()
+        try:
+            return original(*a, **k)
+        finally:
+            proxy["seconds"] += time.perf_counter() - t
+            proxy["calls"] += 1
+
+    context.evaluator.evaluate = counted
+    storage = f"sqlite:///{workdir / 'speed.db'}"
+    run_search(spec, storage=storage, study_name="speed", context=context)
+    total_s = time.perf_counter() - started
+    with torch.inference_mode():
+        t = time.perf_counter()
+        for batch in context.evaluator.blocks.split(8):
+            context.model(input_ids=batch, use_cache=False)
+        dense_forward_s = time.perf_counter() - t
+    return (
+        context,
+        storage,
+        {
+            "trials": args.trials,
+            "calibration_tokens": args.calibration_tokens,
+            "wall_s": round(total_s, 1),
+            "setup_s": round(setup_s, 1),
+            "proxy_s": round(proxy["seconds"], 1),
+            "proxy_calls": proxy["calls"],
+            "proxy_share": round(proxy["seconds"] / total_s, 3),
+            "proxy_call_over_dense_forward": round(proxy["seconds"] / max(proxy["calls"], 1) / dense_forward_s, 2),
+            "dense_forward_s": round(dense_forward_s, 2),
+        },
+    )
+
+
+def latency_fraction(context: SearchContext, plan: PrunePlan) -> float:
+    estimate = context.latency_model.estimate(context.config, plan, context.workload)
+    return estimate.total_ms / context.dense_latency
+
+
+def uniform_plan(context: SearchContext, group_cuts: int, ffn_cuts: int) -> PrunePlan:
+    shape, step = context.shape, context.knobs.ffn_step
+    layer = LayerPlan(
+        heads=shape.num_heads - group_cuts * shape.group_size, ffn=shape.intermediate_size - ffn_cuts * step
+    )
+    return PrunePlan(layers=(layer,) * shape.num_layers)
+
+
+def best_uniform_under(context: SearchContext, budget: float) -> PrunePlan | None:
+    """The least-cut uniform plan (heads and MLP cut in the same proportion) under the budget."""
+    shape, step = context.shape, context.knobs.ffn_step
+    for tenth in range(1, 100):
+        ratio = 1 - tenth / 100
+        group_cuts = min(shape.num_kv_heads - 1, round((1 - ratio) * shape.num_kv_heads))
+        ffn_cuts = min((shape.intermediate_size - step) // step, round((1 - ratio) * shape.intermediate_size / step))
+        plan = uniform_plan(context, group_cuts, ffn_cuts)
+        if latency_fraction(context, plan) <= budget:
+            return plan
+    return None
+
+
+def shortgpt_under(context: SearchContext, budget: float) -> PrunePlan | None:
+    shape = context.shape
+    for count in range(1, shape.num_layers):
+        dropped = set(context.knobs.order[:count])
+        layers = tuple(
+            LayerPlan(0, 0) if i in dropped else LayerPlan(shape.num_heads, shape.intermediate_size)
+            for i in range(shape.num_layers)
+        )
+        plan = PrunePlan(layers=layers)
+        if latency_fraction(context, plan) <= budget:
+            return plan
+    return None
+
+
+def ppl_of(context: SearchContext, plan: PrunePlan, scores, texts: dict[str, str]) -> dict[str, float]:
+    model = apply_plan(context.model, plan, scores)
+    return {name: round(perplexity(model, context.tokenizer, text).token_ppl, 2) for name, text in texts.items()}
+
+
+def quality_at_budgets(args, context: SearchContext, storage: str) -> list[dict]:
+    texts = {n: (args.data / f"{n}.txt").read_text()[: args.eval_chars] for n in ("pydocs-valid", "kerneldocs-valid")}
+    blocks = context.evaluator.blocks.cpu()
+    stats, _ = cached_activation_stats(context.model, blocks, progress=False)
+    criteria_scores = {c: compute_importance(context.model, c, stats) for c in CRITERIA}
+    front = pareto_front(storage, "speed")
+    rows = [{"budget": 1.0, "dense": ppl_of(context, PrunePlan.dense(context.shape), context.scores, texts)}]
+    for budget in args.budgets:
+        row: dict = {"budget": budget}
+        under = [x for x in front if x["metrics"]["latency_fraction"] <= budget]
+        if under:
+            chosen = min(under, key=lambda x: x["metrics"]["kl"])
+            plan = PrunePlan.from_dict(chosen["plan"])
+            row["search"] = ppl_of(context, plan, context.scores, texts) | {
+                "trial": chosen["trial"],
+                "latency_fraction": round(chosen["metrics"]["latency_fraction"], 3),
+                "plan": chosen["plan"],
+            }
+        uniform = best_uniform_under(context, budget)
+        if uniform is not None:
+            per_criterion = {c: ppl_of(context, uniform, s, texts) for c, s in criteria_scores.items()}
+            best = min(per_criterion, key=lambda c: per_criterion[c]["pydocs-valid"])
+            row["uniform"] = per_criterion[best] | {
+                "criterion": best,
+                "all": per_criterion,
+                "latency_fraction": round(latency_fraction(context, uniform), 3),
+                "layer": uniform.layers[0].to_dict(),
+            }
+        short = shortgpt_under(context, budget)
+        if short is not None:
+            row["shortgpt"] = ppl_of(context, short, context.scores, texts) | {
+                "removed": sum(x.removed for x in short.layers),
+                "latency_fraction": round(latency_fraction(context, short), 3),
+            }
+        rows.append(row)
+    return rows
+
+
+def sampler_hypervolumes(args, workdir: Path) -> dict:
+    points: dict[str, list[tuple[float, float, bool, bool]]] = {}
+    trials = max(args.hv_trials)
+    for sampler in ("tpe", "nsga2", "random"):
+        spec = make_spec(args, sampler, trials, args.hv_tokens)
+        storage = f"sqlite:///{workdir / f'hv-{sampler}.db'}"
+        started = time.perf_counter()
+        run_search(spec, storage=storage, study_name=sampler)
+        records = list_trials(storage, sampler, limit=trials)
+        points[sampler] = [
+            (
+                r["metrics"].get("kl", np.inf),
+                r["metrics"].get("latency_fraction", 1.0),
+                r["feasible"],
+                bool(r["baseline"]),
+            )
+            for r in records
+        ]
+        print(f"{sampler}: {trials} trials in {time.perf_counter() - started:.0f} s", flush=True)
+    baseline_kl = [kl for run in points.values() for kl, _, ok, base in run if ok and base]
+    q_ref = max(baseline_kl) * 1.1
+    result = {"reference_kl": q_ref, "calibration_tokens": args.hv_tokens}
+    for sampler, run in points.items():
+        result[sampler] = {}
+        for n in args.hv_trials:
+            pts = np.array([[kl / q_ref, lat] for kl, lat, ok, _ in run[:n] if ok and kl / q_ref < 1 and lat < 1])
+            result[sampler][n] = round(float(compute_hypervolume(pts, np.ones(2))), 4) if len(pts) else 0.0
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=SHARED / "models/llama-docs")
+    parser.add_argument("--data", type=Path, default=SHARED / "data")
+    parser.add_argument("--trials", type=int, default=100)
+    parser.add_argument("--calibration-tokens", type=int, default=16_384)
+    parser.add_argument("--budgets", type=lambda s: [float(x) for x in s.split(",")], default=[0.5, 0.6, 0.7, 0.8])
+    parser.add_argument("--hv-trials", type=lambda s: [int(x) for x in s.split(",")], default=[50, 100, 200])
+    parser.add_argument("--hv-tokens", type=int, default=4096)
+    parser.add_argument("--eval-chars", type=int, default=60_000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workdir", type=Path, default=ROOT / "bench/results/search-work")
+    parser.add_argument("--skip-hv", action="store_true")
+    args = parser.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    for db in args.workdir.glob("*.db"):
+        db.unlink()
+    report: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"}
+    context, storage, report["speed"] = timed_search(args, args.workdir)
+    print(json.dumps(report["speed"]), flush=True)
+    report["quality"] = quality_at_budgets(args, context, storage)
+    print(json.dumps(report["quality"]), flush=True)
+    if not args.skip_hv:
+        report["hypervolume"] = sampler_hypervolumes(args, args.workdir)
+    out = ROOT / "bench/results/search_quality.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
