@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from prunesearch.cli import CLIError, print_json
 
 from .plot import plot_front
-from .results import export_trial, load_study, pareto_front
+from .results import export_trial, hypervolume_history, load_study, pareto_front
 from .spec import SearchSpec
 
 
@@ -69,7 +69,9 @@ def _search(args: argparse.Namespace) -> int:
     progress = run_search(spec, storage=storage, study_name=study_name, progress_bar=True)
     front = pareto_front(storage, study_name)
     (args.out / "pareto.json").write_text(json.dumps(front, indent=2) + "\n")
-    plot_front(load_study(storage, study_name), args.out / "pareto.png")
+    study = load_study(storage, study_name)
+    plot_front(study, args.out / "pareto.png")
+    (args.out / "convergence.json").write_text(json.dumps(hypervolume_history(study), indent=2) + "\n")
     print_json(
         {
             "storage": storage,

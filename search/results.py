@@ -55,23 +55,30 @@ def front_trials(study: optuna.Study) -> list[FrozenTrial]:
     return sorted(study.best_trials, key=lambda t: t.values[1])
 
 
-def hypervolume(study: optuna.Study) -> float | None:
-    """Hypervolume of the feasible (quality, latency / dense latency) points.
+def hypervolume(study: optuna.Study, first: int | None = None) -> float | None:
+    """Hypervolume of the feasible (quality, latency / dense latency) points (of the first `first` trials).
 
     The reference point is fixed per job once its baselines are done: the worst feasible baseline quality
     times 1.1, at the dense latency. Without baselines it follows the worst feasible quality seen so far."""
-    trials = [t for t in study.get_trials(deepcopy=False) if _feasible(t)]
+    all_feasible = [t for t in study.get_trials(deepcopy=False) if _feasible(t)]
     dense = study.user_attrs.get("dense_latency_ms")
-    if not trials or not dense:
+    if not all_feasible or not dense:
         return None
-    baselines = [t for t in trials if "baseline" in t.user_attrs]
-    reference_pool = baselines if baselines else trials
-    q_ref = max(t.values[0] for t in reference_pool) * HV_MARGIN or 1.0
-    points = np.array([[t.values[0] / q_ref, t.values[1] / dense] for t in trials])
+    baselines = [t for t in all_feasible if "baseline" in t.user_attrs]
+    q_ref = max(t.values[0] for t in (baselines or all_feasible)) * HV_MARGIN or 1.0
+    trials = [t for t in all_feasible if first is None or t.number < first]
+    points = np.array([[t.values[0] / q_ref, t.values[1] / dense] for t in trials]).reshape(-1, 2)
     points = points[(points < 1.0).all(axis=1)]
     if not len(points):
         return 0.0
     return float(compute_hypervolume(points, np.ones(2)))
+
+
+def hypervolume_history(study: optuna.Study, every: int = 10) -> list[dict[str, Any]]:
+    """Hypervolume after every `every` trials (one reference point throughout), for convergence plots."""
+    total = len(study.get_trials(deepcopy=False))
+    marks = sorted({*range(every, total + 1, every), total})
+    return [{"trials": n, "hypervolume": hypervolume(study, first=n)} for n in marks if n > 0]
 
 
 def progress_of(study: optuna.Study, n_trials: int) -> SearchProgress:

@@ -16,7 +16,7 @@ from prunesearch.pruning.surgery import apply_plan
 from prunesearch.search.context import INFEASIBLE_QUALITY, SearchContext
 from prunesearch.search.engine import run_search
 from prunesearch.search.parametrize import FixedParams
-from prunesearch.search.results import hypervolume, list_trials, load_study, pareto_front
+from prunesearch.search.results import hypervolume, hypervolume_history, list_trials, load_study, pareto_front
 from prunesearch.search.spec import SearchSpec
 
 from ..factories import LLAMA_DOCS, PYDOCS_CALIB
@@ -124,7 +124,12 @@ def test_search_runs_exactly_n_trials_baselines_first(calibration, tmp_path, pru
                 and f["metrics"]["latency_ms"] <= t["metrics"]["latency_ms"] + 1e-12
                 for f in front
             )
-    assert hypervolume(load_study(storage, "s")) > 0
+    study = load_study(storage, "s")
+    assert hypervolume(study) > 0
+    history = hypervolume_history(study, every=5)
+    assert [h["trials"] for h in history] == [5, 10, 14]
+    values = [h["hypervolume"] or 0.0 for h in history]
+    assert values == sorted(values) and values[-1] == pytest.approx(hypervolume(study))
     # a second call on the same study adds nothing: the quota is spent
     assert run_search(spec, storage=storage, study_name="s").trials_done == 14
 
@@ -163,6 +168,9 @@ def test_cli_search_then_export(calibration, tmp_path, capsys, prunesearch_home)
     summary = json.loads(capsys.readouterr().out)
     assert code == 0
     assert (out / "pareto.json").is_file() and (out / "pareto.png").stat().st_size > 1000
+    history = json.loads((out / "convergence.json").read_text())
+    assert [h["trials"] for h in history] == [10]
+    assert history[-1]["hypervolume"] == summary["progress"]["hypervolume"]
     front = json.loads((out / "pareto.json").read_text())
     assert [x["trial"] for x in front] == [x["trial"] for x in summary["front"]]
     chosen = front[0]["trial"]
