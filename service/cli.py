@@ -27,6 +27,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _server_options(worker)
     worker.add_argument("--max-idle", type=float, default=None, help="exit after this many idle seconds")
     worker.add_argument("--max-jobs", type=int, default=None, help="exit after working on this many jobs")
+    worker.add_argument("--exit-with-parent", action="store_true", help="stop when the parent process is gone")
+    worker.add_argument(
+        "--nice", type=int, default=0, help="lower this worker's CPU priority (keeps an API responsive)"
+    )
     worker.set_defaults(handler=_worker)
 
     serve = subparsers.add_parser("serve", help="run the API (and one local worker) on the data directory")
@@ -65,6 +69,10 @@ def _worker(args: argparse.Namespace) -> None:
     settings = settings_from(args)
     worker = Worker(settings, max_idle_s=args.max_idle, max_jobs=args.max_jobs)
     worker.install_signal_handlers()
+    if args.nice:
+        os.nice(args.nice)
+    if args.exit_with_parent:
+        worker.exit_with_parent()
     jobs = worker.run()
     logging.getLogger(__name__).info("worker exits after %d job(s)", jobs)
 
@@ -95,7 +103,8 @@ def start_worker(settings: Settings) -> subprocess.Popen:
         "PRUNESEARCH_DATABASE_URL": settings.db_url,
         "PRUNESEARCH_DATA_DIR": str(settings.data_dir),
     }
-    return subprocess.Popen([sys.executable, "-m", "prunesearch.cli", "worker"], env=env)
+    cmd = [sys.executable, "-m", "prunesearch.cli", "worker", "--exit-with-parent", "--nice", "10"]
+    return subprocess.Popen(cmd, env=env)
 
 
 def stop_process(process: subprocess.Popen, timeout: float = 30.0) -> None:

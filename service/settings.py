@@ -11,8 +11,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 import prunesearch
 
-# The demo model bundled with the repository (trained by examples/train_tiny_llama.py).
-BUNDLED_EXAMPLES = Path(prunesearch.__file__).resolve().parent.parent / "examples" / "tiny-llama"
+# The repository's examples folder: holds the bundled demo model `tiny-llama` (examples/train_tiny_llama.py).
+EXAMPLES_DIR = Path(prunesearch.__file__).resolve().parent.parent / "examples"
+BUNDLED_EXAMPLES = EXAMPLES_DIR / "tiny-llama"
 
 
 def default_data_dir() -> Path:
@@ -43,13 +44,13 @@ class Settings(BaseSettings):
 
     @property
     def allowed_model_roots(self) -> list[Path]:
-        return self.model_roots if self.model_roots is not None else [self.data_dir / "models", BUNDLED_EXAMPLES]
+        return self.model_roots if self.model_roots is not None else [self.data_dir / "models", EXAMPLES_DIR]
 
     @property
     def allowed_calibration_roots(self) -> list[Path]:
         if self.calibration_roots is not None:
             return self.calibration_roots
-        return [self.data_dir / "calibration", self.datasets_dir, BUNDLED_EXAMPLES]
+        return [self.data_dir / "calibration", self.datasets_dir, EXAMPLES_DIR]
 
     @property
     def datasets_dir(self) -> Path:

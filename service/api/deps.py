@@ -14,7 +14,8 @@ from prunesearch.service.models import Export, Job
 from prunesearch.service.settings import Settings
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
+    """Async on purpose: no I/O, so it need not hop to the thread pool."""
     return request.app.state.settings
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -28,6 +29,17 @@ class Worker:
         """SIGTERM and SIGINT finish the current trial, leave the job for others, and exit."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stopping.set())
+
+    def exit_with_parent(self) -> None:
+        """Stop (cleanly, like SIGTERM) once the parent process is gone, e.g. a `serve` that was killed."""
+        parent = os.getppid()
+
+        def watch() -> None:
+            while not self.stopping.wait(1.0):
+                if os.getppid() != parent:
+                    self.stopping.set()
+
+        threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
     def run(self) -> int:
         """Loop until told to stop; returns the number of jobs worked on."""

@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, HTTPException, Response
+from starlette.concurrency import run_in_threadpool
 
 from prunesearch.service import crud
 from prunesearch.service.api.deps import JobDep, LimitDep, OffsetDep, SessionDep, SettingsDep
+from prunesearch.service.db import session_scope
 from prunesearch.service.engine import delete_study, search_engine
 from prunesearch.service.jobs import submit_job
 from prunesearch.service.schemas import JobCreate, JobPublic, Page, ParetoPublic
@@ -41,8 +43,18 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-def get_job(job: JobDep) -> JobPublic:
-    return JobPublic.of(job)
+async def get_job(job_id: str, settings: SettingsDep) -> JobPublic:
+    """The hot polling path: one thread-pool hop for the whole read (not one per dependency)."""
+    job = await run_in_threadpool(read_job, settings.db_url, job_id)
+    if job is None:
+        raise HTTPException(404, f"job {job_id} not found")
+    return job
+
+
+def read_job(url: str, job_id: str) -> JobPublic | None:
+    with session_scope(url) as session:
+        job = crud.get_job(session, job_id=job_id)
+        return None if job is None else JobPublic.of(job)
 
 
 @router.get("/{job_id}/trials", response_model=Page[dict])
