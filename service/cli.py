@@ -11,7 +11,7 @@ import sys
 
 from prunesearch import migrations
 
-from . import client_cli
+from . import client_cli, demo
 from .settings import Settings
 
 
@@ -40,6 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--no-worker", action="store_true", help="run the API alone")
     serve.set_defaults(handler=_serve)
     client_cli.register(subparsers)
+    demo.register(subparsers)
 
 
 def _server_options(parser: argparse.ArgumentParser) -> None:

@@ -12,6 +12,7 @@ from prunesearch.cli import CLIError, print_json
 from .client import Client, ServiceError, default_server
 
 FINAL = ("succeeded", "failed", "cancelled")
+TABLE_METRICS = ("kl", "ppl", "latency_ms", "latency_fraction", "params", "memory_bytes", "vocab_coverage")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -114,7 +115,8 @@ def _pareto(client: Client, args: argparse.Namespace) -> None:
 
 def format_front(front: list[dict]) -> str:
     """A plain-text table: trial, each metric, and a short plan description."""
-    metrics = sorted({k for row in front for k in row.get("metrics", {})})
+    present = {k for row in front for k in row.get("metrics", {})}
+    metrics = [m for m in TABLE_METRICS if m in present]
     header = ["trial", *metrics, "layers (heads/ffn)"]
     rows = [header]
     for row in sorted(front, key=lambda r: r["trial"]):

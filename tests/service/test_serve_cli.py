@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -63,3 +64,12 @@ def test_serve_and_client_commands(tmp_path, processes, capsys):
     assert serve.returncode is not None
     with pytest.raises(ProcessLookupError):
         os.kill(worker_pid, 0)
+
+
+def test_demo_command(tmp_path, capsys):
+    """The newcomer command: serve, search the bundled model, print the front, download the fastest plan."""
+    assert main(["demo", "--trials", "3", "--out", str(tmp_path / "demo")]) == 0
+    out = capsys.readouterr().out
+    assert "latency_ms" in out and "checkpoint:" in out
+    checkpoint = Path(out.split("checkpoint: ")[1].split(" (")[0])
+    assert (checkpoint / "config.json").is_file()
