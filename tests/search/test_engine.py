@@ -15,6 +15,7 @@ from prunesearch.pruning.plan import LayerPlan, PrunePlan
 from prunesearch.pruning.surgery import apply_plan
 from prunesearch.search.context import INFEASIBLE_QUALITY, SearchContext
 from prunesearch.search.engine import run_search
+from prunesearch.search.evaluator import CandidateEvaluator
 from prunesearch.search.parametrize import FixedParams
 from prunesearch.search.results import hypervolume, hypervolume_history, list_trials, load_study, pareto_front
 from prunesearch.search.spec import SearchSpec
@@ -87,6 +88,16 @@ def test_candidate_kl_equals_the_exported_checkpoints_kl(context, tmp_path):
         log_q = F.log_softmax(exported(blocks).logits[:, :-1], -1)
     kl = float((log_p.exp() * (log_p - log_q)).sum(-1).mean())
     assert scored.kl == pytest.approx(kl, rel=1e-4)
+
+
+def test_teacher_cache_does_not_change_the_scores(context):
+    plan = PrunePlan(layers=tuple(LayerPlan(4, 344) for _ in range(6)), vocab=2048)
+    kept = context.kept_tokens(2048)
+    uncached = CandidateEvaluator(context.model, context.evaluator.blocks, context.scores, teacher_cache_bytes=0)
+    assert uncached.teacher_log_probs is None and context.evaluator.teacher_log_probs is not None
+    expected = context.evaluator.evaluate(plan, kept)
+    got = uncached.evaluate(plan, kept)
+    assert got.kl == pytest.approx(expected.kl, rel=1e-5) and got.ppl == pytest.approx(expected.ppl, rel=1e-5)
 
 
 def test_trimmed_vocabulary_kl_charges_the_lost_mass(context):
