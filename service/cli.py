@@ -10,8 +10,10 @@ import subprocess
 import sys
 
 from prunesearch import migrations
+from prunesearch.cli import CLIError
 
 from . import client_cli, demo
+from .engine import search_engine
 from .settings import Settings
 
 
@@ -28,6 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     worker.add_argument("--max-idle", type=float, default=None, help="exit after this many idle seconds")
     worker.add_argument("--max-jobs", type=int, default=None, help="exit after working on this many jobs")
     worker.add_argument("--exit-with-parent", action="store_true", help="stop when the parent process is gone")
+    worker.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     worker.add_argument(
         "--nice", type=int, default=0, help="lower this worker's CPU priority (keeps an API responsive)"
     )
@@ -68,7 +71,14 @@ def _worker(args: argparse.Namespace) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker[%(process)d] %(message)s")
     settings = settings_from(args)
+    if migrations.current(settings.db_url) is None:
+        raise CLIError(f"database {settings.db_url} has no prunesearch schema: run `prunesearch db upgrade`")
     worker = Worker(settings, max_idle_s=args.max_idle, max_jobs=args.max_jobs)
+    search_engine()  # import torch and the engine now, not when the first job is already waiting
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     worker.install_signal_handlers()
     if args.nice:
         os.nice(args.nice)
@@ -98,13 +108,14 @@ def _serve(args: argparse.Namespace) -> None:
 
 
 def start_worker(settings: Settings) -> subprocess.Popen:
-    """One local worker process on the same database and data directory."""
+    """One local worker process on the same database and data directory: niced and on one torch thread, so
+    the API on the same machine stays responsive (and oversubscribed OpenMP threads do not thrash)."""
     env = {
         **os.environ,
         "PRUNESEARCH_DATABASE_URL": settings.db_url,
         "PRUNESEARCH_DATA_DIR": str(settings.data_dir),
     }
-    cmd = [sys.executable, "-m", "prunesearch.cli", "worker", "--exit-with-parent", "--nice", "10"]
+    cmd = [sys.executable, "-m", "prunesearch.cli", "worker", "--exit-with-parent", "--nice", "10", "--threads", "1"]
     return subprocess.Popen(cmd, env=env)
 
 

@@ -49,3 +49,10 @@ def test_db_command(tmp_path, capsys):
     assert "0001" in capsys.readouterr().out
     assert main(["db", "downgrade", "--database-url", url]) == 0
     assert "none" in capsys.readouterr().out
+
+
+def test_worker_refuses_an_unmigrated_database(tmp_path, capsys):
+    from prunesearch.cli import main
+
+    assert main(["worker", "--database-url", f"sqlite:///{tmp_path / 'empty.db'}", "--max-idle", "0"]) == 2
+    assert "db upgrade" in capsys.readouterr().err
