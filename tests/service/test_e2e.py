@@ -4,6 +4,8 @@ workers on one PostgreSQL job stop at exactly n_trials."""
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -100,3 +102,17 @@ def test_cancel_stops_a_running_job_between_trials(settings, processes, tmp_path
         done = _finished(api, job["id"], timeout=60)
         assert done["status"] == "cancelled" and done["trials_done"] < 200
         assert api.delete(f"/v1/jobs/{job['id']}").status_code == 204
+
+
+def test_sigterm_leaves_the_job_queued_for_another_worker(settings, processes, tmp_path):
+    api, client = _client(settings)
+    with api:
+        worker = processes.worker(settings, log=tmp_path / "worker.log")
+        job = client.submit(job_body(n_trials=200))
+        wait_for(lambda: client.job(job["id"])["trials_done"] > 0)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=60) == 0
+        after = client.job(job["id"])
+        assert (after["status"], after["active_workers"]) == ("queued", 0)
+        assert 0 < after["trials_done"] < 200 and after["error"] is None
+        assert api.post(f"/v1/jobs/{job['id']}/cancel").json()["status"] == "cancelled"
