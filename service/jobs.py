@@ -9,8 +9,8 @@ from prunesearch.profilers.hardware import HardwareError, known_profiles, user_p
 from prunesearch.profilers.registry import LOCAL_NAMES
 
 from . import crud
-from .models import Job
-from .paths import resolve_calibration, resolve_model
+from .models import Job, is_id
+from .paths import PathRejected, resolve_calibration, resolve_model
 from .schemas import JobCreate
 from .settings import Settings
 
@@ -25,11 +25,22 @@ def check_hardware(name: str) -> None:
 def resolved_spec(body: JobCreate, settings: Settings, session: Session) -> dict:
     """The stored spec: the body's search part with model and calibration as checked local paths."""
     check_hardware(body.hardware)
-    dataset = crud.get_dataset(session, dataset_id=body.calibration)
+    dataset = crud.get_dataset(session, dataset_id=body.calibration) if is_id(body.calibration) else None
     spec = body.search_spec()
-    spec["model"] = resolve_model(body.model, settings)
-    spec["calibration"] = resolve_calibration(body.calibration, settings, dataset.path if dataset else None)
+    spec["model"] = _checked("model", lambda: resolve_model(body.model, settings))
+    dataset_path = dataset.path if dataset else None
+    spec["calibration"] = _checked("calibration", lambda: resolve_calibration(body.calibration, settings, dataset_path))
     return spec
+
+
+def _checked(field: str, resolve) -> str:
+    """Run a path resolution, turning filesystem errors on odd input (NUL bytes, huge names) into a 422."""
+    try:
+        return resolve()
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, PathRejected):
+            raise
+        raise PathRejected(field, f"{field} is not a usable path: {exc}") from None
 
 
 def submit_job(body: JobCreate, settings: Settings, session: Session, idempotency_key: str | None) -> Job:

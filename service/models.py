@@ -22,6 +22,14 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
+def is_id(value: str) -> bool:
+    """Whether `value` is an id this service could have issued (a canonical UUID string)."""
+    try:
+        return str(uuid.UUID(value)) == value
+    except ValueError:
+        return False
+
+
 class Base(DeclarativeBase):
     type_annotation_map: ClassVar = {dict[str, Any]: JSON, list[Any]: JSON, datetime: DateTime(timezone=True)}
 

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from prunesearch.service import crud
 from prunesearch.service.db import session_scope
-from prunesearch.service.models import Export, Job
+from prunesearch.service.models import Export, Job, is_id
 from prunesearch.service.settings import Settings
 
 
@@ -31,7 +31,7 @@ SessionDep = Annotated[Session, Depends(get_session)]
 
 
 def get_job(job_id: str, session: SessionDep) -> Job:
-    job = crud.get_job(session, job_id=job_id)
+    job = crud.get_job(session, job_id=job_id) if is_id(job_id) else None
     if job is None:
         raise HTTPException(404, f"job {job_id} not found")
     return job
@@ -41,7 +41,7 @@ JobDep = Annotated[Job, Depends(get_job)]
 
 
 def get_export(export_id: str, session: SessionDep) -> Export:
-    export = crud.get_export(session, export_id=export_id)
+    export = crud.get_export(session, export_id=export_id) if is_id(export_id) else None
     if export is None:
         raise HTTPException(404, f"export {export_id} not found")
     return export

@@ -146,3 +146,25 @@ def test_hardware_health_and_readiness(api):
     assert api.get("/healthz").json() == {"status": "ok"}
     assert api.get("/readyz").json()["status"] == "ready"
     assert "/v1/jobs" in api.get("/openapi.json").json()["paths"]
+
+
+@pytest.mark.parametrize("value", ["a\x00b", "x" * 5000, "/" + "y" * 300 + "/z"])
+def test_odd_paths_get_422_not_500(api, value):
+    for field in ("model", "calibration"):
+        response = api.post("/v1/jobs", json=job_body(**{field: value}))
+        assert response.status_code == 422, (field, response.text)
+        assert _fields(response) == [f"body.{field}"]
+
+
+def test_odd_input_on_postgresql_gets_422(pg_settings):
+    from fastapi.testclient import TestClient
+
+    from prunesearch.service.api.main import create_app
+
+    with TestClient(create_app(pg_settings)) as api:
+        assert api.post("/v1/jobs", json=job_body(calibration="a\x00b")).status_code == 422
+        assert api.get("/v1/jobs/" + "z" * 300).status_code == 404
+        assert api.get("/v1/jobs/a%00b").status_code == 404
+        assert api.get("/v1/jobs/a%00b/pareto").status_code == 404
+        assert api.get("/v1/exports/a%00b").status_code == 404
+        assert api.post("/v1/jobs", json=job_body(), headers={"Idempotency-Key": "pg-1"}).status_code == 202

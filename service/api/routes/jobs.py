@@ -15,6 +15,7 @@ from prunesearch.service.api.deps import JobDep, LimitDep, OffsetDep, SessionDep
 from prunesearch.service.db import session_scope
 from prunesearch.service.engine import delete_study, search_engine
 from prunesearch.service.jobs import submit_job
+from prunesearch.service.models import is_id
 from prunesearch.service.schemas import JobCreate, JobPublic, Page, ParetoPublic
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -49,7 +50,7 @@ async def get_job(job_id: str, settings: SettingsDep) -> Response:
     """The hot polling path: served from a 0.25 s cache, else one thread-pool hop for the whole read."""
     body = JOB_VIEWS.get(job_id)
     if body is None:
-        body = await run_in_threadpool(read_job, settings.db_url, job_id)
+        body = await run_in_threadpool(read_job, settings.db_url, job_id) if is_id(job_id) else None
         if body is None:
             raise HTTPException(404, f"job {job_id} not found")
         JOB_VIEWS.put(job_id, body)
