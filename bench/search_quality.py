@@ -48,6 +48,7 @@ def make_spec(args, sampler: str, trials: int, tokens: int) -> SearchSpec:
             "hardware": "h100-sxm",
             "workload": {"batch": 1, "prompt_tokens": 512, "generate_tokens": 128, "dtype": "bf16"},
             "calibration_settings": {"tokens": tokens, "criterion": "flap"},
+            "space": {"min_keep": {"layers": args.min_keep_layers}},
             "sampler": sampler,
             "n_trials": trials,
             "seed": args.seed,
@@ -221,6 +222,7 @@ def main() -> None:
     parser.add_argument("--hv-tokens", type=int, default=4096)
     parser.add_argument("--eval-chars", type=int, default=60_000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--min-keep-layers", type=float, default=0.25, help="the search's depth bound")
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench/results/search-work")
     parser.add_argument("--skip-hv", action="store_true")
     args = parser.parse_args()
