@@ -22,8 +22,10 @@ async def get_settings(request: Request) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def get_session(settings: SettingsDep) -> Iterator[Session]:
-    with session_scope(settings.db_url) as session:
+def get_session(request: Request, settings: SettingsDep) -> Iterator[Session]:
+    """Requests that write take SQLite's write lock up front (`BEGIN IMMEDIATE`): a read-then-write
+    transaction could otherwise fail at once with "database is locked" after a worker's commit."""
+    with session_scope(settings.db_url, immediate=request.method != "GET") as session:
         yield session
 
 

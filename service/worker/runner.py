@@ -46,7 +46,7 @@ def run_job(job_id: str, settings: Settings, stopping: threading.Event, between_
         except Exception as exc:
             log.exception("job %s failed", job_id)
             error = f"{type(exc).__name__}: {exc}"[:2000]
-    with session_scope(url) as session:
+    with session_scope(url, immediate=True) as session:
         job = crud.leave_job(session, job_id=job_id, error=error, requeue=stopping.is_set())
         log.info("left job %s: %s, %d/%d trials", job_id, job.status, job.trials_done, job.n_trials)
 
@@ -60,7 +60,7 @@ def _stopped(url: str, job_id: str) -> bool:
 def record(url: str, job_id: str, study: str, progress) -> None:
     """Store progress and a Pareto snapshot (plans and metrics as JSON)."""
     front = json.loads(json.dumps(search_engine().pareto_front(url, study), default=str))
-    with session_scope(url) as session:
+    with session_scope(url, immediate=True) as session:
         crud.record_progress(
             session,
             job_id=job_id,

@@ -14,10 +14,12 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import update
 
 from prunesearch import migrations
 from prunesearch.service.api.main import create_app
-from prunesearch.service.db import dispose_all
+from prunesearch.service.db import dispose_all, session_scope
+from prunesearch.service.models import Job
 from prunesearch.service.settings import BUNDLED_EXAMPLES, Settings
 
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -75,10 +77,13 @@ def pg_url() -> Iterator[str]:
 
 @pytest.fixture
 def pg_settings(pg_url, tmp_path) -> Iterator[Settings]:
-    """Settings on the session's PostgreSQL database, schema at head (tables emptied after the test)."""
+    """Settings on the session's PostgreSQL database, schema at head; unfinished jobs cancelled after the test."""
     s = Settings(data_dir=tmp_path / "data", database_url=pg_url, heartbeat_s=1.0, poll_s=0.2)
     migrations.upgrade(pg_url)
     yield s
+    # The database outlives the test: leave no job a later test's workers could pick up.
+    with session_scope(pg_url) as session:
+        session.execute(update(Job).where(Job.status.in_(["queued", "running"])).values(status="cancelled"))
     dispose_all()
 
 
