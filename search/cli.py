@@ -32,13 +32,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     search.add_argument("--out", required=True, type=Path)
     search.set_defaults(handler=_search)
 
-    export = subparsers.add_parser("export", help="materialise one trial of a search as a checkpoint")
-    export.add_argument("--storage", required=True)
-    export.add_argument("--study", required=True)
-    export.add_argument("--trial", required=True, type=int)
-    export.add_argument("--out", required=True, type=Path)
-    export.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
-    export.set_defaults(handler=_export)
+    # `export` itself is registered by the service CLI, which adds the remote form (a job id) to this local one.
+
+
+def add_local_export_arguments(parser: argparse.ArgumentParser) -> None:
+    """The local form of `prunesearch export`: a trial of a stored study, written to --out."""
+    parser.add_argument("--storage", help="local: the Optuna storage URL of the search")
+    parser.add_argument("--study", help="local: the study name")
+    parser.add_argument("--trial", required=True, type=int)
+    parser.add_argument("--out", type=Path, help="local: the checkpoint directory to write")
+    parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
 
 
 def _spec_from_args(args: argparse.Namespace) -> SearchSpec:
@@ -90,7 +93,11 @@ def _short(metrics: dict) -> dict:
     return {k: round(metrics[k], 5) if isinstance(metrics[k], float) else metrics[k] for k in keys if k in metrics}
 
 
-def _export(args: argparse.Namespace) -> int:
+def export_local(args: argparse.Namespace) -> int:
+    """Materialise `--trial` of `--study` in `--storage` as a checkpoint in `--out`."""
+    missing = [flag for flag in ("storage", "study", "out") if getattr(args, flag) is None]
+    if missing:
+        raise CLIError(f"a local export needs {', '.join('--' + m for m in missing)} (or give a service job id)")
     try:
         summary = export_trial(args.storage, args.study, args.trial, args.out, dtype=args.dtype)
     except LookupError as exc:

@@ -120,7 +120,8 @@ def pareto_front(storage: str | optuna.storages.BaseStorage, study_name: str) ->
 def list_trials(
     storage: str | optuna.storages.BaseStorage, study_name: str, offset: int = 0, limit: int = 50
 ) -> list[dict[str, Any]]:
-    trials = load_study(storage, study_name).get_trials(deepcopy=False)
+    """Trials that have started, in order; enqueued ones that never ran are not trials yet."""
+    trials = [t for t in load_study(storage, study_name).get_trials(deepcopy=False) if t.state != TrialState.WAITING]
     return [trial_record(t) for t in trials[offset : offset + limit]]
 
 

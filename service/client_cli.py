@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from prunesearch.cli import CLIError, print_json
+from prunesearch.search.cli import add_local_export_arguments, export_local
 
 from .client import Client, ServiceError, default_server
 
@@ -16,8 +17,8 @@ TABLE_METRICS = ("kl", "ppl", "latency_ms", "latency_fraction", "params", "memor
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the client commands. `export` is shared with the local search CLI (`--storage/--study/--out`):
-    given a job id it asks the server instead."""
+    """Add the client commands. `export` has two forms: a job id asks the server; without one, the search
+    CLI's local form exports a trial of a study (`--storage/--study/--out`)."""
     p = _add(subparsers, "submit", "submit a search job (a JSON spec file)", _submit)
     p.add_argument("spec", type=Path)
     p.add_argument("--idempotency-key", default=None)
@@ -27,38 +28,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--interval", type=float, default=1.0)
     p = _add(subparsers, "pareto", "print a job's Pareto front as a table", _pareto)
     p.add_argument("job_id")
-    if "export" in subparsers.choices:
-        _share_export(subparsers.choices["export"])
-    else:
-        p = _add(subparsers, "export", "ask the server to export one trial of a job as a checkpoint", _export)
-        p.add_argument("job_id")
-        p.add_argument("--trial", type=int, required=True)
-        p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
-        p.add_argument("--wait", action="store_true", help="wait until the export has finished")
+    p = subparsers.add_parser("export", help="export one trial as a checkpoint: of a service job, or of a local study")
+    p.add_argument("job_id", nargs="?", help="a service job id (remote export); omit for a local study")
+    p.add_argument("--server", default=default_server(), help="service URL (default: $PRUNESEARCH_SERVER)")
+    p.add_argument("--wait", action="store_true", help="remote: wait until the export has finished")
+    add_local_export_arguments(p)
+    p.set_defaults(handler=lambda args: _guarded(_export, args) if args.job_id else export_local(args))
     p = _add(subparsers, "download", "download an export, verify its sha256 and unpack it", _download)
     p.add_argument("export_id")
     p.add_argument("-o", "--out", type=Path, required=True)
-
-
-def _share_export(parser: argparse.ArgumentParser) -> None:
-    """Teach the local `export` command the remote form `export JOB_ID --trial N [--server URL] [--wait]`."""
-    local_handler = parser.get_default("handler")
-    required = [a for a in parser._actions if a.required and a.dest != "trial"]
-    for action in required:
-        action.required = False
-    parser.add_argument("job_id", nargs="?", help="a service job id (remote export); omit for a local study")
-    parser.add_argument("--server", default=default_server(), help="service URL (default: $PRUNESEARCH_SERVER)")
-    parser.add_argument("--wait", action="store_true", help="remote: wait until the export has finished")
-
-    def handler(args: argparse.Namespace):
-        if args.job_id is not None:
-            return _guarded(_export, args)
-        missing = [a.option_strings[0] for a in required if getattr(args, a.dest) is None]
-        if missing:
-            raise CLIError(f"give a job id (remote) or {', '.join(missing)} (local study)")
-        return local_handler(args)
-
-    parser.set_defaults(handler=handler)
 
 
 def _add(subparsers, name: str, help_text: str, handler) -> argparse.ArgumentParser:
