@@ -52,9 +52,7 @@ def measure(config, plans, workload: Workload, repeats: int = 5) -> list[Measure
     out = []
     for index, (plan, (prefill, decode)) in enumerate(zip(plans, stats, strict=True)):
         out.append(Measurement(config, plan, workload, prefill.median, decode.median))
-        print(
-            f"  [{index + 1}/{len(plans)}] prefill {prefill.median:7.2f} ms  decode {decode.median:6.2f} ms"
-        )
+        print(f"  [{index + 1}/{len(plans)}] prefill {prefill.median:7.2f} ms  decode {decode.median:6.2f} ms")
     return out
 
 
@@ -74,11 +72,7 @@ def update_doc(subsection: str, body: str, path: Path = DOC) -> None:
     section = text[start:end]
     block = f"### {subsection}\n\n{body.strip()}\n\n"
     pattern = re.compile(rf"^### {re.escape(subsection)}\n.*?(?=^### |\Z)", re.MULTILINE | re.DOTALL)
-    section = (
-        pattern.sub(lambda _: block, section)
-        if pattern.search(section)
-        else section.rstrip() + "\n\n" + block
-    )
+    section = pattern.sub(lambda _: block, section) if pattern.search(section) else section.rstrip() + "\n\n" + block
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text[:start] + section.rstrip() + "\n\n" + text[end:].lstrip("\n"))
 

@@ -64,9 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     config = json.loads((MODEL / "config.json").read_text())
     base, tokenizer = load_base_model(MODEL)
     with tempfile.TemporaryDirectory() as tmp:
-        models = [
-            exported_model(base, tokenizer, plan, Path(tmp) / str(i)) for i, plan in enumerate(PLANS.values())
-        ]
+        models = [exported_model(base, tokenizer, plan, Path(tmp) / str(i)) for i, plan in enumerate(PLANS.values())]
     stats = measure_interleaved(models, WORKLOAD, warmup=1, repeats=args.repeats)
     rows = {}
     for (name, plan), (prefill, decode) in zip(PLANS.items(), stats, strict=True):
@@ -89,9 +87,7 @@ def table(rows: dict[str, tuple[float, float, float, float]]) -> str:
         "|---|---|---|---|---|",
     ]
     for name, r in rows.items():
-        lines.append(
-            f"| {name} | {d[0] / r[0]:.2f}x | {d[2] / r[2]:.2f}x | {d[1] / r[1]:.2f}x | {d[3] / r[3]:.2f}x |"
-        )
+        lines.append(f"| {name} | {d[0] / r[0]:.2f}x | {d[2] / r[2]:.2f}x | {d[1] / r[1]:.2f}x | {d[3] / r[3]:.2f}x |")
     return "\n".join(lines)
 
 

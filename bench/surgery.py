@@ -93,9 +93,7 @@ def bench_quality(model, tokenizer, stats, texts: dict[str, str], cut: float) ->
     rows = {"dense": {name: perplexity(model, tokenizer, text).token_ppl for name, text in texts.items()}}
     for criterion in CRITERIA:
         pruned = apply_plan(model, plan, compute_importance(model, criterion, stats))
-        rows[criterion] = {
-            name: perplexity(pruned, tokenizer, text).token_ppl for name, text in texts.items()
-        }
+        rows[criterion] = {name: perplexity(pruned, tokenizer, text).token_ppl for name, text in texts.items()}
     return {"mlp_cut": cut, "ffn_kept": ffn, "ppl": rows}
 
 

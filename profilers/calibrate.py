@@ -54,9 +54,7 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Calibration:
-        return cls(
-            data["device_key"], HardwareProfile.from_dict(data["profile"]), data["device"], data["metrics"]
-        )
+        return cls(data["device_key"], HardwareProfile.from_dict(data["profile"]), data["device"], data["metrics"])
 
 
 def calibration_path(device_key: str) -> Path:
@@ -94,9 +92,7 @@ def random_plan(shape: ModelShape, rng: random.Random) -> PrunePlan:
         layers.append(LayerPlan(heads, ffn))
     if all(x.removed for x in layers):
         layers[0] = LayerPlan(shape.num_heads, shape.intermediate_size)
-    vocab = rng.choice(
-        [None, rng.randrange(max(shape.vocab_size // 8, shape.num_special_tokens), shape.vocab_size)]
-    )
+    vocab = rng.choice([None, rng.randrange(max(shape.vocab_size // 8, shape.num_special_tokens), shape.vocab_size)])
     return PrunePlan(layers=tuple(layers), vocab=vocab)
 
 

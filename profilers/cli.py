@@ -29,9 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     latency.set_defaults(handler=_latency)
     calib = subparsers.add_parser("latency-calibrate", help="fit the latency model to this device")
     calib.add_argument("--model", required=True, help="model directory whose shape is measured (config.json)")
-    calib.add_argument(
-        "--plans", type=int, default=8, help="random plans to measure (the dense one included)"
-    )
+    calib.add_argument("--plans", type=int, default=8, help="random plans to measure (the dense one included)")
     calib.add_argument("--seed", type=int, default=0)
     _workload_arguments(calib, prompt=128, generate=32)
     calib.set_defaults(handler=_calibrate)

@@ -79,9 +79,7 @@ def _nvml_record(nvml: ModuleType, handle: Any) -> dict[str, Any]:
     }
 
 
-def device_facts(
-    device: str = "cpu", threads: int | None = None, nvml: ModuleType | None = None
-) -> dict[str, Any]:
+def device_facts(device: str = "cpu", threads: int | None = None, nvml: ModuleType | None = None) -> dict[str, Any]:
     """Facts for a torch-style device string ("cpu", "cuda", "cuda:1")."""
     if device.startswith("cuda"):
         index = int(device.split(":")[1]) if ":" in device else 0

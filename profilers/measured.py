@@ -153,9 +153,7 @@ class MeasuredLatencyModel:
     def estimate(self, config: Any, plan: PrunePlan | None, workload: Workload) -> LatencyEstimate:
         """Build, warm up and time `config` pruned by `plan`; medians with p10/p90 in `details`."""
         model = build_model(config, plan, workload.dtype, self.device)
-        prefill, decode = measure_latency(
-            model, workload, warmup=self.warmup, repeats=self.repeats, timer=self.timer
-        )
+        prefill, decode = measure_latency(model, workload, warmup=self.warmup, repeats=self.repeats, timer=self.timer)
         total_ms, tokens_per_s = totals(prefill.median, decode.median, workload)
         weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         facts = device_facts(self.device, threads=torch.get_num_threads())

@@ -97,9 +97,7 @@ def _check_messages(messages: Any, where: str) -> list[dict[str, str]]:
     for i, message in enumerate(messages):
         ok = isinstance(message, dict) and all(isinstance(message.get(k), str) for k in ("role", "content"))
         if not ok:
-            raise CalibrationError(
-                f"{where}: messages[{i}] must be an object with string 'role' and 'content'"
-            )
+            raise CalibrationError(f"{where}: messages[{i}] must be an object with string 'role' and 'content'")
     return messages
 
 
@@ -121,9 +119,7 @@ def calibration_fingerprint(docs: Sequence[CalibrationDoc]) -> str:
     return digest.hexdigest()
 
 
-def token_blocks(
-    tokenizer: Any, docs: Iterable[CalibrationDoc], seq_len: int, max_tokens: int
-) -> torch.Tensor:
+def token_blocks(tokenizer: Any, docs: Iterable[CalibrationDoc], seq_len: int, max_tokens: int) -> torch.Tensor:
     """Tokenize documents into a LongTensor of non-overlapping blocks, shape [n_blocks, seq_len].
 
     Documents are encoded without special tokens, joined by the tokenizer's eos id (when it has one) and

@@ -16,9 +16,7 @@ from .plan import PrunePlan
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    prune = subparsers.add_parser(
-        "prune", help="prune a checkpoint by a plan and export a smaller checkpoint"
-    )
+    prune = subparsers.add_parser("prune", help="prune a checkpoint by a plan and export a smaller checkpoint")
     prune.add_argument("--model", required=True, type=Path, help="base checkpoint directory")
     prune.add_argument("--plan", required=True, type=Path, help="plan JSON file (see docs/plan-format.md)")
     prune.add_argument("--out", required=True, type=Path, help="output checkpoint directory")
@@ -43,9 +41,7 @@ def _read_plan(path: Path) -> PrunePlan:
 
 def _prune(args: argparse.Namespace) -> int:
     plan = _read_plan(args.plan)
-    settings = CalibrationSettings(
-        path=args.calibration, seq_len=args.seq_len, max_tokens=args.calibration_tokens
-    )
+    settings = CalibrationSettings(path=args.calibration, seq_len=args.seq_len, max_tokens=args.calibration_tokens)
     summary = prune_checkpoint(
         args.model,
         plan,

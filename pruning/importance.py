@@ -41,9 +41,7 @@ def _check_criterion(criterion: str, stats: ActivationStats | None) -> None:
     if criterion not in CRITERIA:
         raise ValueError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
     if criterion != "magnitude" and stats is None:
-        raise ValueError(
-            f"criterion {criterion!r} needs calibration data; pass --calibration or use magnitude"
-        )
+        raise ValueError(f"criterion {criterion!r} needs calibration data; pass --calibration or use magnitude")
 
 
 def compute_importance(model, criterion: str, stats: ActivationStats | None = None) -> ImportanceScores:
@@ -97,9 +95,7 @@ def _magnitude_attention(attn: dict[str, torch.nn.Linear]) -> torch.Tensor:
 
 def _spread(kv_rows: torch.Tensor, num_channels: int) -> torch.Tensor:
     """Spread each KV head's total over the query channels of its group (group-major layout)."""
-    ratio = (
-        num_channels // kv_rows.numel()
-    )  # the GQA group size; KV row g*head_dim+d lands in group g's block
+    ratio = num_channels // kv_rows.numel()  # the GQA group size; KV row g*head_dim+d lands in group g's block
     return (kv_rows / ratio).repeat_interleave(ratio)
 
 

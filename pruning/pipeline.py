@@ -65,9 +65,7 @@ class _ImportanceRun:
     cached: bool = False
 
 
-def _importance(
-    model, criterion: str, docs: list[CalibrationDoc] | None, tokenizer, settings
-) -> _ImportanceRun:
+def _importance(model, criterion: str, docs: list[CalibrationDoc] | None, tokenizer, settings) -> _ImportanceRun:
     if docs is None:
         return _ImportanceRun(compute_importance(model, criterion))
     blocks = token_blocks(tokenizer, docs, settings.seq_len, settings.max_tokens)

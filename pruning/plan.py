@@ -119,9 +119,7 @@ class PrunePlan:
 def _structural_problems(data: Any) -> list[str]:
     if not isinstance(data, Mapping):
         return [f"a plan must be a JSON object, got {type(data).__name__}"]
-    problems = [
-        f"unknown key {key!r} (allowed: {sorted(_PLAN_KEYS)})" for key in data if key not in _PLAN_KEYS
-    ]
+    problems = [f"unknown key {key!r} (allowed: {sorted(_PLAN_KEYS)})" for key in data if key not in _PLAN_KEYS]
     version = data.get("version", PLAN_VERSION)
     if version != PLAN_VERSION:
         problems.append(f"unsupported plan version {version!r} (this build reads version {PLAN_VERSION})")
@@ -140,9 +138,7 @@ def _structural_problems(data: Any) -> list[str]:
 def _layer_structure_problems(index: int, layer: Any) -> list[str]:
     if not isinstance(layer, Mapping):
         return [f"layer {index}: must be an object like {{'heads': 8, 'ffn': 688}}"]
-    problems = [
-        f"layer {index}: unknown key {key!r} (allowed: heads, ffn)" for key in layer if key not in _LAYER_KEYS
-    ]
+    problems = [f"layer {index}: unknown key {key!r} (allowed: heads, ffn)" for key in layer if key not in _LAYER_KEYS]
     for key in sorted(_LAYER_KEYS):
         value = layer.get(key)
         if value is None:
@@ -167,8 +163,7 @@ def _shape_problems(plan: PrunePlan, shape: ModelShape) -> list[str]:
             problems.append(f"vocab {plan.vocab} is larger than the model's vocabulary ({shape.vocab_size})")
         if plan.vocab < shape.num_special_tokens:
             problems.append(
-                f"vocab {plan.vocab} is smaller than the number of special tokens "
-                f"({shape.num_special_tokens})"
+                f"vocab {plan.vocab} is smaller than the number of special tokens ({shape.num_special_tokens})"
             )
     return problems
 

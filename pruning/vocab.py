@@ -89,9 +89,7 @@ def trim_tokenizer(tokenizer: Any, kept_ids: Sequence[int]) -> PreTrainedTokeniz
     data = json.loads(tokenizer.backend_tokenizer.to_str())
     model = data["model"]
     model["vocab"] = new_id
-    model["merges"] = [
-        [a, b] for a, b in _merge_pairs(model) if {a, b, _merged(model, a, b)} <= new_id.keys()
-    ]
+    model["merges"] = [[a, b] for a, b in _merge_pairs(model) if {a, b, _merged(model, a, b)} <= new_id.keys()]
     for added in data["added_tokens"]:
         added["id"] = new_id[added["content"]]
     _remap_post_processor(data.get("post_processor"), new_id)

@@ -18,9 +18,7 @@ PYDOCS_CALIB = SHARED / "data" / "pydocs-calib.txt"
 _COMMON = {"hidden_size": 64, "intermediate_size": 48, "num_hidden_layers": 4, "vocab_size": 96}
 TINY_CONFIGS = {
     # GQA everywhere (group size 2 or 4); qwen2 has q/k/v biases and tied embeddings; qwen3 has q/k norms.
-    "llama": lambda: transformers.LlamaConfig(
-        **_COMMON, num_attention_heads=8, num_key_value_heads=4, head_dim=8
-    ),
+    "llama": lambda: transformers.LlamaConfig(**_COMMON, num_attention_heads=8, num_key_value_heads=4, head_dim=8),
     "mistral": lambda: transformers.MistralConfig(**_COMMON, num_attention_heads=8, num_key_value_heads=2),
     "qwen2": lambda: transformers.Qwen2Config(
         **_COMMON, num_attention_heads=8, num_key_value_heads=2, tie_word_embeddings=True

@@ -47,9 +47,7 @@ def _jsonl(tmp_path: Path, records: list, name: str = "calib.jsonl") -> Path:
 
 
 def test_txt_splits_on_blank_lines(tmp_path):
-    path = _write(
-        tmp_path, "calib.txt", "\n\nfirst line\nsecond line\n\n\n  \nsecond doc\n   indented\n\n\t\nlast\n"
-    )
+    path = _write(tmp_path, "calib.txt", "\n\nfirst line\nsecond line\n\n\n  \nsecond doc\n   indented\n\n\t\nlast\n")
     docs = load_calibration(path)
     assert [d.text for d in docs] == ["first line\nsecond line", "second doc\n   indented", "last"]
     assert all(d.coverage_text == d.text for d in docs)

@@ -55,9 +55,7 @@ def test_heads_not_a_multiple_of_the_group_size_and_too_many():
 
 
 def test_negative_values_unknown_keys_and_types_are_all_reported():
-    problems = _problems(
-        {"layers": [{"heads": -4, "ffn": "x"}, {"heads": 8, "ffn": 1, "bias": 1}], "extra": 1}
-    )
+    problems = _problems({"layers": [{"heads": -4, "ffn": "x"}, {"heads": 8, "ffn": 1, "bias": 1}], "extra": 1})
     assert "layer 0: heads must not be negative, got -4" in problems
     assert "layer 0: ffn must be an integer, got 'x'" in problems
     assert "layer 1: unknown key 'bias' (allowed: heads, ffn)" in problems
@@ -72,8 +70,7 @@ def test_vocab_bounds():
         "vocab 1001 is larger than the model's vocabulary (1000)"
     ]
     assert any(
-        "vocab must be a positive integer" in p
-        for p in _problems({"layers": [{"heads": 8, "ffn": 8}] * 2, "vocab": 0})
+        "vocab must be a positive integer" in p for p in _problems({"layers": [{"heads": 8, "ffn": 8}] * 2, "vocab": 0})
     )
 
 

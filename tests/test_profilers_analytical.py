@@ -106,9 +106,7 @@ def _shrink_one(plan: PrunePlan, shape, rng: random.Random) -> PrunePlan | None:
     i = rng.randrange(len(layers))
     what = rng.choice(["heads", "ffn", "layer", "vocab"])
     if what == "vocab":
-        return PrunePlan(
-            layers=plan.layers, vocab=max(1, (plan.vocab or shape.vocab_size) - rng.randrange(1, 9))
-        )
+        return PrunePlan(layers=plan.layers, vocab=max(1, (plan.vocab or shape.vocab_size) - rng.randrange(1, 9)))
     if what == "heads" and layers[i].heads:
         layers[i] = LayerPlan(layers[i].heads - shape.group_size, layers[i].ffn)
     elif what == "ffn" and layers[i].ffn:
@@ -132,9 +130,7 @@ def test_llama3_8b_decode_is_memory_bound_on_h100():
 
 
 def test_70b_config_prices_in_milliseconds_and_does_not_fit_a_single_l4():
-    config = dict(
-        LLAMA3_8B, num_hidden_layers=80, hidden_size=8192, num_attention_heads=64, intermediate_size=28672
-    )
+    config = dict(LLAMA3_8B, num_hidden_layers=80, hidden_size=8192, num_attention_heads=64, intermediate_size=28672)
     model = RooflineModel(get_profile("l4"))
     start = time.perf_counter()
     estimate = model.estimate(config, None, Workload(8, 2048, 256))

@@ -53,9 +53,7 @@ def test_prices_llama3_8b_on_every_builtin_profile(capsys, model_dir, hardware):
 def test_plan_and_dtype(capsys, model_dir, tmp_path):
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps({"layers": [{"heads": 16, "ffn": 8192}] * 32, "vocab": 32000}))
-    code, pruned, _ = run(
-        capsys, "--model", str(model_dir), "--plan", str(plan), "--hardware", "l4", "--dtype", "fp16"
-    )
+    code, pruned, _ = run(capsys, "--model", str(model_dir), "--plan", str(plan), "--hardware", "l4", "--dtype", "fp16")
     _, dense, _ = run(capsys, "--model", str(model_dir), "--hardware", "l4", "--dtype", "fp16")
     assert code == 0 and pruned["total_ms"] < dense["total_ms"] and pruned["params"] < dense["params"]
 

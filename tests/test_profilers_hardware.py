@@ -18,9 +18,7 @@ from prunesearch.profilers.hardware import (
 
 def test_registry_has_the_datasheet_devices_with_dense_figures():
     assert set(BUILTIN_PROFILES) == {"h100-sxm", "h200", "a100-80g", "l4", "rtx4090"}
-    assert get_profile("h100-sxm").peak_flops("bf16") == pytest.approx(
-        989.4e12
-    )  # not the 1,979 sparse figure
+    assert get_profile("h100-sxm").peak_flops("bf16") == pytest.approx(989.4e12)  # not the 1,979 sparse figure
     assert get_profile("h200").bandwidth_bytes_per_s == pytest.approx(4.8e12)
     assert get_profile("l4").bf16_tflops == pytest.approx(121.0)
     for profile in BUILTIN_PROFILES.values():

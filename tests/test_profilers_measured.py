@@ -66,9 +66,7 @@ def test_stats_percentiles():
 
 
 def test_measured_estimate_records_device_facts():
-    estimate = MeasuredLatencyModel(warmup=0, repeats=1).estimate(
-        TINY["qwen3"], None, Workload(1, 8, 2, "fp32")
-    )
+    estimate = MeasuredLatencyModel(warmup=0, repeats=1).estimate(TINY["qwen3"], None, Workload(1, 8, 2, "fp32"))
     assert estimate.details["device"]["kind"] == "cpu"
     assert estimate.details["device"]["threads"] == torch.get_num_threads()
     assert estimate.method.startswith("measured:")

@@ -79,9 +79,7 @@ def _tiny_byte_fallback() -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
     tok.pre_tokenizer = pre_tokenizers.Split("▁", behavior="merged_with_next")
-    trainer = trainers.BpeTrainer(
-        vocab_size=120, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False
-    )
+    trainer = trainers.BpeTrainer(vocab_size=120, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False)
     tok.train_from_iterator(CORPUS, trainer)
     data = json.loads(tok.to_str())
     trained = sorted(data["model"]["vocab"], key=data["model"]["vocab"].get)
@@ -93,9 +91,7 @@ def _tiny_byte_fallback() -> PreTrainedTokenizerFast:
     )
     data["decoder"] = json.loads(decoder.__getstate__())
     backend = Tokenizer.from_str(json.dumps(data))
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>"
-    )
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
 
 
 @pytest.fixture(scope="module")
