@@ -63,7 +63,10 @@ def open_study(spec: SearchSpec, storage: str | optuna.storages.BaseStorage, stu
     return study
 
 
-def _enqueue_baselines(study: optuna.Study, context: SearchContext) -> None:
+def _prepare(study: optuna.Study, context: SearchContext) -> None:
+    """Record the dense latency (the hypervolume's unit) and enqueue the baselines, once per study."""
+    if "dense_latency_ms" not in study.user_attrs:
+        study.set_user_attr("dense_latency_ms", context.dense_latency)
     if not context.spec.baselines or study.user_attrs.get("baselines"):
         return
     names = []
@@ -71,7 +74,6 @@ def _enqueue_baselines(study: optuna.Study, context: SearchContext) -> None:
         study.enqueue_trial(params, user_attrs={"baseline": name}, skip_if_exists=True)
         names.append(name)
     study.set_user_attr("baselines", names)
-    study.set_user_attr("dense_latency_ms", context.dense_latency)
 
 
 def _default_claim(study: optuna.Study, n_trials: int) -> Callable[[], bool]:
@@ -115,7 +117,7 @@ def run_search(
     """Run trials until the quota (`claim`), the timeout or `should_stop` ends the search."""
     study = open_study(spec, storage, study_name)
     context = context or SearchContext(spec, progress=progress_bar)
-    _enqueue_baselines(study, context)
+    _prepare(study, context)
     claim = claim or _default_claim(study, spec.n_trials)
     deadline = time.monotonic() + spec.timeout_s if spec.timeout_s else None
     bar = tqdm(total=spec.n_trials, desc="trials", disable=not progress_bar)

@@ -153,6 +153,10 @@ def test_samplers_are_seeded_and_reproducible(calibration, tmp_path, sampler, pr
         run_search(spec, storage=f"sqlite:///{tmp_path / name}.db", study_name=name)
         plans.append([t["plan"] for t in list_trials(f"sqlite:///{tmp_path / name}.db", name, limit=100)])
     assert plans[0] == plans[1]
+    assert len(plans[0]) == 13
+    # without baselines the study still records the hypervolume's unit (the dense latency)
+    study = load_study(f"sqlite:///{tmp_path / 'a'}.db", "a")
+    assert study.user_attrs["dense_latency_ms"] > 0 and "baselines" not in study.user_attrs
 
 
 def test_cli_search_then_export(calibration, tmp_path, capsys, prunesearch_home):
