@@ -74,8 +74,10 @@ def _importance(model, criterion: str, docs: list[CalibrationDoc] | None, tokeni
     return _ImportanceRun(scores, token_blocks_fingerprint(blocks), blocks.numel(), cached)
 
 
-def _kept_tokens(plan: PrunePlan, tokenizer, docs: list[CalibrationDoc] | None) -> list[int] | None:
-    if plan.vocab is None or plan.vocab == len(tokenizer):
+def _kept_tokens(plan: PrunePlan, vocab_size: int, tokenizer, docs: list[CalibrationDoc] | None) -> list[int] | None:
+    """Kept token ids, or None when nothing is trimmed. The model's vocabulary may be padded beyond the
+    tokenizer's; a plan that keeps exactly the tokenizer's tokens then drops the padding rows."""
+    if plan.vocab is None or plan.vocab >= vocab_size:
         return None
     texts = [doc.coverage_text for doc in docs] if docs else []
     return select_kept_tokens(tokenizer, token_frequencies(tokenizer, texts), plan.vocab)
@@ -99,7 +101,7 @@ def prune_checkpoint(
     docs = load_calibration(calibration.path, tokenizer) if calibration.path else None
     criterion = criterion or ("flap" if docs else "magnitude")
     run = _importance(model, criterion, docs, tokenizer, calibration)
-    kept_tokens = _kept_tokens(plan, tokenizer, docs)
+    kept_tokens = _kept_tokens(plan, model.config.vocab_size, tokenizer, docs)
     pruned = apply_plan(model, plan, run.scores, kept_token_ids=kept_tokens, dtype=target_dtype)
     new_tokenizer = trim_tokenizer(tokenizer, kept_tokens) if kept_tokens is not None else tokenizer
     provenance = _provenance(model, model_dir, criterion, run, calibration.path)

@@ -224,3 +224,31 @@ EXAMPLE_PLAN = Path(__file__).resolve().parents[1] / "examples" / "plan-uniform.
 def test_bad_model_or_device_exit_2(capsys, tmp_path, extra, message):
     code, err = _run(capsys, "prune", "--plan", str(EXAMPLE_PLAN), "--out", str(tmp_path / "o"), *extra)
     assert code == 2 and message in err
+
+
+def test_padded_vocabulary_trims_to_the_tokenizer(capsys, tmp_path, prunesearch_home):
+    """A model whose embedding is padded beyond its tokenizer (as Qwen2's is) can keep exactly the tokenizer's
+    tokens: the padding rows go, the token ids stay."""
+    model_dir = tmp_path / "padded"
+    config = transformers.LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=8256,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=1,
+    )
+    torch.manual_seed(0)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(model_dir)
+    transformers.AutoTokenizer.from_pretrained(LLAMA_DOCS).save_pretrained(model_dir)
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(json.dumps({"layers": [{"heads": 4, "ffn": 64}] * 2, "vocab": 8192}))
+    code, summary = _run(
+        capsys, "prune", "--model", str(model_dir), "--plan", str(plan_file), "--out", str(tmp_path / "o")
+    )
+    assert code == 0, summary
+    assert summary["vocab"] == {"before": 8256, "after": 8192}
+    assert json.loads((tmp_path / "o" / "token_map.json").read_text())["new_to_original"] == list(range(8192))
