@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from prunesearch.home import home_dir
 
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 
@@ -90,8 +91,8 @@ BUILTIN_PROFILES: dict[str, HardwareProfile] = {
 
 
 def data_dir() -> Path:
-    """Where prunesearch keeps per-machine data: `$PRUNESEARCH_HOME`, else `~/.cache/prunesearch`."""
-    return Path(os.environ.get("PRUNESEARCH_HOME") or Path.home() / ".cache" / "prunesearch")
+    """Where prunesearch keeps per-machine data (see `prunesearch.home`)."""
+    return home_dir()
 
 
 def user_profile_dir() -> Path:

@@ -122,10 +122,6 @@ def _layer_overrides(layer: LayerPlan, group: int) -> dict[str, Any]:
     return overrides
 
 
-def is_heterogeneous(config: PretrainedConfig) -> bool:
-    return bool(getattr(config, "is_heterogeneous", False)) or "auto_map" in config.to_dict()
-
-
 def model_class_for(config: PretrainedConfig) -> type[PreTrainedModel]:
     """The class that builds `config` exactly: stock for uniform configs, the pruned class otherwise."""
     spec = get_spec(config.model_type)

@@ -9,13 +9,14 @@ magnitude, wanda and flap alike.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
+
+from prunesearch.home import home_dir
 
 from .architectures import get_spec
 from .modules import layer_modules
@@ -135,9 +136,8 @@ def model_fingerprint(model) -> str:
 
 
 def cache_dir() -> Path:
-    """Where cached statistics live: $PRUNESEARCH_HOME/cache/stats (default ~/.cache/prunesearch)."""
-    home = os.environ.get("PRUNESEARCH_HOME") or Path.home() / ".cache" / "prunesearch"
-    return Path(home) / "cache" / "stats"
+    """Where cached statistics live: `home_dir()/cache/stats`."""
+    return home_dir() / "cache" / "stats"
 
 
 def save_stats(stats: ActivationStats, path: Path) -> None:

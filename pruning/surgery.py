@@ -60,12 +60,7 @@ class _LayerSurgeon:
         out: Tensors = {}
         for name, rows in ((spec.q_proj, q_rows), (spec.k_proj, kv_rows), (spec.v_proj, kv_rows)):
             out.update(_select_rows(t, f"{prefix}{name}", rows))
-        o_key = f"{prefix}{spec.o_proj}"
-        out[f"{o_key}.weight"] = t[f"{o_key}.weight"][:, q_rows].clone()
-        means = self.scores.attn_input_mean
-        if means is not None:
-            out[f"{o_key}.bias"] = self._compensate(t, o_key, q_rows, means[self.index])
-            self.biased.add("self_attn")
+        out.update(self._slice_output(t, f"{prefix}{spec.o_proj}", q_rows, self.scores.attn_input_mean, "self_attn"))
         return out
 
     def _slice_mlp(self, t: Tensors, ffn: int, prefix: str) -> Tensors:
@@ -73,12 +68,16 @@ class _LayerSurgeon:
         out: Tensors = {}
         for name in self.spec.mlp_in:
             out.update(_select_rows(t, f"{prefix}{name}", keep))
-        down = f"{prefix}{self.spec.mlp_out}"
-        out[f"{down}.weight"] = t[f"{down}.weight"][:, keep].clone()
-        means = self.scores.mlp_input_mean
+        out.update(self._slice_output(t, f"{prefix}{self.spec.mlp_out}", keep, self.scores.mlp_input_mean, "mlp"))
+        return out
+
+    def _slice_output(self, t: Tensors, key: str, kept: torch.Tensor, means, part: str) -> Tensors:
+        """The kept input columns of an output projection, plus FLAP's compensation bias when scored by flap."""
+        weight = t[f"{key}.weight"]
+        out = {f"{key}.weight": weight[:, kept.to(weight.device)].clone()}
         if means is not None:
-            out[f"{down}.bias"] = self._compensate(t, down, keep, means[self.index])
-            self.biased.add("mlp")
+            out[f"{key}.bias"] = self._compensate(t, key, kept, means[self.index])
+            self.biased.add(part)
         return out
 
     @staticmethod

@@ -12,6 +12,7 @@ import torch
 import transformers
 
 from prunesearch.cli import main
+from prunesearch.pruning.export import read_token_map
 from prunesearch.pruning.modeling import load_pruned
 from prunesearch.pruning.plan import PrunePlan
 
@@ -251,4 +252,5 @@ def test_padded_vocabulary_trims_to_the_tokenizer(capsys, tmp_path, prunesearch_
     )
     assert code == 0, summary
     assert summary["vocab"] == {"before": 8256, "after": 8192}
-    assert json.loads((tmp_path / "o" / "token_map.json").read_text())["new_to_original"] == list(range(8192))
+    assert read_token_map(tmp_path / "o") == list(range(8192))
+    assert read_token_map(LLAMA_DOCS) is None  # an untrimmed checkpoint has no token map
