@@ -33,10 +33,14 @@ log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
-    """TPE (multi-objective, constraint-aware), NSGA-II or random, all seeded by the spec."""
+def make_sampler(spec: SearchSpec, *, shared: bool = False) -> optuna.samplers.BaseSampler:
+    """TPE (multi-objective, constraint-aware), NSGA-II or random, all seeded by the spec.
+
+    `shared`: other workers may run trials of the same study at the same time. Only then does TPE need its
+    constant liar (running trials count as bad, so workers spread out), which re-reads the storage for every
+    parameter; a lone worker reads it once per trial."""
     if spec.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=10)
+        return optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=10, constant_liar=shared)
     if spec.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=spec.seed, population_size=20)
     return optuna.samplers.RandomSampler(seed=spec.seed)
@@ -46,13 +50,15 @@ def objective_names(spec: SearchSpec) -> list[str]:
     return [spec.objectives.quality, "latency_ms", *spec.objectives.extra]
 
 
-def open_study(spec: SearchSpec, storage: str | optuna.storages.BaseStorage, study_name: str) -> optuna.Study:
+def open_study(
+    spec: SearchSpec, storage: str | optuna.storages.BaseStorage, study_name: str, *, shared: bool = False
+) -> optuna.Study:
     """Create the study or join the existing one of the same name (other workers share it)."""
     study = optuna.create_study(
         storage=storage,
         study_name=study_name,
         directions=["minimize"] * len(objective_names(spec)),
-        sampler=make_sampler(spec),
+        sampler=make_sampler(spec, shared=shared),
         load_if_exists=True,
     )
     if SPEC_ATTR not in study.user_attrs:
@@ -113,9 +119,12 @@ def run_search(
     on_trial: Callable[[SearchProgress], None] | None = None,
     progress_bar: bool = False,
     context: SearchContext | None = None,
+    shared: bool = False,
 ) -> SearchProgress:
-    """Run trials until the quota (`claim`), the timeout or `should_stop` ends the search."""
-    study = open_study(spec, storage, study_name)
+    """Run trials until the quota (`claim`), the timeout or `should_stop` ends the search.
+
+    `shared`: other workers may run trials of this study concurrently (the service's workers)."""
+    study = open_study(spec, storage, study_name, shared=shared)
     context = context or SearchContext(spec, progress=progress_bar)
     _prepare(study, context)
     claim = claim or _default_claim(study, spec.n_trials)

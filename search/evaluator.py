@@ -1,15 +1,21 @@
 """Zero-shot quality proxies of a candidate plan, computed with the same surgery code that exports it.
 
-The dense model's outputs over the calibration blocks are computed once per job: its log-probabilities when
-they fit in 1 GiB, else its final hidden states, from which each trial re-derives them through the dense LM
-head (hidden states are far smaller than logits, so this scales to large vocabularies). A candidate is built
-by `apply_plan` (the export path, minus the vocabulary), and a trimmed vocabulary restricts its logits to the
-kept tokens: this equals the exported model on kept-token inputs (tests/test_surgery.py proves it).
+The dense model's outputs over the calibration blocks are computed once per job: its next-token
+probabilities p and their negative entropy sum_v p log p when they fit in 1 GiB, else its final hidden states,
+from which each trial re-derives them through the dense LM head (hidden states are far smaller than logits, so
+this scales to large vocabularies). A candidate is built by `apply_plan` (the export path, minus the
+vocabulary), and a trimmed vocabulary keeps only the kept rows of its LM head: this equals the exported model
+on kept-token inputs (tests/test_surgery.py proves it).
 
 - `kl`: mean over positions of KL(p_K || q) - log p(K), where p is the dense next-token distribution, p_K its
   renormalisation to the kept tokens K and q the candidate's. Without vocabulary trimming it is KL(p || q);
   with it, the second term charges the dense probability mass the trim throws away.
 - `ppl`: exp of the candidate's mean NLL of the calibration targets that are in the kept vocabulary.
+
+Both come from one log-softmax of the candidate's logits: KL(p || q) = sum p log p - p.log q, whose first
+term is cached, and NLL(t) = -log q_t. With a trimmed vocabulary of kept mass m = p(K),
+KL(p_K || q) - log m = (sum_K p log p - p_K.log q) / m - 2 log m. A trial thus costs its LM head, one
+log-softmax, a row-wise dot product and a gather: no exponentials of the teacher's distribution.
 """
 
 from __future__ import annotations
@@ -32,8 +38,32 @@ class Quality:
     ppl: float
 
 
-# Teacher log-probabilities are kept (fp32) when they fit in this many bytes; else re-derived per trial.
+@dataclass(frozen=True)
+class Teacher:
+    """The dense next-token distribution over one batch of calibration positions."""
+
+    probs: torch.Tensor  # [batch, positions, vocab]
+    neg_entropy: torch.Tensor  # [batch, positions]: sum_v p log p
+
+    @classmethod
+    def from_logits(cls, logits: torch.Tensor) -> Teacher:
+        log_p = F.log_softmax(logits.float(), dim=-1)
+        probs = log_p.exp()
+        return cls(probs, torch.linalg.vecdot(probs, log_p))
+
+
+@dataclass
+class _Sums:
+    kl: float = 0.0
+    nll: float = 0.0
+    nll_count: int = 0
+    positions: int = 0
+
+
+# The teacher's probabilities are kept (fp32) when they fit in this many bytes; else re-derived per trial.
 TEACHER_CACHE_BYTES = 1 << 30
+# Logits are scored in row chunks of about this size, so the log-softmax and the dot product read them from cache.
+_CHUNK_BYTES = 16 << 20
 
 
 class CandidateEvaluator:
@@ -55,62 +85,78 @@ class CandidateEvaluator:
         self.blocks = blocks.to(self.device)
         self.teacher_hidden = self._teacher_hidden()
         cache_bytes = blocks.numel() * model.config.vocab_size * 4
-        self.teacher_log_probs = self._teacher_log_probs() if cache_bytes <= teacher_cache_bytes else None
+        self.teacher_cache = self._teacher_cache() if cache_bytes <= teacher_cache_bytes else None
 
     @torch.inference_mode()
     def _teacher_hidden(self) -> list[torch.Tensor]:
+        """The dense final hidden states of every position that predicts a next token."""
         decoder = self.model.get_decoder()
         return [
-            decoder(input_ids=batch, use_cache=False).last_hidden_state for batch in self.blocks.split(self.batch_size)
+            decoder(input_ids=batch, use_cache=False).last_hidden_state[:, :-1]
+            for batch in self.blocks.split(self.batch_size)
         ]
 
     @torch.inference_mode()
-    def _teacher_log_probs(self) -> list[torch.Tensor]:
-        return [F.log_softmax(self.model.lm_head(h)[:, :-1].float(), dim=-1) for h in self.teacher_hidden]
+    def _teacher_cache(self) -> list[Teacher]:
+        return [Teacher.from_logits(self.model.lm_head(h)) for h in self.teacher_hidden]
 
-    def _teacher(self, index: int) -> torch.Tensor:
-        if self.teacher_log_probs is not None:
-            return self.teacher_log_probs[index]
-        return F.log_softmax(self.model.lm_head(self.teacher_hidden[index])[:, :-1].float(), dim=-1)
+    def _teacher(self, index: int) -> Teacher:
+        if self.teacher_cache is not None:
+            return self.teacher_cache[index]
+        return Teacher.from_logits(self.model.lm_head(self.teacher_hidden[index]))
 
     @torch.inference_mode()
     def evaluate(self, plan: PrunePlan, kept_token_ids: Sequence[int] | None = None) -> Quality:
         """KL and perplexity of `plan` (vocabulary restricted to `kept_token_ids` when given)."""
         candidate = apply_plan(self.model, replace(plan, vocab=None), self.scores)
         kept = torch.tensor(list(kept_token_ids), device=self.device) if kept_token_ids is not None else None
-        kl_sum, nll_sum, nll_count, positions = 0.0, 0.0, 0, 0
+        head = _LogitHead(candidate.lm_head, kept)
+        decoder = candidate.get_decoder()
+        sums = _Sums()
         for index, batch in enumerate(self.blocks.split(self.batch_size)):
-            teacher = self._teacher(index)
-            student = candidate(input_ids=batch, use_cache=False).logits[:, :-1].float()
-            targets = batch[:, 1:]
-            kl_sum += float(_truncated_kl(teacher, student, kept).sum())
-            nll, count = _kept_target_nll(student, targets, kept)
-            nll_sum, nll_count = nll_sum + nll, nll_count + count
-            positions += targets.numel()
-        ppl = math.exp(nll_sum / nll_count) if nll_count else math.inf
-        return Quality(kl=kl_sum / positions, ppl=ppl)
+            hidden = decoder(input_ids=batch, use_cache=False).last_hidden_state[:, :-1]
+            head.accumulate(sums, hidden, self._teacher(index), batch[:, 1:])
+        ppl = math.exp(sums.nll / sums.nll_count) if sums.nll_count else math.inf
+        return Quality(kl=max(sums.kl / sums.positions, 0.0), ppl=ppl)
 
 
-def _truncated_kl(log_p: torch.Tensor, student: torch.Tensor, kept: torch.Tensor | None) -> torch.Tensor:
-    """Per position KL(p_K || q) - log p(K) from the teacher's log-probabilities; KL(p || q) untrimmed."""
-    if kept is None:
-        log_q = F.log_softmax(student, dim=-1)
-        return (log_p.exp() * (log_p - log_q)).sum(-1)
-    log_p_kept = log_p[..., kept]
-    log_mass = torch.logsumexp(log_p_kept, dim=-1, keepdim=True)
-    log_p_k = log_p_kept - log_mass
-    log_q = F.log_softmax(student[..., kept], dim=-1)
-    return (log_p_k.exp() * (log_p_k - log_q)).sum(-1) - log_mass.squeeze(-1)
+class _LogitHead:
+    """A candidate's LM head, restricted to the kept tokens, and the proxy sums over its logits."""
 
+    def __init__(self, lm_head: torch.nn.Linear, kept: torch.Tensor | None):
+        self.kept = kept
+        weight, bias = lm_head.weight, lm_head.bias
+        if kept is not None:
+            weight, bias = weight[kept], (bias[kept] if bias is not None else None)
+            self.new_id = torch.full((lm_head.out_features,), -1, dtype=torch.long, device=weight.device)
+            self.new_id[kept] = torch.arange(len(kept), device=weight.device)
+        self.weight, self.bias = weight, bias
 
-def _kept_target_nll(student: torch.Tensor, targets: torch.Tensor, kept: torch.Tensor | None) -> tuple[float, int]:
-    if kept is None:
-        nll = F.cross_entropy(student.reshape(-1, student.shape[-1]), targets.reshape(-1), reduction="sum")
-        return float(nll), targets.numel()
-    new_id = torch.full((student.shape[-1],), -1, dtype=torch.long, device=student.device)
-    new_id[kept] = torch.arange(len(kept), device=student.device)
-    mapped = new_id[targets]
-    mask = mapped >= 0
-    logits = student[..., kept][mask]
-    nll = F.cross_entropy(logits, mapped[mask], reduction="sum")
-    return float(nll), int(mask.sum())
+    def accumulate(self, sums: _Sums, hidden: torch.Tensor, teacher: Teacher, targets: torch.Tensor) -> None:
+        """Add one batch; its positions go through in chunks whose logits stay in cache (about 16 MiB)."""
+        hidden, targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+        if self.kept is not None:
+            targets = self.new_id[targets]
+        rows = max(1, _CHUNK_BYTES // (4 * self.weight.shape[0]))
+        probs, neg_entropy = teacher.probs.reshape(-1, teacher.probs.shape[-1]), teacher.neg_entropy.reshape(-1)
+        for start in range(0, len(targets), rows):
+            chunk = slice(start, start + rows)
+            self._accumulate_chunk(sums, hidden[chunk], Teacher(probs[chunk], neg_entropy[chunk]), targets[chunk])
+
+    def _accumulate_chunk(self, sums: _Sums, hidden: torch.Tensor, teacher: Teacher, targets: torch.Tensor) -> None:
+        log_q = F.log_softmax(F.linear(hidden, self.weight, self.bias).float(), dim=-1)
+        sums.kl += float(self._kl(log_q, teacher).double().sum())
+        sums.positions += targets.numel()
+        mask = targets >= 0
+        target_log_q = log_q.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+        sums.nll -= float(target_log_q[mask].double().sum())
+        sums.nll_count += int(mask.sum())
+
+    def _kl(self, log_q: torch.Tensor, teacher: Teacher) -> torch.Tensor:
+        """Per position KL(p_K || q) - log p(K); KL(p || q) untrimmed."""
+        if self.kept is None:
+            return teacher.neg_entropy - torch.linalg.vecdot(teacher.probs, log_q)
+        p_kept = teacher.probs[..., self.kept]
+        mass = p_kept.sum(-1).clamp_min(torch.finfo(p_kept.dtype).tiny)
+        p_log_p = torch.xlogy(p_kept, p_kept).sum(-1)
+        return (p_log_p - torch.linalg.vecdot(p_kept, log_q)) / mass - 2 * mass.log()

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import optuna
 from optuna._hypervolume import compute_hypervolume
+from optuna.study._multi_objective import _get_pareto_front_trials_by_trials
 from optuna.trial import FrozenTrial, TrialState
 
 from prunesearch.pruning.pipeline import CalibrationSettings, prune_checkpoint
@@ -51,8 +52,12 @@ def _feasible(trial: FrozenTrial) -> bool:
 
 
 def front_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """Feasible non-dominated trials (Optuna's own Pareto logic, constraints respected)."""
-    return sorted(study.best_trials, key=lambda t: t.values[1])
+    """Feasible non-dominated trials (Optuna's own Pareto logic, constraints respected), fastest first.
+
+    What `study.best_trials` returns, without its deep copy of every trial (this runs after each trial)."""
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    front = _get_pareto_front_trials_by_trials(trials, study.directions, consider_constraint=True)
+    return sorted(front, key=lambda t: t.values[1])
 
 
 def hypervolume(study: optuna.Study, first: int | None = None) -> float | None:

@@ -41,6 +41,7 @@ def run_job(job_id: str, settings: Settings, stopping: threading.Event, between_
                 claim=lambda: claim_trial(url, job_id),
                 should_stop=lambda: stopping.is_set() or _stopped(url, job_id),
                 on_trial=on_trial,
+                shared=True,
             )
             record(url, job_id, study, progress)
         except Exception as exc:

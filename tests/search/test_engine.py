@@ -94,10 +94,32 @@ def test_teacher_cache_does_not_change_the_scores(context):
     plan = PrunePlan(layers=tuple(LayerPlan(4, 344) for _ in range(6)), vocab=2048)
     kept = context.kept_tokens(2048)
     uncached = CandidateEvaluator(context.model, context.evaluator.blocks, context.scores, teacher_cache_bytes=0)
-    assert uncached.teacher_log_probs is None and context.evaluator.teacher_log_probs is not None
+    assert uncached.teacher_cache is None and context.evaluator.teacher_cache is not None
     expected = context.evaluator.evaluate(plan, kept)
     got = uncached.evaluate(plan, kept)
     assert got.kl == pytest.approx(expected.kl, rel=1e-5) and got.ppl == pytest.approx(expected.ppl, rel=1e-5)
+
+
+def test_trimmed_scores_match_their_definition(context):
+    """The one-log-sum-exp formulas equal KL(p_K || q) - log p(K) and the kept-target NLL computed directly."""
+    plan = PrunePlan(layers=tuple(LayerPlan(4, 344) for _ in range(6)), vocab=1024)
+    kept = torch.tensor(context.kept_tokens(1024))
+    scored = context.evaluator.evaluate(plan, kept.tolist())
+    blocks = context.evaluator.blocks
+    candidate = apply_plan(context.model, PrunePlan(layers=plan.layers), context.scores)
+    with torch.no_grad():
+        log_p = F.log_softmax(context.model(blocks).logits[:, :-1], -1)[..., kept]
+        log_q = F.log_softmax(candidate(blocks).logits[:, :-1][..., kept], -1)
+    log_mass = torch.logsumexp(log_p, -1, keepdim=True)
+    log_p_k = log_p - log_mass
+    kl = (log_p_k.exp() * (log_p_k - log_q)).sum(-1) - log_mass.squeeze(-1)
+    targets = blocks[:, 1:]
+    in_kept = torch.isin(targets, kept)
+    new_id = torch.full((context.shape.vocab_size,), -1, dtype=torch.long)
+    new_id[kept] = torch.arange(len(kept))
+    nll = -log_q.gather(-1, new_id[targets].clamp_min(0).unsqueeze(-1)).squeeze(-1)[in_kept]
+    assert scored.kl == pytest.approx(float(kl.mean()), rel=1e-4)
+    assert scored.ppl == pytest.approx(float(nll.mean().exp()), rel=1e-4)
 
 
 def test_trimmed_vocabulary_kl_charges_the_lost_mass(context):
@@ -241,3 +263,11 @@ def test_cli_search_rejects_a_bad_budget(calibration, tmp_path, capsys):
         ]
     )
     assert code == 2 and "latency_budget_fraction" in capsys.readouterr().err
+
+
+def test_tpe_lies_about_running_trials_only_when_workers_share_the_study(calibration):
+    from prunesearch.search.engine import make_sampler
+
+    spec = _spec(calibration, sampler="tpe")
+    assert make_sampler(spec, shared=True)._constant_liar
+    assert not make_sampler(spec)._constant_liar
