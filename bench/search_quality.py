@@ -1,14 +1,18 @@
 """Search quality and speed on a real checkpoint.
 
-    python bench/search_quality.py [--trials 100] [--hv-trials 50,100,200] [--hv-tokens 4096]
+    python bench/search_quality.py [--trials 100] [--hv-trials 50,100,200] [--hv-tokens 4096] [--hv-seeds 0,1,2]
 
-1. Speed: one TPE search of `--trials` trials with `--calibration-tokens` tokens and no latency constraint;
-   wall time, and the time in proxy evaluation against one dense forward pass over the same tokens.
+1. Speed: one TPE search of `--trials` trials with `--calibration-tokens` tokens and no latency constraint,
+   from a cold cache (model load and calibration pass included); wall time, and the time in proxy evaluation
+   against one dense forward pass over the same tokens.
 2. Quality: for each latency budget (fraction of dense total latency, h100-sxm, batch 1, prompt 512,
    generate 128), the front plan with the lowest KL under the budget, against baselines at matching predicted
-   latency: uniform width with each criterion (the best reported), ShortGPT layer removal. Metric: token
+   latency: uniform width with each criterion (the best reported), ShortGPT layer removal; and Torch-Pruning's
+   uniform heads-and-channels cut (magnitude and Taylor importance, the better reported) at the parameter count
+   of the searched plan, with its predicted latency alongside. Metric: token
    perplexity on pydocs-valid (in-domain) and kerneldocs-valid (out-of-domain), no fine-tuning.
-3. Samplers: TPE, NSGA-II and random, hypervolume after each of `--hv-trials`, on one common reference point.
+3. Samplers: TPE, NSGA-II and random, hypervolume after each of `--hv-trials` (mean over `--hv-seeds`, and
+   per seed), on one common reference point.
 
 Writes bench/results/search_quality.json and prints it. Nothing here is asserted by a test.
 """
@@ -16,14 +20,18 @@ Writes bench/results/search_quality.json and prints it. Nothing here is asserted
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch_pruning_baseline as tpb
 from optuna._hypervolume import compute_hypervolume
 
 from prunesearch.pruning.evaluate import perplexity
@@ -57,7 +65,9 @@ def make_spec(args, sampler: str, trials: int, tokens: int) -> SearchSpec:
 
 
 def timed_search(args, workdir: Path) -> tuple[SearchContext, str, dict]:
+    """The search from a cold start: an empty PRUNESEARCH_HOME, so the calibration pass is timed too."""
     spec = make_spec(args, "tpe", args.trials, args.calibration_tokens)
+    os.environ["PRUNESEARCH_HOME"] = tempfile.mkdtemp(prefix="home-", dir=workdir)
     started = time.perf_counter()
     context = SearchContext(spec)
     setup_s = time.perf_counter() - started
@@ -143,12 +153,39 @@ def ppl_of(context: SearchContext, plan: PrunePlan, scores, texts: dict[str, str
     return {name: round(perplexity(model, context.tokenizer, text).token_ppl, 2) for name, text in texts.items()}
 
 
+def torch_pruning_at_equal_parameters(context: SearchContext, plan: PrunePlan, gradient_model, texts) -> dict:
+    """Torch-Pruning's uniform heads-and-channels cut with as many parameters as the searched `plan` keeps."""
+    target = tpb.parameter_count(apply_plan(context.model, plan, context.scores))
+    example = context.evaluator.blocks[:1, :64].cpu()
+    ratio = tpb.ratio_for_parameters(context.model, target, example)
+    per_importance, shapes = {}, {}
+    for importance in tpb.IMPORTANCES:
+        pruned = tpb.prune_uniform(gradient_model, ratio, example, importance)
+        with torch.no_grad():
+            per_importance[importance] = {
+                name: round(perplexity(pruned, context.tokenizer, text).token_ppl, 2) for name, text in texts.items()
+            }
+        shapes[importance] = tpb.plan_of(pruned)
+    best = min(per_importance, key=lambda name: per_importance[name]["pydocs-valid"])
+    return per_importance[best] | {
+        "importance": best,
+        "all": per_importance,
+        "ratio": round(ratio, 4),
+        "params": tpb.parameter_count(tpb.prune_uniform(gradient_model, ratio, example)),
+        "search_params": target,
+        "layer": shapes[best].layers[0].to_dict(),
+        "latency_fraction": round(latency_fraction(context, shapes[best]), 3),
+    }
+
+
 def quality_at_budgets(args, context: SearchContext, storage: str) -> list[dict]:
     texts = {n: (args.data / f"{n}.txt").read_text()[: args.eval_chars] for n in ("pydocs-valid", "kerneldocs-valid")}
     blocks = context.evaluator.blocks.cpu()
     stats, _ = cached_activation_stats(context.model, blocks, progress=False)
     criteria_scores = {c: compute_importance(context.model, c, stats) for c in CRITERIA}
     front = pareto_front(storage, "speed")
+    gradient_model = copy.deepcopy(context.model)
+    tpb.taylor_gradients(gradient_model, blocks)
     rows = [{"budget": 1.0, "dense": ppl_of(context, PrunePlan.dense(context.shape), context.scores, texts)}]
     for budget in args.budgets:
         row: dict = {"budget": budget}
@@ -171,6 +208,8 @@ def quality_at_budgets(args, context: SearchContext, storage: str) -> list[dict]
                 "latency_fraction": round(latency_fraction(context, uniform), 3),
                 "layer": uniform.layers[0].to_dict(),
             }
+        if under:
+            row["torch_pruning"] = torch_pruning_at_equal_parameters(context, plan, gradient_model, texts)
         short = shortgpt_under(context, budget)
         if short is not None:
             row["shortgpt"] = ppl_of(context, short, context.scores, texts) | {
@@ -181,12 +220,13 @@ def quality_at_budgets(args, context: SearchContext, storage: str) -> list[dict]
     return rows
 
 
-def sampler_hypervolumes(args, workdir: Path) -> dict:
-    points: dict[str, list[tuple[float, float, bool, bool]]] = {}
+def sampler_runs(args, workdir: Path, seed: int) -> dict[str, list[tuple[float, float, bool, bool]]]:
+    """(KL, latency fraction, feasible, baseline) of every trial of one run per sampler."""
+    points = {}
     trials = max(args.hv_trials)
     for sampler in ("tpe", "nsga2", "random"):
-        spec = make_spec(args, sampler, trials, args.hv_tokens)
-        storage = f"sqlite:///{workdir / f'hv-{sampler}.db'}"
+        spec = make_spec(args, sampler, trials, args.hv_tokens).model_copy(update={"seed": seed})
+        storage = f"sqlite:///{workdir / f'hv-{sampler}-{seed}.db'}"
         started = time.perf_counter()
         run_search(spec, storage=storage, study_name=sampler)
         records = list_trials(storage, sampler, limit=trials)
@@ -199,16 +239,26 @@ def sampler_hypervolumes(args, workdir: Path) -> dict:
             )
             for r in records
         ]
-        print(f"{sampler}: {trials} trials in {time.perf_counter() - started:.0f} s", flush=True)
-    baseline_kl = [kl for run in points.values() for kl, _, ok, base in run if ok and base]
+        print(f"{sampler} seed {seed}: {trials} trials in {time.perf_counter() - started:.0f} s", flush=True)
+    return points
+
+
+def sampler_hypervolumes(args, workdir: Path) -> dict:
+    """Hypervolume after each of `--hv-trials` per sampler and seed, on one reference point for all runs."""
+    runs = {seed: sampler_runs(args, workdir, seed) for seed in args.hv_seeds}
+    baseline_kl = [kl for points in runs.values() for run in points.values() for kl, _, ok, base in run if ok and base]
     q_ref = max(baseline_kl) * 1.1
-    result = {"reference_kl": q_ref, "calibration_tokens": args.hv_tokens}
-    for sampler, run in points.items():
-        result[sampler] = {}
-        for n in args.hv_trials:
-            pts = np.array([[kl / q_ref, lat] for kl, lat, ok, _ in run[:n] if ok and kl / q_ref < 1 and lat < 1])
-            result[sampler][n] = round(float(compute_hypervolume(pts, np.ones(2))), 4) if len(pts) else 0.0
+    result: dict = {"reference_kl": q_ref, "calibration_tokens": args.hv_tokens, "seeds": args.hv_seeds}
+    for sampler in ("tpe", "nsga2", "random"):
+        per_seed = {n: [_hypervolume(runs[seed][sampler][:n], q_ref) for seed in args.hv_seeds] for n in args.hv_trials}
+        result[sampler] = {n: round(float(np.mean(values)), 4) for n, values in per_seed.items()}
+        result[sampler]["per_seed"] = per_seed
     return result
+
+
+def _hypervolume(run: list[tuple[float, float, bool, bool]], q_ref: float) -> float:
+    points = np.array([[kl / q_ref, lat] for kl, lat, ok, _ in run if ok and kl / q_ref < 1 and lat < 1])
+    return round(float(compute_hypervolume(points, np.ones(2))), 4) if len(points) else 0.0
 
 
 def main() -> None:
@@ -220,6 +270,7 @@ def main() -> None:
     parser.add_argument("--budgets", type=lambda s: [float(x) for x in s.split(",")], default=[0.5, 0.6, 0.7, 0.8])
     parser.add_argument("--hv-trials", type=lambda s: [int(x) for x in s.split(",")], default=[50, 100, 200])
     parser.add_argument("--hv-tokens", type=int, default=4096)
+    parser.add_argument("--hv-seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
     parser.add_argument("--eval-chars", type=int, default=60_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--min-keep-layers", type=float, default=0.25, help="the search's depth bound")
@@ -230,6 +281,8 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     for db in args.workdir.glob("hv-*.db" if args.only_hv else "*.db"):
         db.unlink()
+    for home in [] if args.only_hv else args.workdir.glob("home-*"):
+        shutil.rmtree(home)
     report: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"}
     out = ROOT / "bench/results/search_quality.json"
     if args.only_hv:

@@ -83,9 +83,10 @@ class CandidateEvaluator:
         self.batch_size = batch_size
         self.device = next(model.parameters()).device
         self.blocks = blocks.to(self.device)
-        self.teacher_hidden = self._teacher_hidden()
-        cache_bytes = blocks.numel() * model.config.vocab_size * 4
-        self.teacher_cache = self._teacher_cache() if cache_bytes <= teacher_cache_bytes else None
+        hidden = self._teacher_hidden()
+        cached = blocks.numel() * model.config.vocab_size * 4 <= teacher_cache_bytes
+        self.teacher_cache = self._teacher_cache(hidden) if cached else None
+        self.teacher_hidden = None if cached else hidden
 
     @torch.inference_mode()
     def _teacher_hidden(self) -> list[torch.Tensor]:
@@ -97,8 +98,8 @@ class CandidateEvaluator:
         ]
 
     @torch.inference_mode()
-    def _teacher_cache(self) -> list[Teacher]:
-        return [Teacher.from_logits(self.model.lm_head(h)) for h in self.teacher_hidden]
+    def _teacher_cache(self, hidden: list[torch.Tensor]) -> list[Teacher]:
+        return [Teacher.from_logits(self.model.lm_head(h)) for h in hidden]
 
     def _teacher(self, index: int) -> Teacher:
         if self.teacher_cache is not None:
