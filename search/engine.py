@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from .baselines import baseline_params
 from .context import SearchContext
 from .results import (
+    ABANDONED_ATTR,
     SPEC_ATTR,
     SearchProgress,
     export_trial,
@@ -83,13 +84,30 @@ def _prepare(study: optuna.Study, context: SearchContext) -> None:
 
 
 def _default_claim(study: optuna.Study, n_trials: int) -> Callable[[], bool]:
-    """A trial may start while fewer than n_trials have started (enqueued, still waiting ones do not count)."""
+    """A trial may start while fewer than n_trials have started (enqueued, still waiting ones and abandoned ones
+    do not count)."""
     started = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 
     def claim() -> bool:
-        return len(study.get_trials(deepcopy=False, states=started)) < n_trials
+        trials = study.get_trials(deepcopy=False, states=started)
+        return sum(not t.user_attrs.get(ABANDONED_ATTR) for t in trials) < n_trials
 
     return claim
+
+
+def fail_abandoned_trials(study: optuna.Study) -> int:
+    """Fail the trials a dead worker left RUNNING (they would never finish, and TPE's constant liar would count
+    them as bad points forever); they do not count towards n_trials. Only call this while no other worker runs
+    trials of the study."""
+    abandoned = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for frozen in abandoned:
+        trial = optuna.Trial(study, frozen._trial_id)
+        trial.set_user_attr(ABANDONED_ATTR, True)
+        trial.set_user_attr("error", "abandoned: its worker stopped while running it")
+        study.tell(trial, state=TrialState.FAIL)
+    if abandoned:
+        log.warning("failed %d trial(s) abandoned by a stopped worker", len(abandoned))
+    return len(abandoned)
 
 
 def _run_trial(study: optuna.Study, context: SearchContext) -> None:
@@ -101,12 +119,21 @@ def _run_trial(study: optuna.Study, context: SearchContext) -> None:
         trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
         study.tell(trial, state=TrialState.FAIL)
         return
-    for name, value in outcome.constraints.items():
-        trial.set_constraint(name, float(value))
-    trial.set_user_attr("plan", outcome.plan.to_dict())
-    trial.set_user_attr("metrics", outcome.metrics)
-    trial.set_user_attr("feasible", outcome.feasible)
-    study.tell(trial, outcome.values)
+    except BaseException:  # interrupted (Ctrl-C): the trial is abandoned, not left running
+        trial.set_user_attr(ABANDONED_ATTR, True)
+        trial.set_user_attr("error", "abandoned: interrupted while running")
+        study.tell(trial, state=TrialState.FAIL)
+        raise
+    try:
+        for name, value in outcome.constraints.items():
+            trial.set_constraint(name, float(value))
+        trial.set_user_attr("plan", outcome.plan.to_dict())
+        trial.set_user_attr("metrics", outcome.metrics)
+        trial.set_user_attr("feasible", outcome.feasible)
+    except optuna.exceptions.UpdateFinishedTrialError:  # a worker starting up took it for abandoned (a lost race)
+        log.warning("trial %d was failed as abandoned by another worker; its result is dropped", trial.number)
+        return
+    study.tell(trial, outcome.values, skip_if_finished=True)
 
 
 def run_search(
@@ -120,20 +147,27 @@ def run_search(
     progress_bar: bool = False,
     context: SearchContext | None = None,
     shared: bool = False,
+    recover: bool | None = None,
 ) -> SearchProgress:
-    """Run trials until the quota (`claim`), the timeout or `should_stop` ends the search.
+    """Run trials until n_trials have started, the quota (`claim`), the timeout or `should_stop` ends the search.
 
-    `shared`: other workers may run trials of this study concurrently (the service's workers)."""
+    `shared`: other workers may run trials of this study concurrently (the service's workers).
+    `recover`: no other worker is running trials now, so RUNNING ones were abandoned by a dead worker and are
+    failed first (default: when not `shared`)."""
     study = open_study(spec, storage, study_name, shared=shared)
+    if recover if recover is not None else not shared:
+        fail_abandoned_trials(study)
     context = context or SearchContext(spec, progress=progress_bar)
     _prepare(study, context)
-    claim = claim or _default_claim(study, spec.n_trials)
+    below_n_trials = _default_claim(study, spec.n_trials)
+    quota = claim or (lambda: True)  # the study's own count is checked first: a caller's counter can lag it
     deadline = time.monotonic() + spec.timeout_s if spec.timeout_s else None
     bar = tqdm(total=spec.n_trials, desc="trials", disable=not progress_bar)
     progress = progress_of(study, spec.n_trials)
     bar.update(progress.trials_done)
     for _ in range(spec.n_trials):
-        if should_stop() or (deadline is not None and time.monotonic() > deadline) or not claim():
+        timed_out = deadline is not None and time.monotonic() > deadline
+        if should_stop() or timed_out or not (below_n_trials() and quota()):
             break
         _run_trial(study, context)
         progress = progress_of(study, spec.n_trials)

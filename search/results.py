@@ -18,6 +18,8 @@ from prunesearch.pruning.plan import PrunePlan
 from .spec import SearchSpec
 
 SPEC_ATTR = "prunesearch_spec"
+# User attribute of a trial failed because its worker died while running it; such trials do not count.
+ABANDONED_ATTR = "abandoned"
 HV_MARGIN = 1.1  # reference point = worst baseline quality x this, at the dense latency
 
 
@@ -86,8 +88,13 @@ def hypervolume_history(study: optuna.Study, every: int = 10) -> list[dict[str, 
     return [{"trials": n, "hypervolume": hypervolume(study, first=n)} for n in marks if n > 0]
 
 
+def counts_as_done(trial: FrozenTrial) -> bool:
+    """Finished, and not a trial a dead worker abandoned (those are run again)."""
+    return trial.state.is_finished() and not trial.user_attrs.get(ABANDONED_ATTR)
+
+
 def progress_of(study: optuna.Study, n_trials: int) -> SearchProgress:
-    finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+    finished = [t for t in study.get_trials(deepcopy=False) if counts_as_done(t)]
     return SearchProgress(
         trials_done=len(finished),
         n_trials=n_trials,

@@ -25,6 +25,7 @@ def run_job(job_id: str, settings: Settings, stopping: threading.Event, between_
     with session_scope(url) as session:
         job = crud.get_job(session, job_id=job_id)
         spec, study = SearchSpec.model_validate(job.spec), job.study_name
+        alone = job.active_workers == 1  # no other worker has trials running: any RUNNING one was abandoned
     engine = search_engine()
 
     def on_trial(progress) -> None:
@@ -42,6 +43,7 @@ def run_job(job_id: str, settings: Settings, stopping: threading.Event, between_
                 should_stop=lambda: stopping.is_set() or _stopped(url, job_id),
                 on_trial=on_trial,
                 shared=True,
+                recover=alone,
             )
             record(url, job_id, study, progress)
         except Exception as exc:

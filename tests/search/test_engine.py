@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from optuna.trial import TrialState
 
 from prunesearch.cli import main
 from prunesearch.pruning.export import export_checkpoint
@@ -271,3 +272,30 @@ def test_tpe_lies_about_running_trials_only_when_workers_share_the_study(calibra
     spec = _spec(calibration, sampler="tpe")
     assert make_sampler(spec, shared=True)._constant_liar
     assert not make_sampler(spec)._constant_liar
+
+
+def test_a_lone_search_fails_trials_left_running_and_still_runs_n_trials(calibration, tmp_path, prunesearch_home):
+    from prunesearch.search.engine import open_study
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    spec = _spec(calibration, n_trials=12, baselines=False)
+    open_study(spec, storage, "s").ask()  # a search killed mid-trial
+    progress = run_search(spec, storage=storage, study_name="s")
+    trials = load_study(storage, "s").get_trials(deepcopy=False)
+    assert trials[0].state == TrialState.FAIL and trials[0].user_attrs["abandoned"]
+    assert progress.trials_done == 12 and len(trials) == 13
+
+
+def test_an_interrupted_trial_is_failed_not_left_running(calibration, tmp_path, prunesearch_home, monkeypatch):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    spec = _spec(calibration, n_trials=3, baselines=False)
+    context = SearchContext(spec)
+
+    def interrupt(trial):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(context, "evaluate", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(spec, storage=storage, study_name="s", context=context)
+    (trial,) = load_study(storage, "s").get_trials(deepcopy=False)
+    assert trial.state == TrialState.FAIL and trial.user_attrs["abandoned"]

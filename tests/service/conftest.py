@@ -93,8 +93,10 @@ class Processes:
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen] = []
 
-    def worker(self, settings: Settings, *extra: str, log: Path | None = None) -> subprocess.Popen:
-        env = {
+    def worker(
+        self, settings: Settings, *extra: str, log: Path | None = None, env: dict[str, str] | None = None
+    ) -> subprocess.Popen:
+        defaults = {
             **os.environ,
             "PRUNESEARCH_DATABASE_URL": settings.db_url,
             "PRUNESEARCH_DATA_DIR": str(settings.data_dir),
@@ -102,7 +104,7 @@ class Processes:
             "PRUNESEARCH_POLL_S": "0.2",
         }
         cmd = [sys.executable, "-m", "prunesearch.cli", "worker", *extra]
-        return self.start(cmd, env=env, log=log)
+        return self.start(cmd, env=defaults | (env or {}), log=log)
 
     def start(self, cmd: list[str], *, env: dict, log: Path | None = None) -> subprocess.Popen:
         out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115

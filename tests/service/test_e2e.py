@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import signal
 
+import optuna
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from optuna.trial import TrialState
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from prunesearch.service.api.main import create_app
 from prunesearch.service.client import Client
+from prunesearch.service.db import session_scope
+from prunesearch.service.models import Job
 
 from .conftest import job_body, wait_for
 
@@ -116,3 +120,27 @@ def test_sigterm_leaves_the_job_queued_for_another_worker(settings, processes, t
         assert (after["status"], after["active_workers"]) == ("queued", 0)
         assert 0 < after["trials_done"] < 200 and after["error"] is None
         assert api.post(f"/v1/jobs/{job['id']}/cancel").json()["status"] == "cancelled"
+
+
+def test_a_dead_workers_running_trial_is_failed_and_run_again(settings, processes, tmp_path):
+    """A worker killed mid-trial leaves its Optuna trial RUNNING; the worker that recovers the job fails it
+    (marked abandoned, not counted) and still finishes exactly n_trials."""
+    api, client = _client(settings)
+    with api:
+        first = processes.worker(settings, log=tmp_path / "first.log")
+        job = client.submit(job_body(n_trials=12))
+        wait_for(lambda: client.job(job["id"])["trials_done"] > 0)
+        first.kill()
+        first.wait(timeout=30)
+        with session_scope(settings.db_url) as session:
+            study_name = session.get(Job, job["id"]).study_name
+        optuna.load_study(study_name=study_name, storage=settings.db_url).ask()  # the trial it was running
+        lease = {"PRUNESEARCH_LEASE_S": "2"}
+        processes.worker(settings, "--max-idle", "60", log=tmp_path / "second.log", env=lease)
+        done = _finished(api, job["id"])
+        assert done["status"] == "succeeded" and done["trials_done"] == 12, (tmp_path / "second.log").read_text()
+    trials = optuna.load_study(study_name=study_name, storage=settings.db_url).get_trials(deepcopy=False)
+    abandoned = [t for t in trials if t.user_attrs.get("abandoned")]
+    assert abandoned and all(t.state == TrialState.FAIL for t in abandoned)
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    assert sum(t.state.is_finished() and not t.user_attrs.get("abandoned") for t in trials) == 12
