@@ -26,6 +26,7 @@ def run_job(job_id: str, settings: Settings, stopping: threading.Event, between_
         job = crud.get_job(session, job_id=job_id)
         spec, study = SearchSpec.model_validate(job.spec), job.study_name
         alone = job.active_workers == 1  # no other worker has trials running: any RUNNING one was abandoned
+        shared = job.parallelism > 1  # TPE's constant liar only where workers can run trials side by side
     engine = search_engine()
 
     def on_trial(progress) -> None:
@@ -42,7 +43,7 @@ def run_job(job_id: str, settings: Settings, stopping: threading.Event, between_
                 claim=lambda: claim_trial(url, job_id),
                 should_stop=lambda: stopping.is_set() or _stopped(url, job_id),
                 on_trial=on_trial,
-                shared=True,
+                shared=shared,
                 recover=alone,
             )
             record(url, job_id, study, progress)
