@@ -163,9 +163,20 @@ def list_exports(session: Session, *, job_id: str) -> list[Export]:
     return list(session.scalars(select(Export).where(Export.job_id == job_id)).all())
 
 
-def claimable_exports(*, for_update: bool):
-    query = select(Export).where(Export.status == "queued").order_by(Export.created_at).limit(1)
+def claimable_exports(*, lease_s: float, for_update: bool):
+    """Queued exports, and running ones whose worker stopped renewing their lease (it died)."""
+    stale = utcnow() - timedelta(seconds=lease_s)
+    abandoned = (Export.status == "running") & ((Export.heartbeat_at < stale) | Export.heartbeat_at.is_(None))
+    query = select(Export).where((Export.status == "queued") | abandoned).order_by(Export.created_at).limit(1)
     return query.with_for_update(skip_locked=True) if for_update else query
+
+
+def start_export(session: Session, *, export: Export) -> None:
+    export.status, export.heartbeat_at = "running", utcnow()
+
+
+def export_heartbeat(session: Session, *, export_id: str) -> None:
+    session.execute(update(Export).where(Export.id == export_id).values(heartbeat_at=utcnow()))
 
 
 def finish_export(session: Session, *, export_id: str, **fields: Any) -> None:

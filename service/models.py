@@ -92,6 +92,7 @@ class Export(Base):
     summary: Mapped[dict[str, Any] | None]
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[datetime | None]  # renewed while a worker writes it: its lease
     finished_at: Mapped[datetime | None]
 
 

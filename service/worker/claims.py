@@ -18,14 +18,14 @@ def claim_job(url: str, *, lease_s: float) -> str | None:
         return job.id
 
 
-def claim_export(url: str) -> str | None:
-    """Take the oldest queued export request."""
+def claim_export(url: str, *, lease_s: float) -> str | None:
+    """Take the oldest queued export request, or one whose worker's lease expired."""
     sqlite = is_sqlite(url)
     with session_scope(url, immediate=sqlite) as session:
-        export = session.scalar(crud.claimable_exports(for_update=not sqlite))
+        export = session.scalar(crud.claimable_exports(lease_s=lease_s, for_update=not sqlite))
         if export is None:
             return None
-        export.status = "running"
+        crud.start_export(session, export=export)
         return export.id
 
 

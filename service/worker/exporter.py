@@ -14,6 +14,8 @@ from prunesearch.service.db import session_scope
 from prunesearch.service.engine import search_engine
 from prunesearch.service.settings import Settings
 
+from .heartbeat import Heartbeat
+
 log = logging.getLogger(__name__)
 
 
@@ -26,10 +28,11 @@ def run_export(export_id: str, settings: Settings) -> None:
         study, trial, dtype = job.study_name, export.trial, export.dtype
     out_dir = settings.export_root / export_id
     try:
-        shutil.rmtree(out_dir, ignore_errors=True)
-        summary = search_engine().export_trial(url, study, trial, out_dir, dtype=dtype)
-        archive = out_dir.with_suffix(".tar")
-        size, digest = write_archive(out_dir, archive)
+        with Heartbeat.for_export(url, export_id, settings.heartbeat_s):
+            shutil.rmtree(out_dir, ignore_errors=True)  # a dead worker's partial output, if any
+            summary = search_engine().export_trial(url, study, trial, out_dir, dtype=dtype)
+            archive = out_dir.with_suffix(".tar")
+            size, digest = write_archive(out_dir, archive)
         fields = dict(status="succeeded", path=str(archive), size=size, sha256=digest, summary=_jsonable(summary))
     except Exception as exc:
         log.exception("export %s failed", export_id)

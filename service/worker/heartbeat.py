@@ -1,9 +1,13 @@
-"""A background thread that renews a job's lease while a worker runs it (trials may take long)."""
+"""A background thread that renews a job's or an export's lease while a worker runs it (trials and exports may
+take long)."""
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
+
+from sqlalchemy.orm import Session
 
 from prunesearch.service import crud
 from prunesearch.service.db import session_scope
@@ -12,12 +16,22 @@ log = logging.getLogger(__name__)
 
 
 class Heartbeat:
-    """Refresh `heartbeat_at` of `job_id` every `interval_s` until stopped."""
+    """Call `renew(session)` every `interval_s` until stopped."""
 
-    def __init__(self, url: str, job_id: str, interval_s: float) -> None:
-        self._url, self._job_id, self._interval = url, job_id, interval_s
+    def __init__(self, url: str, interval_s: float, renew: Callable[[Session], None], name: str) -> None:
+        self._url, self._interval, self._renew, self._name = url, interval_s, renew, name
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id[:8]}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{name}", daemon=True)
+
+    @classmethod
+    def for_job(cls, url: str, job_id: str, interval_s: float) -> Heartbeat:
+        return cls(url, interval_s, lambda session: crud.heartbeat(session, job_id=job_id), f"job {job_id}")
+
+    @classmethod
+    def for_export(cls, url: str, export_id: str, interval_s: float) -> Heartbeat:
+        return cls(
+            url, interval_s, lambda session: crud.export_heartbeat(session, export_id=export_id), f"export {export_id}"
+        )
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()
@@ -31,6 +45,6 @@ class Heartbeat:
         while not self._stop.wait(self._interval):
             try:
                 with session_scope(self._url) as session:
-                    crud.heartbeat(session, job_id=self._job_id)
+                    self._renew(session)
             except Exception:  # a missed beat is harmless; the lease is many beats long
-                log.warning("heartbeat for job %s failed", self._job_id, exc_info=True)
+                log.warning("heartbeat for %s failed", self._name, exc_info=True)

@@ -63,7 +63,7 @@ class Worker:
 
     def run_one_export(self) -> bool:
         """Run the oldest queued export, if any (also called between trials so exports never wait long)."""
-        export_id = claim_export(self.settings.db_url)
+        export_id = claim_export(self.settings.db_url, lease_s=self.settings.lease_s)
         if export_id is None:
             return False
         log.info("exporting %s", export_id)

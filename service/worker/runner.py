@@ -34,7 +34,7 @@ def run_job(job_id: str, settings: Settings, stopping: threading.Event, between_
         between_trials()
 
     error = None
-    with Heartbeat(url, job_id, settings.heartbeat_s):
+    with Heartbeat.for_job(url, job_id, settings.heartbeat_s):
         try:
             progress = engine.run_search(
                 spec,

@@ -7,7 +7,7 @@ from datetime import timedelta
 from prunesearch.service import crud
 from prunesearch.service.db import session_scope
 from prunesearch.service.models import utcnow
-from prunesearch.service.worker.claims import claim_job, claim_trial
+from prunesearch.service.worker.claims import claim_export, claim_job, claim_trial
 
 from .conftest import job_body
 
@@ -86,3 +86,20 @@ def test_cancel_of_a_running_job_waits_for_its_workers(settings):
     assert not claim_trial(settings.db_url, job_id)
     with session_scope(settings.db_url) as s:
         assert crud.leave_job(s, job_id=job_id).status == "cancelled"
+
+
+def test_an_export_whose_worker_died_is_taken_up_again(settings):
+    job_id = _job(settings)
+    with session_scope(settings.db_url) as s:
+        export_id = crud.create_export(s, job_id=job_id, trial=0, dtype="fp32").id
+    assert claim_export(settings.db_url, lease_s=60) == export_id
+    assert claim_export(settings.db_url, lease_s=60) is None  # running, its lease fresh
+    with session_scope(settings.db_url) as s:
+        crud.export_heartbeat(s, export_id=export_id)
+        assert crud.get_export(s, export_id=export_id).heartbeat_at is not None
+    assert claim_export(settings.db_url, lease_s=60) is None
+    with session_scope(settings.db_url) as s:
+        crud.get_export(s, export_id=export_id).heartbeat_at = utcnow() - timedelta(seconds=600)
+    assert claim_export(settings.db_url, lease_s=60) == export_id  # its worker stopped renewing the lease
+    with session_scope(settings.db_url) as s:
+        assert crud.get_export(s, export_id=export_id).status == "running"

@@ -7,6 +7,7 @@ import sqlalchemy as sa
 
 from prunesearch import migrations
 
+HEAD = "0002"
 OURS = {"ps_jobs", "ps_pareto_snapshots", "ps_exports", "ps_datasets", migrations.VERSION_TABLE}
 
 
@@ -21,7 +22,7 @@ def _tables(url: str) -> set[str]:
 def _up_down(url: str) -> None:
     migrations.upgrade(url)
     assert _tables(url) >= OURS
-    assert migrations.current(url) == "0001"
+    assert migrations.current(url) == HEAD
     optuna.create_study(storage=url, study_name="neighbour")  # Optuna stamps its own alembic_version
     migrations.downgrade(url)
     left = _tables(url)
@@ -41,12 +42,42 @@ def test_up_and_down_on_postgresql(pg_url):
     optuna.delete_study(study_name="neighbour", storage=pg_url)
 
 
+def test_exports_created_before_their_lease_column_survive_the_upgrade(tmp_path):
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    migrations.upgrade(url, "0001")
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            now = "2026-11-24 00:00:00"
+            conn.execute(
+                sa.text(
+                    "INSERT INTO ps_jobs (id, spec, status, n_trials, parallelism, trials_claimed, trials_done,"
+                    " front_size, active_workers, cancel_requested, created_at)"
+                    " VALUES ('j', '{}', 'succeeded', 1, 1, 1, 1, 0, 0, 0, :now)"
+                ),
+                {"now": now},
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO ps_exports (id, job_id, trial, dtype, status, created_at)"
+                    " VALUES ('e', 'j', 0, 'fp32', 'queued', :now)"
+                ),
+                {"now": now},
+            )
+        migrations.upgrade(url)
+        with engine.connect() as conn:
+            row = conn.execute(sa.text("SELECT status, heartbeat_at FROM ps_exports WHERE id = 'e'")).one()
+        assert tuple(row) == ("queued", None)
+    finally:
+        engine.dispose()
+
+
 def test_db_command(tmp_path, capsys):
     from prunesearch.cli import main
 
     url = f"sqlite:///{tmp_path / 'c.db'}"
     assert main(["db", "upgrade", "--database-url", url]) == 0
-    assert "0001" in capsys.readouterr().out
+    assert HEAD in capsys.readouterr().out
     assert main(["db", "downgrade", "--database-url", url]) == 0
     assert "none" in capsys.readouterr().out
 
