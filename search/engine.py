@@ -25,10 +25,19 @@ from .results import (
     list_trials,
     pareto_front,
     progress_of,
+    trial_page,
 )
 from .spec import SearchSpec
 
-__all__ = ["SearchProgress", "export_trial", "list_trials", "open_study", "pareto_front", "run_search"]
+__all__ = [
+    "SearchProgress",
+    "export_trial",
+    "list_trials",
+    "open_study",
+    "pareto_front",
+    "run_search",
+    "trial_page",
+]
 
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -133,8 +133,15 @@ def list_trials(
     storage: str | optuna.storages.BaseStorage, study_name: str, offset: int = 0, limit: int = 50
 ) -> list[dict[str, Any]]:
     """Trials that have started, in order; enqueued ones that never ran are not trials yet."""
+    return trial_page(storage, study_name, offset, limit)[0]
+
+
+def trial_page(
+    storage: str | optuna.storages.BaseStorage, study_name: str, offset: int = 0, limit: int = 50
+) -> tuple[list[dict[str, Any]], int]:
+    """One page of `list_trials`, and how many trials there are in all."""
     trials = [t for t in load_study(storage, study_name).get_trials(deepcopy=False) if t.state != TrialState.WAITING]
-    return [trial_record(t) for t in trials[offset : offset + limit]]
+    return [trial_record(t) for t in trials[offset : offset + limit]], len(trials)
 
 
 def trial_plan(study: optuna.Study, number: int) -> PrunePlan:

@@ -13,7 +13,7 @@ DEFAULT_ENGINE = "prunesearch.search.engine"
 
 
 def search_engine() -> ModuleType:
-    """The module providing run_search, pareto_front, list_trials and export_trial."""
+    """The module providing run_search, pareto_front, list_trials, trial_page and export_trial."""
     return importlib.import_module(os.environ.get("PRUNESEARCH_SEARCH_ENGINE") or DEFAULT_ENGINE)
 
 

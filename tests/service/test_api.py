@@ -7,6 +7,7 @@ import pytest
 
 from prunesearch.service import crud
 from prunesearch.service.db import session_scope
+from prunesearch.service.worker.claims import claim_job
 
 from .conftest import job_body
 
@@ -123,10 +124,13 @@ def test_list_paginates_and_filters(api):
     assert api.get("/v1/jobs", params={"limit": 0}).status_code == 422
 
 
-def test_empty_pareto_and_trials_before_the_first_trial(api):
+def test_empty_pareto_and_trials_before_the_first_trial(api, settings):
     job = api.post("/v1/jobs", json=job_body()).json()
     assert api.get(f"/v1/jobs/{job['id']}/pareto").json()["front"] == []
     assert api.get(f"/v1/jobs/{job['id']}/trials").json()["items"] == []
+    claim_job(settings.db_url, lease_s=60)  # a worker took it but has not created its study yet
+    page = api.get(f"/v1/jobs/{job['id']}/trials")
+    assert page.status_code == 200 and (page.json()["items"], page.json()["total"]) == ([], 0)
 
 
 def test_dataset_upload_is_usable_as_calibration(api):

@@ -47,9 +47,13 @@ def _search_export_download(settings, processes, tmp_path, n_trials: int = 5) ->
         assert done["trials_done"] == n_trials and done["front_size"] >= 1
         front = client.pareto(job["id"])["front"]
         assert front and {"kl", "latency_ms"} <= set(front[0]["metrics"])
-        trials = api.get(f"/v1/jobs/{job['id']}/trials", params={"limit": 100}).json()["items"]
+        page = api.get(f"/v1/jobs/{job['id']}/trials", params={"limit": 100}).json()
+        trials = page["items"]
         finished_trials = [t for t in trials if t["state"] in ("complete", "fail")]
         assert len(finished_trials) == n_trials  # enqueued baselines not reached stay "waiting"
+        assert page["total"] == len(trials)
+        second = api.get(f"/v1/jobs/{job['id']}/trials", params={"offset": 1, "limit": 2}).json()
+        assert second["items"] == trials[1:3] and second["total"] == page["total"]
         smallest = min(front, key=lambda r: r["metrics"]["latency_ms"])
         export = client.export(job["id"], smallest["trial"], "fp32")
         final = ("succeeded", "failed")

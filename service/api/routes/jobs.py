@@ -67,12 +67,13 @@ def read_job(url: str, job_id: str) -> bytes | None:
 def list_trials(job: JobDep, settings: SettingsDep, offset: OffsetDep = 0, limit: LimitDep = 50) -> Page[dict]:
     """Trials as the search engine stored them (state, plan, metrics, feasibility), by trial number."""
     items: list[dict] = []
+    total = 0
     if job.started_at is not None:
         try:
-            items = search_engine().list_trials(settings.db_url, job.study_name, offset=offset, limit=limit)
-        except KeyError:  # the study is not created yet
-            items = []
-    return Page[dict](items=items, offset=offset, limit=limit)
+            items, total = search_engine().trial_page(settings.db_url, job.study_name, offset=offset, limit=limit)
+        except LookupError:  # the study is not created yet
+            items, total = [], 0
+    return Page[dict](items=items, total=total, offset=offset, limit=limit)
 
 
 @router.get("/{job_id}/pareto", response_model=ParetoPublic)
