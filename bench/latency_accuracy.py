@@ -152,8 +152,7 @@ def _doc_body(args, rows, calibration, elapsed: float) -> str:
             table(rows),
             "",
             f"Fitted profile: compute efficiency {p.compute_efficiency:.3f} of the probed "
-            f"{p.fp32_tflops * 1e3:.1f} GFLOP/s, bandwidth efficiency {p.bandwidth_efficiency:.3f} of the",
-            "probed",
+            f"{p.fp32_tflops * 1e3:.1f} GFLOP/s, bandwidth efficiency {p.bandwidth_efficiency:.3f} of the probed",
             f"{p.memory_bandwidth_gbs:.1f} GB/s, launch overhead {p.launch_overhead_us:.1f} µs per kernel, "
             f"step overhead {p.step_overhead_us:.0f} µs per forward. Goal: MAPE ≤ 10% and Spearman ≥ 0.95.",
         ]
