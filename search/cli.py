@@ -26,6 +26,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     search.add_argument("--objective", choices=["kl", "ppl"], default="kl")
     search.add_argument("--storage", help="Optuna storage URL (default: sqlite:///OUT/study.db)")
     search.add_argument("--study", help="study name (default: derived from the output folder)")
+    search.add_argument(
+        "--shared",
+        action="store_true",
+        help="other processes run trials of this study at the same time (same --storage and --study): TPE "
+        "spreads out from their running trials, and trials left running are not taken for abandoned",
+    )
     search.add_argument("--spec", type=Path, help="a full job spec JSON; flags given explicitly override it")
     search.add_argument("--seed", type=int, default=0)
     search.add_argument("--calibration-tokens", type=int, default=16_384)
@@ -69,7 +75,7 @@ def _search(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     storage = args.storage or f"sqlite:///{(args.out / 'study.db').resolve()}"
     study_name = args.study or args.out.resolve().name
-    progress = run_search(spec, storage=storage, study_name=study_name, progress_bar=True)
+    progress = run_search(spec, storage=storage, study_name=study_name, progress_bar=True, shared=args.shared)
     front = pareto_front(storage, study_name)
     (args.out / "pareto.json").write_text(json.dumps(front, indent=2) + "\n")
     study = load_study(storage, study_name)

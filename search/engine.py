@@ -40,6 +40,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+BASELINE_PARAMS_ATTR = "baseline_params"
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
@@ -87,7 +88,8 @@ def _prepare(study: optuna.Study, context: SearchContext) -> None:
         return
     names = []
     for name, params in baseline_params(context.knobs):
-        study.enqueue_trial(params, user_attrs={"baseline": name}, skip_if_exists=True)
+        attrs = {"baseline": name, BASELINE_PARAMS_ATTR: params}  # kept to enqueue it again if it is abandoned
+        study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=True)
         names.append(name)
     study.set_user_attr("baselines", names)
 
@@ -110,28 +112,36 @@ def fail_abandoned_trials(study: optuna.Study) -> int:
     trials of the study."""
     abandoned = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for frozen in abandoned:
-        trial = optuna.Trial(study, frozen._trial_id)
-        trial.set_user_attr(ABANDONED_ATTR, True)
-        trial.set_user_attr("error", "abandoned: its worker stopped while running it")
-        study.tell(trial, state=TrialState.FAIL)
+        _abandon(study, optuna.Trial(study, frozen._trial_id), "its worker stopped while running it")
     if abandoned:
         log.warning("failed %d trial(s) abandoned by a stopped worker", len(abandoned))
     return len(abandoned)
+
+
+def _abandon(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
+    """Fail `trial` as abandoned (not counted); a baseline is enqueued again, so the front still starts from it."""
+    trial.set_user_attr(ABANDONED_ATTR, True)
+    trial.set_user_attr("error", f"abandoned: {reason}")
+    study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+    baseline = {key: trial.user_attrs[key] for key in ("baseline", BASELINE_PARAMS_ATTR) if key in trial.user_attrs}
+    if len(baseline) == 2:
+        study.enqueue_trial(baseline[BASELINE_PARAMS_ATTR], user_attrs=baseline)
 
 
 def _run_trial(study: optuna.Study, context: SearchContext) -> None:
     trial = study.ask()
     try:
         outcome = context.evaluate(trial)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        _lost_race(trial)
+        return
     except Exception as exc:  # a broken candidate fails its trial, never the job
         log.exception("trial %d failed", trial.number)
         trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
-        study.tell(trial, state=TrialState.FAIL)
+        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         return
     except BaseException:  # interrupted (Ctrl-C): the trial is abandoned, not left running
-        trial.set_user_attr(ABANDONED_ATTR, True)
-        trial.set_user_attr("error", "abandoned: interrupted while running")
-        study.tell(trial, state=TrialState.FAIL)
+        _abandon(study, trial, "interrupted while running")
         raise
     try:
         for name, value in outcome.constraints.items():
@@ -139,10 +149,15 @@ def _run_trial(study: optuna.Study, context: SearchContext) -> None:
         trial.set_user_attr("plan", outcome.plan.to_dict())
         trial.set_user_attr("metrics", outcome.metrics)
         trial.set_user_attr("feasible", outcome.feasible)
-    except optuna.exceptions.UpdateFinishedTrialError:  # a worker starting up took it for abandoned (a lost race)
-        log.warning("trial %d was failed as abandoned by another worker; its result is dropped", trial.number)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        _lost_race(trial)
         return
     study.tell(trial, outcome.values, skip_if_finished=True)
+
+
+def _lost_race(trial: optuna.Trial) -> None:
+    """A worker starting up alone took this trial for abandoned and failed it: drop its result."""
+    log.warning("trial %d was failed as abandoned by another worker; its result is dropped", trial.number)
 
 
 def run_search(

@@ -14,14 +14,16 @@ on kept-token inputs (tests/test_surgery.py proves it).
 
 Both come from one log-softmax of the candidate's logits: KL(p || q) = sum p log p - p.log q, whose first
 term is cached, and NLL(t) = -log q_t. With a trimmed vocabulary of kept mass m = p(K),
-KL(p_K || q) - log m = (sum_K p log p - p_K.log q) / m - 2 log m. A trial thus costs its LM head, one
-log-softmax, a row-wise dot product and a gather: no exponentials of the teacher's distribution.
+KL(p_K || q) - log m = (sum_K p log p - p_K.log q) / m - 2 log m. With the teacher cached, a trial thus costs
+its forward pass, one log-softmax, a row-wise dot product and a gather (no exponentials of the teacher's
+distribution); uncached, the teacher's chunk is re-derived alongside. The fp32 difference of the two KL terms
+resolves KL to about 1e-6 nats per position, far below any candidate's (dense scores 0 by definition).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -52,12 +54,13 @@ class Teacher:
         return cls(probs, torch.linalg.vecdot(probs, log_p))
 
 
-@dataclass
 class _Sums:
-    kl: float = 0.0
-    nll: float = 0.0
-    nll_count: int = 0
-    positions: int = 0
+    """Running fp64 sums on the evaluation device (read back once per candidate, not once per chunk)."""
+
+    def __init__(self, device: torch.device):
+        self.kl, self.nll, self.nll_count, self.positions = (
+            torch.zeros((), dtype=torch.float64, device=device) for _ in range(4)
+        )
 
 
 # The teacher's probabilities are kept (fp32) when they fit in this many bytes; else re-derived per trial.
@@ -101,10 +104,15 @@ class CandidateEvaluator:
     def _teacher_cache(self, hidden: list[torch.Tensor]) -> list[Teacher]:
         return [Teacher.from_logits(self.model.lm_head(h)) for h in hidden]
 
-    def _teacher(self, index: int) -> Teacher:
+    def _teacher(self, index: int) -> Callable[[slice], Teacher]:
+        """The dense distribution over a row chunk of batch `index` (rows: its positions, flattened)."""
         if self.teacher_cache is not None:
-            return self.teacher_cache[index]
-        return Teacher.from_logits(self.model.lm_head(self.teacher_hidden[index]))
+            cached = self.teacher_cache[index]
+            probs = cached.probs.reshape(-1, cached.probs.shape[-1])
+            neg_entropy = cached.neg_entropy.reshape(-1)
+            return lambda rows: Teacher(probs[rows], neg_entropy[rows])
+        hidden = self.teacher_hidden[index].reshape(-1, self.teacher_hidden[index].shape[-1])
+        return lambda rows: Teacher.from_logits(self.model.lm_head(hidden[rows]))
 
     @torch.inference_mode()
     def evaluate(self, plan: PrunePlan, kept_token_ids: Sequence[int] | None = None) -> Quality:
@@ -113,12 +121,14 @@ class CandidateEvaluator:
         kept = torch.tensor(list(kept_token_ids), device=self.device) if kept_token_ids is not None else None
         head = _LogitHead(candidate.lm_head, kept)
         decoder = candidate.get_decoder()
-        sums = _Sums()
+        sums = _Sums(self.device)
         for index, batch in enumerate(self.blocks.split(self.batch_size)):
             hidden = decoder(input_ids=batch, use_cache=False).last_hidden_state[:, :-1]
             head.accumulate(sums, hidden, self._teacher(index), batch[:, 1:])
-        ppl = math.exp(sums.nll / sums.nll_count) if sums.nll_count else math.inf
-        return Quality(kl=max(sums.kl / sums.positions, 0.0), ppl=ppl)
+        kl, nll, nll_count, positions = (float(x) for x in (sums.kl, sums.nll, sums.nll_count, sums.positions))
+        ppl = math.exp(nll / nll_count) if nll_count else math.inf
+        # KL >= 0; the cached-entropy form can land a hair below zero in fp32 when the candidate equals the teacher
+        return Quality(kl=max(kl / positions, 0.0), ppl=ppl)
 
 
 class _LogitHead:
@@ -133,25 +143,27 @@ class _LogitHead:
             self.new_id[kept] = torch.arange(len(kept), device=weight.device)
         self.weight, self.bias = weight, bias
 
-    def accumulate(self, sums: _Sums, hidden: torch.Tensor, teacher: Teacher, targets: torch.Tensor) -> None:
-        """Add one batch; its positions go through in chunks whose logits stay in cache (about 16 MiB)."""
+    def accumulate(
+        self, sums: _Sums, hidden: torch.Tensor, teacher: Callable[[slice], Teacher], targets: torch.Tensor
+    ) -> None:
+        """Add one batch; its positions go through in row chunks whose logits stay in cache (about 16 MiB), and
+        an uncached teacher is derived chunk by chunk too (never a whole batch of full-vocabulary logits)."""
         hidden, targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
         if self.kept is not None:
             targets = self.new_id[targets]
-        rows = max(1, _CHUNK_BYTES // (4 * self.weight.shape[0]))
-        probs, neg_entropy = teacher.probs.reshape(-1, teacher.probs.shape[-1]), teacher.neg_entropy.reshape(-1)
-        for start in range(0, len(targets), rows):
-            chunk = slice(start, start + rows)
-            self._accumulate_chunk(sums, hidden[chunk], Teacher(probs[chunk], neg_entropy[chunk]), targets[chunk])
+        step = max(1, _CHUNK_BYTES // (4 * self.weight.shape[0]))
+        for start in range(0, len(targets), step):
+            rows = slice(start, start + step)
+            self._accumulate_chunk(sums, hidden[rows], teacher(rows), targets[rows])
 
     def _accumulate_chunk(self, sums: _Sums, hidden: torch.Tensor, teacher: Teacher, targets: torch.Tensor) -> None:
         log_q = F.log_softmax(F.linear(hidden, self.weight, self.bias).float(), dim=-1)
-        sums.kl += float(self._kl(log_q, teacher).double().sum())
+        sums.kl += self._kl(log_q, teacher).double().sum()
         sums.positions += targets.numel()
         mask = targets >= 0
         target_log_q = log_q.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-        sums.nll -= float(target_log_q[mask].double().sum())
-        sums.nll_count += int(mask.sum())
+        sums.nll -= target_log_q[mask].double().sum()
+        sums.nll_count += mask.sum()
 
     def _kl(self, log_q: torch.Tensor, teacher: Teacher) -> torch.Tensor:
         """Per position KL(p_K || q) - log p(K); KL(p || q) untrimmed."""

@@ -3,11 +3,18 @@ same row; SQLite: an immediate transaction (the write lock is taken before the r
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from prunesearch.service import crud
 from prunesearch.service.db import is_sqlite, session_scope
 
 
-def claim_job(url: str, *, lease_s: float) -> str | None:
+class JobClaim(NamedTuple):
+    job_id: str
+    alone: bool  # no other worker was on the job when this one joined: trials left RUNNING were abandoned
+
+
+def claim_job(url: str, *, lease_s: float) -> JobClaim | None:
     """Join a queued job, a running one with parallelism to spare, or one whose workers' lease expired."""
     sqlite = is_sqlite(url)
     with session_scope(url, immediate=sqlite) as session:
@@ -15,7 +22,7 @@ def claim_job(url: str, *, lease_s: float) -> str | None:
         if job is None:
             return None
         crud.join_job(session, job=job, lease_s=lease_s)
-        return job.id
+        return JobClaim(job.id, alone=job.active_workers == 1)
 
 
 def claim_export(url: str, *, lease_s: float) -> str | None:

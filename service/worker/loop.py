@@ -48,10 +48,10 @@ class Worker:
             if self.run_one_export():
                 idle_since = time.monotonic()
                 continue
-            job_id = claim_job(self.settings.db_url, lease_s=self.settings.lease_s)
-            if job_id is not None:
-                log.info("claimed job %s", job_id)
-                run_job(job_id, self.settings, self.stopping, self.run_one_export)
+            claim = claim_job(self.settings.db_url, lease_s=self.settings.lease_s)
+            if claim is not None:
+                log.info("claimed job %s", claim.job_id)
+                run_job(claim.job_id, self.settings, self.stopping, self.run_one_export, recover=claim.alone)
                 jobs, idle_since = jobs + 1, time.monotonic()
                 if self.max_jobs is not None and jobs >= self.max_jobs:
                     break

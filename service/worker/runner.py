@@ -19,13 +19,22 @@ from .heartbeat import Heartbeat
 log = logging.getLogger(__name__)
 
 
-def run_job(job_id: str, settings: Settings, stopping: threading.Event, between_trials: Callable[[], None]) -> None:
-    """Work on `job_id` until its trials are all claimed, it is cancelled, or this worker is stopping."""
+def run_job(
+    job_id: str,
+    settings: Settings,
+    stopping: threading.Event,
+    between_trials: Callable[[], None],
+    *,
+    recover: bool = False,
+) -> None:
+    """Work on `job_id` until its trials are all claimed, it is cancelled, or this worker is stopping.
+
+    `recover`: this worker joined the job alone (decided in the claim's transaction), so Optuna trials left
+    RUNNING belong to dead workers and are failed as abandoned first."""
     url = settings.db_url
     with session_scope(url) as session:
         job = crud.get_job(session, job_id=job_id)
         spec, study = SearchSpec.model_validate(job.spec), job.study_name
-        alone = job.active_workers == 1  # no other worker has trials running: any RUNNING one was abandoned
         shared = job.parallelism > 1  # TPE's constant liar only where workers can run trials side by side
     engine = search_engine()
 
@@ -44,7 +53,7 @@ def run_job(job_id: str, settings: Settings, stopping: threading.Event, between_
                 should_stop=lambda: stopping.is_set() or _stopped(url, job_id),
                 on_trial=on_trial,
                 shared=shared,
-                recover=alone,
+                recover=recover,
             )
             record(url, job_id, study, progress)
         except Exception as exc:

@@ -299,3 +299,48 @@ def test_an_interrupted_trial_is_failed_not_left_running(calibration, tmp_path, 
         run_search(spec, storage=storage, study_name="s", context=context)
     (trial,) = load_study(storage, "s").get_trials(deepcopy=False)
     assert trial.state == TrialState.FAIL and trial.user_attrs["abandoned"]
+
+
+def test_an_abandoned_baseline_is_enqueued_again(calibration, tmp_path, prunesearch_home):
+    from prunesearch.search.engine import _prepare, open_study
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    spec = _spec(calibration, n_trials=14)
+    context = SearchContext(spec)
+    study = open_study(spec, storage, "s")
+    _prepare(study, context)
+    assert study.ask().user_attrs["baseline"] == "dense"  # then its worker died
+    run_search(spec, storage=storage, study_name="s", context=context)
+    dense = [t for t in load_study(storage, "s").get_trials(deepcopy=False) if t.user_attrs.get("baseline") == "dense"]
+    assert [(t.state, bool(t.user_attrs.get("abandoned"))) for t in dense] == [
+        (TrialState.FAIL, True),
+        (TrialState.COMPLETE, False),
+    ]
+
+
+def test_shared_searches_leave_running_trials_alone(calibration, tmp_path, prunesearch_home):
+    from prunesearch.search.engine import open_study
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    spec = _spec(calibration, n_trials=3, baselines=False)
+    running = open_study(spec, storage, "s").ask()  # another process's trial, still running
+    run_search(spec, storage=storage, study_name="s", shared=True)
+    assert load_study(storage, "s").get_trials(deepcopy=False)[running.number].state == TrialState.RUNNING
+
+
+def test_a_trial_failed_elsewhere_mid_evaluation_is_dropped_not_fatal(calibration, tmp_path, prunesearch_home):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    spec = _spec(calibration, n_trials=3, baselines=False)
+    context = SearchContext(spec)
+    evaluate = context.evaluate
+
+    def failed_by_another_worker_first(trial):
+        if trial.number == 0:
+            load_study(storage, "s").tell(0, state=TrialState.FAIL)
+        return evaluate(trial)  # its first suggest now raises UpdateFinishedTrialError
+
+    context.evaluate = failed_by_another_worker_first
+    run_search(spec, storage=storage, study_name="s", context=context)
+    trials = load_study(storage, "s").get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert "plan" not in trials[0].user_attrs
