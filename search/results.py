@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 import optuna
 from optuna._hypervolume import compute_hypervolume
-from optuna.study._multi_objective import _get_pareto_front_trials_by_trials
 from optuna.trial import FrozenTrial, TrialState
 
 from prunesearch.pruning.pipeline import CalibrationSettings, prune_checkpoint
@@ -56,7 +55,12 @@ def _feasible(trial: FrozenTrial) -> bool:
 def front_trials(study: optuna.Study) -> list[FrozenTrial]:
     """Feasible non-dominated trials (Optuna's own Pareto logic, constraints respected), fastest first.
 
-    What `study.best_trials` returns, without its deep copy of every trial (this runs after each trial)."""
+    What `study.best_trials` returns, without its deep copy of every trial (this runs after each trial); that
+    shortcut is a private Optuna function, so the public property stands in should it go away."""
+    try:
+        from optuna.study._multi_objective import _get_pareto_front_trials_by_trials
+    except ImportError:
+        return sorted(study.best_trials, key=lambda t: t.values[1])
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     front = _get_pareto_front_trials_by_trials(trials, study.directions, consider_constraint=True)
     return sorted(front, key=lambda t: t.values[1])

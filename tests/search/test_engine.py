@@ -18,7 +18,14 @@ from prunesearch.search.context import INFEASIBLE_QUALITY, SearchContext
 from prunesearch.search.engine import run_search
 from prunesearch.search.evaluator import CandidateEvaluator
 from prunesearch.search.parametrize import FixedParams
-from prunesearch.search.results import hypervolume, hypervolume_history, list_trials, load_study, pareto_front
+from prunesearch.search.results import (
+    front_trials,
+    hypervolume,
+    hypervolume_history,
+    list_trials,
+    load_study,
+    pareto_front,
+)
 from prunesearch.search.spec import SearchSpec
 
 from ..factories import LLAMA_DOCS, PYDOCS_CALIB
@@ -159,6 +166,7 @@ def test_search_runs_exactly_n_trials_baselines_first(calibration, tmp_path, pru
                 for f in front
             )
     study = load_study(storage, "s")
+    assert {t.number for t in front_trials(study)} == {t.number for t in study.best_trials}  # Optuna's own front
     assert hypervolume(study) > 0
     history = hypervolume_history(study, every=5)
     assert [h["trials"] for h in history] == [5, 10, 14]
