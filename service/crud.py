@@ -171,16 +171,35 @@ def claimable_exports(*, lease_s: float, for_update: bool):
     return query.with_for_update(skip_locked=True) if for_update else query
 
 
-def start_export(session: Session, *, export: Export) -> None:
-    export.status, export.heartbeat_at = "running", utcnow()
+# Workers an export may outlive (each died while writing it) before it fails for good.
+MAX_EXPORT_ATTEMPTS = 3
 
 
-def export_heartbeat(session: Session, *, export_id: str) -> None:
-    session.execute(update(Export).where(Export.id == export_id).values(heartbeat_at=utcnow()))
+def start_export(session: Session, *, export: Export) -> int | None:
+    """Start one more attempt at `export` and return its number; None (and the export failed) once the
+    attempts are used up."""
+    if export.attempts >= MAX_EXPORT_ATTEMPTS:
+        export.status, export.finished_at = "failed", utcnow()
+        export.error = f"its worker stopped {export.attempts} times while writing it"
+        return None
+    export.status, export.heartbeat_at, export.attempts = "running", utcnow(), export.attempts + 1
+    return export.attempts
 
 
-def finish_export(session: Session, *, export_id: str, **fields: Any) -> None:
-    session.execute(update(Export).where(Export.id == export_id).values(finished_at=utcnow(), **fields))
+def export_heartbeat(session: Session, *, export_id: str, attempt: int) -> None:
+    session.execute(
+        update(Export).where(Export.id == export_id, Export.attempts == attempt).values(heartbeat_at=utcnow())
+    )
+
+
+def finish_export(session: Session, *, export_id: str, attempt: int, **fields: Any) -> bool:
+    """Record the outcome of `attempt`; False when a later attempt took the export over (this one lost it)."""
+    result = session.execute(
+        update(Export)
+        .where(Export.id == export_id, Export.attempts == attempt, Export.status == "running")
+        .values(finished_at=utcnow(), **fields)
+    )
+    return result.rowcount == 1
 
 
 def create_dataset(session: Session, *, dataset_id: str, filename: str, path: str, size: int, sha256: str) -> Dataset:

@@ -93,6 +93,7 @@ class Export(Base):
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     heartbeat_at: Mapped[datetime | None]  # renewed while a worker writes it: its lease
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # only the latest may finish
     finished_at: Mapped[datetime | None]
 
 

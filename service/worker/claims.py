@@ -25,15 +25,25 @@ def claim_job(url: str, *, lease_s: float) -> JobClaim | None:
         return JobClaim(job.id, alone=job.active_workers == 1)
 
 
-def claim_export(url: str, *, lease_s: float) -> str | None:
-    """Take the oldest queued export request, or one whose worker's lease expired."""
+class ExportClaim(NamedTuple):
+    export_id: str
+    attempt: int
+
+
+def claim_export(url: str, *, lease_s: float) -> ExportClaim | None:
+    """Take the oldest queued export request, or one whose worker's lease expired (failing, on the way, those
+    whose attempts are used up)."""
     sqlite = is_sqlite(url)
     with session_scope(url, immediate=sqlite) as session:
-        export = session.scalar(crud.claimable_exports(lease_s=lease_s, for_update=not sqlite))
-        if export is None:
-            return None
-        crud.start_export(session, export=export)
-        return export.id
+        for _ in range(100):
+            export = session.scalar(crud.claimable_exports(lease_s=lease_s, for_update=not sqlite))
+            if export is None:
+                return None
+            attempt = crud.start_export(session, export=export)
+            if attempt is not None:
+                return ExportClaim(export.id, attempt)
+            session.flush()
+        return None
 
 
 def claim_trial(url: str, job_id: str) -> bool:

@@ -19,26 +19,33 @@ from .heartbeat import Heartbeat
 log = logging.getLogger(__name__)
 
 
-def run_export(export_id: str, settings: Settings) -> None:
-    """Write `<exports>/<id>/` and `<exports>/<id>.tar`; record the outcome (an error message on failure)."""
+def run_export(export_id: str, settings: Settings, *, attempt: int = 1) -> None:
+    """Write `<exports>/<id>-<attempt>/` and its `.tar`; record the outcome (an error message on failure).
+
+    Each attempt writes its own files, and only the export's latest attempt may record them: a worker that lost
+    its lease (taken for dead) and finishes late changes nothing, and removes what it wrote."""
     url = settings.db_url
     with session_scope(url) as session:
         export = crud.get_export(session, export_id=export_id)
         job = crud.get_job(session, job_id=export.job_id)
         study, trial, dtype = job.study_name, export.trial, export.dtype
-    out_dir = settings.export_root / export_id
+    out_dir = settings.export_root / f"{export_id}-{attempt}"
+    archive = out_dir.with_suffix(".tar")
     try:
-        with Heartbeat.for_export(url, export_id, settings.heartbeat_s):
-            shutil.rmtree(out_dir, ignore_errors=True)  # a dead worker's partial output, if any
+        with Heartbeat.for_export(url, export_id, attempt, settings.heartbeat_s):
+            shutil.rmtree(out_dir, ignore_errors=True)
             summary = search_engine().export_trial(url, study, trial, out_dir, dtype=dtype)
-            archive = out_dir.with_suffix(".tar")
             size, digest = write_archive(out_dir, archive)
         fields = dict(status="succeeded", path=str(archive), size=size, sha256=digest, summary=_jsonable(summary))
     except Exception as exc:
         log.exception("export %s failed", export_id)
         fields = dict(status="failed", error=f"{type(exc).__name__}: {exc}"[:2000])
     with session_scope(url) as session:
-        crud.finish_export(session, export_id=export_id, **fields)
+        recorded = crud.finish_export(session, export_id=export_id, attempt=attempt, **fields)
+    if not recorded:
+        log.warning("export %s: attempt %d was taken over by a later one; its output is dropped", export_id, attempt)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        archive.unlink(missing_ok=True)
 
 
 def write_archive(directory: Path, archive: Path) -> tuple[int, str]:

@@ -28,10 +28,11 @@ class Heartbeat:
         return cls(url, interval_s, lambda session: crud.heartbeat(session, job_id=job_id), f"job {job_id}")
 
     @classmethod
-    def for_export(cls, url: str, export_id: str, interval_s: float) -> Heartbeat:
-        return cls(
-            url, interval_s, lambda session: crud.export_heartbeat(session, export_id=export_id), f"export {export_id}"
-        )
+    def for_export(cls, url: str, export_id: str, attempt: int, interval_s: float) -> Heartbeat:
+        def renew(session: Session) -> None:
+            crud.export_heartbeat(session, export_id=export_id, attempt=attempt)
+
+        return cls(url, interval_s, renew, f"export {export_id}")
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()

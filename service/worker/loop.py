@@ -63,9 +63,9 @@ class Worker:
 
     def run_one_export(self) -> bool:
         """Run the oldest queued export, if any (also called between trials so exports never wait long)."""
-        export_id = claim_export(self.settings.db_url, lease_s=self.settings.lease_s)
-        if export_id is None:
+        claim = claim_export(self.settings.db_url, lease_s=self.settings.lease_s)
+        if claim is None:
             return False
-        log.info("exporting %s", export_id)
-        run_export(export_id, self.settings)
+        log.info("exporting %s (attempt %d)", claim.export_id, claim.attempt)
+        run_export(claim.export_id, self.settings, attempt=claim.attempt)
         return True

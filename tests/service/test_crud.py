@@ -88,18 +88,35 @@ def test_cancel_of_a_running_job_waits_for_its_workers(settings):
         assert crud.leave_job(s, job_id=job_id).status == "cancelled"
 
 
-def test_an_export_whose_worker_died_is_taken_up_again(settings):
+def _expire_export(settings, export_id) -> None:
+    with session_scope(settings.db_url) as s:
+        crud.get_export(s, export_id=export_id).heartbeat_at = utcnow() - timedelta(seconds=600)
+
+
+def test_an_export_whose_worker_died_is_taken_up_again_and_only_the_latest_attempt_finishes(settings):
     job_id = _job(settings)
     with session_scope(settings.db_url) as s:
         export_id = crud.create_export(s, job_id=job_id, trial=0, dtype="fp32").id
-    assert claim_export(settings.db_url, lease_s=60) == export_id
+    assert claim_export(settings.db_url, lease_s=60) == (export_id, 1)
     assert claim_export(settings.db_url, lease_s=60) is None  # running, its lease fresh
+    _expire_export(settings, export_id)
+    assert claim_export(settings.db_url, lease_s=60) == (export_id, 2)  # its worker stopped renewing the lease
     with session_scope(settings.db_url) as s:
-        crud.export_heartbeat(s, export_id=export_id)
-        assert crud.get_export(s, export_id=export_id).heartbeat_at is not None
+        crud.export_heartbeat(s, export_id=export_id, attempt=1)  # the first worker was only stalled
+        assert not crud.finish_export(s, export_id=export_id, attempt=1, status="succeeded")
+        assert crud.finish_export(s, export_id=export_id, attempt=2, status="succeeded")
+        export = crud.get_export(s, export_id=export_id)
+        assert (export.status, export.attempts) == ("succeeded", 2)
+
+
+def test_an_export_that_keeps_killing_its_workers_fails(settings):
+    job_id = _job(settings)
+    with session_scope(settings.db_url) as s:
+        export_id = crud.create_export(s, job_id=job_id, trial=0, dtype="fp32").id
+    for attempt in range(1, crud.MAX_EXPORT_ATTEMPTS + 1):
+        assert claim_export(settings.db_url, lease_s=60) == (export_id, attempt)
+        _expire_export(settings, export_id)
     assert claim_export(settings.db_url, lease_s=60) is None
     with session_scope(settings.db_url) as s:
-        crud.get_export(s, export_id=export_id).heartbeat_at = utcnow() - timedelta(seconds=600)
-    assert claim_export(settings.db_url, lease_s=60) == export_id  # its worker stopped renewing the lease
-    with session_scope(settings.db_url) as s:
-        assert crud.get_export(s, export_id=export_id).status == "running"
+        export = crud.get_export(s, export_id=export_id)
+        assert export.status == "failed" and "stopped 3 times" in export.error
