@@ -40,8 +40,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-BASELINE_PARAMS_ATTR = "baseline_params"
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+# User attribute of an enqueued baseline: its parameters, to enqueue it again should its trial be abandoned.
+BASELINE_PARAMS_ATTR = "baseline_params"
 
 
 def make_sampler(spec: SearchSpec, *, shared: bool = False) -> optuna.samplers.BaseSampler:
@@ -88,13 +89,12 @@ def _prepare(study: optuna.Study, context: SearchContext) -> None:
         return
     names = []
     for name, params in baseline_params(context.knobs):
-        attrs = {"baseline": name, BASELINE_PARAMS_ATTR: params}  # kept to enqueue it again if it is abandoned
-        study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=True)
+        study.enqueue_trial(params, user_attrs={"baseline": name, BASELINE_PARAMS_ATTR: params}, skip_if_exists=True)
         names.append(name)
     study.set_user_attr("baselines", names)
 
 
-def _default_claim(study: optuna.Study, n_trials: int) -> Callable[[], bool]:
+def _below_n_trials(study: optuna.Study, n_trials: int) -> Callable[[], bool]:
     """A trial may start while fewer than n_trials have started (enqueued, still waiting ones and abandoned ones
     do not count)."""
     started = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
@@ -183,7 +183,7 @@ def run_search(
         fail_abandoned_trials(study)
     context = context or SearchContext(spec, progress=progress_bar)
     _prepare(study, context)
-    below_n_trials = _default_claim(study, spec.n_trials)
+    below_n_trials = _below_n_trials(study, spec.n_trials)
     quota = claim or (lambda: True)  # the study's own count is checked first: a caller's counter can lag it
     deadline = time.monotonic() + spec.timeout_s if spec.timeout_s else None
     bar = tqdm(total=spec.n_trials, desc="trials", disable=not progress_bar)
