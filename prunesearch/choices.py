@@ -1,0 +1,69 @@
+"""Every allowed value the system names, defined once.
+
+A leaf module: it imports nothing from prunesearch, so every layer (pruning, profilers, search, service, the CLIs)
+may read it. argparse `choices`, pydantic fields and SQLAlchemy columns all take their values from here.
+`StrEnum` members compare equal to their strings, so stored rows and JSON stay plain strings.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class DType(StrEnum):
+    """Weight and compute precision of a model."""
+
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"
+
+
+# Bytes per element, for memory and roofline arithmetic.
+DTYPE_BYTES: dict[DType, int] = {DType.FP32: 4, DType.BF16: 2, DType.FP16: 2}
+
+
+class JobStatus(StrEnum):
+    """Lifecycle of a search job in the service."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class ExportStatus(StrEnum):
+    """Lifecycle of an export (a trial materialised as a checkpoint archive)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class Sampler(StrEnum):
+    """Optuna samplers a search may use."""
+
+    TPE = "tpe"
+    NSGA2 = "nsga2"
+    RANDOM = "random"
+
+
+class CriterionName(StrEnum):
+    """Importance criteria for width pruning (their implementations: `pruning.importance.CRITERIA`)."""
+
+    FLAP = "flap"
+    WANDA = "wanda"
+    MAGNITUDE = "magnitude"
+
+
+class TextFormat(StrEnum):
+    """File formats of calibration and training text, by extension."""
+
+    TXT = ".txt"
+    JSONL = ".jsonl"
+
+
+def values(choice: type[StrEnum]) -> list[str]:
+    """The plain string values of an enum, in definition order (for argparse `choices` and messages)."""
+    return [member.value for member in choice]
