@@ -1,7 +1,7 @@
 """The roofline latency model: prices a config + plan from FLOPs and bytes alone (no weights, no torch).
 
-Time of one op = max(FLOPs / (peak * compute_efficiency), bytes / (bandwidth * bandwidth_efficiency))
-+ launches * launch_overhead; a phase is the sum over its ops plus one `step_overhead` per forward.
+The formula (one op = max(compute time, memory time) + launch overhead; one `step_overhead` per forward) is
+in `roofline.py`, shared with the calibration fit.
 Decode is integrated exactly: every step's key length is priced (vectorised), then averaged.
 """
 
@@ -17,25 +17,7 @@ from prunesearch.pruning.plan import PrunePlan
 from .hardware import HardwareProfile
 from .latency import LatencyEstimate, Workload, totals
 from .ops import ModelDims, Op, forward_ops, kv_bytes_per_token, matmul_flops, model_dims, param_count
-
-
-def op_seconds(ops: list[Op], profile: HardwareProfile, dtype: str) -> tuple[np.ndarray, np.ndarray]:
-    """Seconds of the op list (one entry per context when contexts are an array), and the share of the
-    roofline time (launch and step overheads excluded) spent in memory-bound ops."""
-    peak = profile.peak_flops(dtype) * profile.compute_efficiency
-    bandwidth = profile.bandwidth_bytes_per_s * profile.bandwidth_efficiency
-    repeat = np.array([op.repeat for op in ops], dtype=float)[:, None]
-    compute, memory = _broadcast(ops, "flops") / peak, _broadcast(ops, "bytes") / bandwidth
-    roof = (np.maximum(compute, memory) * repeat).sum(axis=0)
-    memory_bound = (np.where(memory >= compute, memory, 0.0) * repeat).sum(axis=0)
-    launches = sum(op.launches * op.repeat for op in ops) * profile.launch_overhead_us * 1e-6
-    return roof + launches + profile.step_overhead_us * 1e-6, memory_bound / roof
-
-
-def _broadcast(ops: list[Op], attr: str) -> np.ndarray:
-    values = [np.asarray(getattr(op, attr), dtype=float) for op in ops]
-    shape = np.broadcast_shapes(*(v.shape for v in values))
-    return np.stack([np.broadcast_to(v, shape) for v in values]).reshape(len(ops), -1)
+from .roofline import OpArrays, phase_seconds
 
 
 def phase_ops(dims: ModelDims, workload: Workload, dynamic_cache: bool = False) -> tuple[list[Op], list[Op]]:
@@ -68,8 +50,8 @@ class RooflineModel:
         """Price `config` pruned by `plan` running `workload` on `self.profile` (ms even for 70B)."""
         dims = model_dims(config, plan)
         prefill, decode = phase_ops(dims, workload, self.dynamic_cache)
-        prefill_s, prefill_mem = op_seconds(prefill, self.profile, workload.dtype)
-        decode_s, decode_mem = op_seconds(decode, self.profile, workload.dtype)
+        prefill_s, prefill_mem = phase_seconds(OpArrays.of(prefill), self.profile, workload.dtype)
+        decode_s, decode_mem = phase_seconds(OpArrays.of(decode), self.profile, workload.dtype)
         prefill_ms, decode_ms = float(prefill_s.mean()) * 1e3, float(decode_s.mean()) * 1e3
         total_ms, tokens_per_s = totals(prefill_ms, decode_ms, workload)
         params = param_count(dims)

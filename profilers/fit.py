@@ -1,8 +1,9 @@
 """Least-squares fit of a roofline's efficiency factors and overheads to measurements. Pure numpy.
 
-Predicted phase time = sum over ops of max(F / (peak * ce), B / (bw * be)) + launches * L + S.
-For fixed (ce, be) the model is linear in (L, S) >= 0, solved exactly by weighted least squares on relative
-error; (ce, be) are found by a log-spaced grid search refined twice around the best point.
+Predicted phase time = roofline(ce, be) + launches * L + S, with the roofline of `roofline.py` (the same
+function the analytical model prices with). For fixed (ce, be) the model is linear in (L, S) >= 0, solved
+exactly by weighted least squares on relative error; (ce, be) are found by a log-spaced grid search refined
+twice around the best point.
 """
 
 from __future__ import annotations
@@ -11,34 +12,32 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .analytical import _broadcast
 from .hardware import HardwareProfile
 from .ops import Op
+from .roofline import OpArrays, roofline_seconds
 
 
 @dataclass(frozen=True)
 class PhaseCost:
-    """One measured phase as the fit needs it: op seconds at full peak, launches, measured seconds."""
+    """One measured phase as the fit needs it: its ops as arrays, the profile's peak rates, measured seconds."""
 
-    compute_s: np.ndarray  # [ops, contexts] FLOPs / peak
-    memory_s: np.ndarray  # [ops, contexts] bytes / bandwidth
-    repeat: np.ndarray  # [ops, 1]
-    launches: float
+    arrays: OpArrays
+    peak_flops_per_s: float
+    peak_bytes_per_s: float
     measured_s: float
 
     @classmethod
     def of(cls, ops: list[Op], profile: HardwareProfile, dtype: str, measured_s: float) -> PhaseCost:
-        return cls(
-            compute_s=_broadcast(ops, "flops") / profile.peak_flops(dtype),
-            memory_s=_broadcast(ops, "bytes") / profile.bandwidth_bytes_per_s,
-            repeat=np.array([op.repeat for op in ops], dtype=float)[:, None],
-            launches=float(sum(op.launches * op.repeat for op in ops)),
-            measured_s=measured_s,
-        )
+        return cls(OpArrays.of(ops), profile.peak_flops(dtype), profile.bandwidth_bytes_per_s, measured_s)
+
+    @property
+    def launches(self) -> float:
+        return float(self.arrays.launches)
 
     def roofline_s(self, compute_eff: float, bandwidth_eff: float) -> float:
-        per_op = np.maximum(self.compute_s / compute_eff, self.memory_s / bandwidth_eff) * self.repeat
-        return float(per_op.sum(axis=0).mean())
+        """The roofline part of the model's prediction (`roofline.roofline_seconds`), averaged over contexts."""
+        rates = (self.peak_flops_per_s * compute_eff, self.peak_bytes_per_s * bandwidth_eff)
+        return float(roofline_seconds(self.arrays, *rates)[0].mean())
 
 
 @dataclass(frozen=True)

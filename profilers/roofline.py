@@ -1,0 +1,59 @@
+"""The roofline formula, written once: the analytical model prices with it and the calibration fit fits it.
+
+Time of one op = max(FLOPs / (peak * compute_efficiency), bytes / (bandwidth * bandwidth_efficiency))
++ launches * launch_overhead; a phase is the sum over its ops plus one `step_overhead` per forward.
+Pure numpy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .hardware import HardwareProfile
+from .ops import Op
+
+
+@dataclass(frozen=True)
+class OpArrays:
+    """An op list as arrays: one row per op, one column per context (decode key length), repeats, launches."""
+
+    flops: np.ndarray  # [ops, contexts]
+    bytes: np.ndarray  # [ops, contexts]
+    repeat: np.ndarray  # [ops, 1]
+    launches: int  # kernel launches of the whole op list (repeats included)
+
+    @classmethod
+    def of(cls, ops: list[Op]) -> OpArrays:
+        return cls(
+            flops=_broadcast(ops, "flops"),
+            bytes=_broadcast(ops, "bytes"),
+            repeat=np.array([op.repeat for op in ops], dtype=float)[:, None],
+            launches=sum(op.launches * op.repeat for op in ops),
+        )
+
+
+def _broadcast(ops: list[Op], attr: str) -> np.ndarray:
+    values = [np.asarray(getattr(op, attr), dtype=float) for op in ops]
+    shape = np.broadcast_shapes(*(v.shape for v in values))
+    return np.stack([np.broadcast_to(v, shape) for v in values]).reshape(len(ops), -1)
+
+
+def roofline_seconds(arrays: OpArrays, flops_per_s: float, bytes_per_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per context: the sum over ops of max(compute time, memory time) at the given effective rates, and the
+    part of it spent in memory-bound ops. Overheads are not included (see `phase_seconds`)."""
+    compute, memory = arrays.flops / flops_per_s, arrays.bytes / bytes_per_s
+    roof = (np.maximum(compute, memory) * arrays.repeat).sum(axis=0)
+    memory_bound = (np.where(memory >= compute, memory, 0.0) * arrays.repeat).sum(axis=0)
+    return roof, memory_bound
+
+
+def phase_seconds(arrays: OpArrays, profile: HardwareProfile, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """Seconds of one forward per context on `profile` (roofline at its efficiencies, plus launches times the
+    launch overhead, plus one step overhead), and the share of the roofline time spent in memory-bound ops."""
+    flops_per_s = profile.peak_flops(dtype) * profile.compute_efficiency
+    bytes_per_s = profile.bandwidth_bytes_per_s * profile.bandwidth_efficiency
+    roof, memory_bound = roofline_seconds(arrays, flops_per_s, bytes_per_s)
+    launches = arrays.launches * profile.launch_overhead_us * 1e-6
+    return roof + launches + profile.step_overhead_us * 1e-6, memory_bound / roof
