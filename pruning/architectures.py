@@ -18,17 +18,24 @@ class UnsupportedArchitectureError(ValueError):
 
 @dataclass(frozen=True)
 class ArchitectureSpec:
-    """Where a decoder-only architecture keeps its prunable parts, and what is special about it."""
+    """Where a decoder-only architecture keeps its prunable parts, and what is special about it.
+
+    Names are attribute names (dotted paths from the causal-LM model for `*_path`, from a decoder layer for the
+    sublayers and norms, from a sublayer for the projections); `pruning/modules.py` resolves them on a model and
+    `remote_modeling.py` builds the pruned classes from them."""
 
     model_type: str
-    causal_lm_class: str  # class name in `transformers`
-    decoder_layer_class: str  # class name in transformers.models.<module>.modeling_<module>
+    causal_lm_class: str  # class name in transformers.models.<module>.modeling_<module> (and in `transformers`)
+    decoder_layer_class: str  # class name in the same module
     module: str  # transformers.models.<module>
-    layers_path: str = "model.layers"
+    layers_path: str = "model.layers"  # the decoder layers; their parent is the decoder stack
     embed_path: str = "model.embed_tokens"
     lm_head_path: str = "lm_head"
+    final_norm_path: str = "model.norm"
     attention: str = "self_attn"
     mlp: str = "mlp"
+    attention_norm: str = "input_layernorm"  # the norm in front of `attention`, removed with it
+    mlp_norm: str = "post_attention_layernorm"  # the norm in front of `mlp`, removed with it
     q_proj: str = "q_proj"
     k_proj: str = "k_proj"
     v_proj: str = "v_proj"
@@ -44,6 +51,16 @@ class ArchitectureSpec:
     # The stock config rejects head counts that do not divide hidden_size, even with an explicit head_dim
     # (LlamaConfig.validate_architecture in transformers 5.2x); such uniform plans use the pruned modeling.
     heads_must_divide_hidden: bool = False
+
+    @property
+    def decoder_path(self) -> str:
+        """The decoder stack (embeddings, layers, final norm; no LM head): the parent of `layers_path`."""
+        return self.layers_path.rpartition(".")[0]
+
+    @property
+    def pruned_class(self) -> str:
+        """Class name of the pruned modeling for this architecture (`remote_modeling.py`)."""
+        return f"Pruned{self.causal_lm_class}"
 
 
 _REGISTRY: dict[str, ArchitectureSpec] = {

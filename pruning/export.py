@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,9 +11,8 @@ import torch
 import transformers
 from transformers import PreTrainedModel
 
-from . import remote_modeling
 from .architectures import get_spec
-from .modeling import REMOTE_MODELING_FILE
+from .modeling import REMOTE_MODELING_FILE, remote_modeling_source
 from .plan import PrunePlan
 
 PLAN_FILE = "prune_plan.json"
@@ -71,7 +69,7 @@ def export_checkpoint(
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     if "auto_map" in model.config.to_dict():
-        shutil.copyfile(remote_modeling.__file__, out / REMOTE_MODELING_FILE)
+        (out / REMOTE_MODELING_FILE).write_text(remote_modeling_source(get_spec(model.config.model_type)))
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
     _write_json(out / PLAN_FILE, plan.to_dict())

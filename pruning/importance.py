@@ -11,14 +11,14 @@ head or an MLP channel removes exactly those columns; head scores are summed ove
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import torch
 
-from .architectures import ArchitectureSpec, get_spec
-from .modules import attention_parts, layer_modules, mlp_parts
-from .stats import ActivationStats
+from prunesearch.choices import CriterionName
 
-CRITERIA = ("flap", "wanda", "magnitude")
+from .modules import AttentionParts, MlpParts, attention_parts, decoder_layers, mlp_parts, spec_of
+from .stats import ActivationStats
 
 
 @dataclass
@@ -37,59 +37,109 @@ class ImportanceScores:
         return self.attn_input_mean is not None
 
 
-def _check_criterion(criterion: str, stats: ActivationStats | None) -> None:
-    if criterion not in CRITERIA:
-        raise ValueError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
-    if criterion != "magnitude" and stats is None:
-        raise ValueError(f"criterion {criterion!r} needs calibration data; pass --calibration or use magnitude")
+@runtime_checkable
+class Criterion(Protocol):
+    """Scores the input channels of one dense layer's output projections (o_proj, down_proj)."""
+
+    name: CriterionName
+    needs_calibration: bool  # reads `ActivationStats`
+    compensates_bias: bool  # surgery moves removed channels' mean contribution into the output bias
+
+    def column_scores(
+        self, attn: AttentionParts, mlp: MlpParts, stats: ActivationStats | None, index: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per attention channel ([heads * head_dim]) and per MLP channel ([intermediate]) of layer `index`."""
+        ...
 
 
+@dataclass(frozen=True)
+class Magnitude:
+    """L2 norms of all weights attached to a channel; no calibration."""
+
+    name: CriterionName = CriterionName.MAGNITUDE
+    needs_calibration: bool = False
+    compensates_bias: bool = False
+
+    def column_scores(self, attn, mlp, stats, index):
+        return _magnitude_attention(attn), _magnitude_mlp(mlp)
+
+
+@dataclass(frozen=True)
+class Wanda:
+    """Structured Wanda: sum_i |W_out[i, j]| * ||X_j||_2."""
+
+    name: CriterionName = CriterionName.WANDA
+    needs_calibration: bool = True
+    compensates_bias: bool = False
+
+    def column_scores(self, attn, mlp, stats, index):
+        attn_scores = _weight(attn.o_proj).abs().sum(0) * stats.norm("attn", index)
+        return attn_scores, _weight(mlp.output).abs().sum(0) * stats.norm("mlp", index)
+
+
+@dataclass(frozen=True)
+class Flap:
+    """FLAP fluctuation: sum_i W_out[i, j]^2 * Var(X_j), with bias compensation."""
+
+    name: CriterionName = CriterionName.FLAP
+    needs_calibration: bool = True
+    compensates_bias: bool = True
+
+    def column_scores(self, attn, mlp, stats, index):
+        attn_scores = _weight(attn.o_proj).pow(2).sum(0) * stats.variance("attn", index)
+        return attn_scores, _weight(mlp.output).pow(2).sum(0) * stats.variance("mlp", index)
+
+
+CRITERIA: dict[CriterionName, Criterion] = {c.name: c for c in (Flap(), Wanda(), Magnitude())}
+
+
+def get_criterion(name: str) -> Criterion:
+    """The criterion called `name`, or a clear error naming the known ones."""
+    try:
+        return CRITERIA[CriterionName(name)]
+    except ValueError:
+        raise ValueError(f"unknown criterion {name!r}; choose one of {', '.join(CRITERIA)}") from None
+
+
+@torch.no_grad()
 def compute_importance(model, criterion: str, stats: ActivationStats | None = None) -> ImportanceScores:
     """Score every KV group and MLP channel of `model` (a dense, unpruned model) by `criterion`."""
-    _check_criterion(criterion, stats)
-    spec = get_spec(model.config.model_type)
+    chosen = get_criterion(criterion)
+    if chosen.needs_calibration and stats is None:
+        raise ValueError(f"criterion {criterion!r} needs calibration data; pass --calibration or use magnitude")
+    spec = spec_of(model)
     kv_groups, channels = [], []
-    for index, layer in enumerate(layer_modules(model, spec)):
-        attn_cols, mlp_cols = _column_scores(layer, spec, criterion, stats, index)
-        heads = model.config.num_key_value_heads
-        kv_groups.append(attn_cols.reshape(heads, -1).sum(dim=1))
+    for index, layer in enumerate(decoder_layers(model)):
+        attn, mlp = attention_parts(layer, spec), mlp_parts(layer, spec)
+        attn_cols, mlp_cols = chosen.column_scores(attn, mlp, stats, index)
+        kv_groups.append(attn_cols.reshape(model.config.num_key_value_heads, -1).sum(dim=1))
         channels.append(mlp_cols)
     num_layers = len(kv_groups)
+    compensate = chosen.compensates_bias
     return ImportanceScores(
         criterion=criterion,
         kv_groups=kv_groups,
         channels=channels,
         layer_influence=stats.influence.clone() if stats is not None else None,
-        attn_input_mean=[stats.mean("attn", i) for i in range(num_layers)] if criterion == "flap" else None,
-        mlp_input_mean=[stats.mean("mlp", i) for i in range(num_layers)] if criterion == "flap" else None,
+        attn_input_mean=[stats.mean("attn", i) for i in range(num_layers)] if compensate else None,
+        mlp_input_mean=[stats.mean("mlp", i) for i in range(num_layers)] if compensate else None,
     )
 
 
-@torch.no_grad()
-def _column_scores(layer, spec: ArchitectureSpec, criterion: str, stats, index: int):
-    attn = attention_parts(layer, spec)
-    mlp_in, down = mlp_parts(layer, spec)
-    o_weight = attn["o_proj"].weight.detach().double().cpu()
-    down_weight = down.weight.detach().double().cpu()
-    if criterion == "magnitude":
-        return _magnitude_attention(attn), _magnitude_mlp(mlp_in, down_weight)
-    if criterion == "wanda":
-        attn_scores = o_weight.abs().sum(0) * stats.norm("attn", index)
-        return attn_scores, down_weight.abs().sum(0) * stats.norm("mlp", index)
-    attn_scores = o_weight.pow(2).sum(0) * stats.variance("attn", index)
-    return attn_scores, down_weight.pow(2).sum(0) * stats.variance("mlp", index)
+def _weight(linear: torch.nn.Linear) -> torch.Tensor:
+    return linear.weight.detach().double().cpu()
 
 
 def _row_norms(linear: torch.nn.Linear) -> torch.Tensor:
-    return linear.weight.detach().double().cpu().norm(dim=1)
+    return _weight(linear).norm(dim=1)
 
 
-def _magnitude_attention(attn: dict[str, torch.nn.Linear]) -> torch.Tensor:
+def _magnitude_attention(attn: AttentionParts) -> torch.Tensor:
     """Per attention channel (o_proj column): its o_proj column norm plus its q row norm, plus the k and v
     row norms of its KV group spread evenly over the group's channels."""
-    q_rows = _row_norms(attn["q_proj"])
-    kv_rows = _row_norms(attn["k_proj"]) + _row_norms(attn["v_proj"])
-    o_cols = attn["o_proj"].weight.detach().double().cpu().norm(dim=0)
+    q_rows = _row_norms(attn.q_proj)
+    kv_rows = _row_norms(attn.k_proj) + _row_norms(attn.v_proj)
+    o_cols = _weight(attn.o_proj).norm(dim=0)
     return o_cols + q_rows + _spread(kv_rows, len(q_rows))
 
 
@@ -99,5 +149,5 @@ def _spread(kv_rows: torch.Tensor, num_channels: int) -> torch.Tensor:
     return (kv_rows / ratio).repeat_interleave(ratio)
 
 
-def _magnitude_mlp(mlp_in: list[torch.nn.Linear], down_weight: torch.Tensor) -> torch.Tensor:
-    return sum(_row_norms(linear) for linear in mlp_in) + down_weight.norm(dim=0)
+def _magnitude_mlp(mlp: MlpParts) -> torch.Tensor:
+    return sum(_row_norms(linear) for linear in mlp.inputs) + _weight(mlp.output).norm(dim=0)

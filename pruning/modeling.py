@@ -30,8 +30,8 @@ def needs_remote_code(
     kept = plan.kept_layer_indices()
     if spec.heads_must_divide_hidden and shape.hidden_size % plan.layers[kept[0]].heads:
         return True
-    attn_bias = any(i in kept for i in output_bias.get("self_attn", ()))
-    mlp_bias = any(i in kept for i in output_bias.get("mlp", ()))
+    attn_bias = any(i in kept for i in output_bias.get(spec.attention, ()))
+    mlp_bias = any(i in kept for i in output_bias.get(spec.mlp, ()))
     return (attn_bias and spec.attention_bias_flag is None) or (mlp_bias and spec.mlp_bias_flag is None)
 
 
@@ -44,7 +44,8 @@ def pruned_config(
 ) -> PretrainedConfig:
     """The config of `base_config` after `plan`: stock fields for uniform plans, `per_layer_config` otherwise.
 
-    `output_bias` names base-model layer indices whose o_proj ("self_attn") / down_proj ("mlp") gain a bias.
+    `output_bias` names base-model layer indices whose attention / MLP output projections gain a bias, keyed by
+    the sublayer's name (`spec.attention`, `spec.mlp`).
     `kept_token_ids` (sorted original ids) re-indexes the vocabulary and the special token ids.
     """
     spec = get_spec(base_config.model_type)
@@ -88,27 +89,26 @@ def _uniform_fields(data, layer: LayerPlan, group: int, kept, output_bias, spec:
     data["num_key_value_heads"] = layer.heads // group
     data["intermediate_size"] = layer.ffn
     data["architectures"] = [spec.causal_lm_class]
-    if any(i in kept for i in output_bias.get("self_attn", ())):
+    if any(i in kept for i in output_bias.get(spec.attention, ())):
         data[spec.attention_bias_flag] = True
-    if any(i in kept for i in output_bias.get("mlp", ())):
+    if any(i in kept for i in output_bias.get(spec.mlp, ())):
         data[spec.mlp_bias_flag] = True
 
 
 def _heterogeneous_fields(data, layers: list[LayerPlan], group: int, kept, output_bias, spec) -> None:
     # The global shape fields keep the base model's values (valid for every config validator); each layer's
     # real shape is in per_layer_config.
-    data["per_layer_config"] = {new: _layer_overrides(layer, group) for new, layer in enumerate(layers)}
+    data["per_layer_config"] = {new: _layer_overrides(layer, group, spec) for new, layer in enumerate(layers)}
     new_index = {old: new for new, old in enumerate(kept)}
     data[OUTPUT_BIAS_KEY] = {
         part: sorted(new_index[i] for i in indices if i in new_index) for part, indices in output_bias.items()
     }
     data["allow_global_per_layer_attribute_access"] = True
-    pruned_class = remote_modeling.PRUNED_CLASSES[spec.model_type].__name__
-    data["architectures"] = [pruned_class]
-    data["auto_map"] = {"AutoModelForCausalLM": f"{Path(REMOTE_MODELING_FILE).stem}.{pruned_class}"}
+    data["architectures"] = [spec.pruned_class]
+    data["auto_map"] = {"AutoModelForCausalLM": f"{Path(REMOTE_MODELING_FILE).stem}.{spec.pruned_class}"}
 
 
-def _layer_overrides(layer: LayerPlan, group: int) -> dict[str, Any]:
+def _layer_overrides(layer: LayerPlan, group: int, spec: ArchitectureSpec) -> dict[str, Any]:
     # A skipped sublayer gets the smallest valid shape; it is deleted right after it is built.
     heads = layer.heads or group
     overrides: dict[str, Any] = {
@@ -116,7 +116,7 @@ def _layer_overrides(layer: LayerPlan, group: int) -> dict[str, Any]:
         "num_key_value_heads": heads // group,
         "intermediate_size": layer.ffn or 1,
     }
-    skip = [name for name, kept in (("self_attn", layer.heads), ("mlp", layer.ffn)) if not kept]
+    skip = [name for name, kept in ((spec.attention, layer.heads), (spec.mlp, layer.ffn)) if not kept]
     if skip:
         overrides["skip"] = skip
     return overrides
@@ -126,8 +126,26 @@ def model_class_for(config: PretrainedConfig) -> type[PreTrainedModel]:
     """The class that builds `config` exactly: stock for uniform configs, the pruned class otherwise."""
     spec = get_spec(config.model_type)
     if getattr(config, "is_heterogeneous", False) or getattr(config, OUTPUT_BIAS_KEY, None):
-        return remote_modeling.PRUNED_CLASSES[spec.model_type]
+        return pruned_class_for(spec)
     return getattr(transformers, spec.causal_lm_class)
+
+
+def pruned_class_for(spec: ArchitectureSpec) -> type[PreTrainedModel]:
+    """The pruned modeling class of an architecture, built from its table entry."""
+    return remote_modeling.pruned_class(architecture_names(spec))
+
+
+def architecture_names(spec: ArchitectureSpec) -> dict[str, str]:
+    """What `remote_modeling` needs to know of an architecture, from its table entry."""
+    return {key: getattr(spec, key) for key in remote_modeling.ARCHITECTURE_KEYS}
+
+
+def remote_modeling_source(spec: ArchitectureSpec) -> str:
+    """`modeling_pruned.py` for a checkpoint of `spec`'s architecture: `remote_modeling.py` and one line that
+    binds the class name its config's `auto_map` names."""
+    source = Path(remote_modeling.__file__).read_text()
+    binding = f"{spec.pruned_class} = pruned_class({architecture_names(spec)!r})"
+    return f"{source}\n\n# Written by prunesearch at export, from its architecture table.\n{binding}\n"
 
 
 def build_pruned_model(

@@ -14,6 +14,7 @@ from .calibration import CalibrationDoc, load_calibration, token_blocks
 from .export import export_checkpoint, load_base_model, parse_dtype
 from .importance import ImportanceScores, compute_importance
 from .modeling import model_class_for
+from .modules import attention_parts, decoder_layers, mlp_parts, spec_of
 from .plan import PrunePlan
 from .stats import cached_activation_stats, model_fingerprint, token_blocks_fingerprint
 from .surgery import apply_plan
@@ -43,15 +44,15 @@ def count_config_parameters(config) -> int:
 
 def layer_shapes(model) -> list[dict[str, int]]:
     """Per decoder layer: kept query heads, KV heads and MLP channels, read from the modules themselves."""
+    spec, head_dim = spec_of(model), model.config.head_dim
     shapes = []
-    for layer in model.model.layers:
-        attn, mlp = layer.self_attn, layer.mlp
-        head_dim = model.config.head_dim
+    for layer in decoder_layers(model):
+        attn, mlp = attention_parts(layer, spec), mlp_parts(layer, spec)
         shapes.append(
             {
                 "heads": attn.q_proj.out_features // head_dim if attn is not None else 0,
                 "kv_heads": attn.k_proj.out_features // head_dim if attn is not None else 0,
-                "ffn": mlp.down_proj.in_features if mlp is not None else 0,
+                "ffn": mlp.output.in_features if mlp is not None else 0,
             }
         )
     return shapes

@@ -6,30 +6,39 @@ transformers. Per-layer shapes come from the config's `per_layer_config` (the up
 `{layer: {"num_attention_heads": .., "num_key_value_heads": .., "intermediate_size": .., "skip": [..]}}`);
 stock modeling in transformers 5.2x still builds uniform layers and ignores `skip`, which is why this exists.
 `pruned_output_bias` lists the layers whose o_proj / down_proj carry a bias added by bias compensation.
+
+What it knows of an architecture (classes, module names) it is given as data: `pruned_class(names)` builds the
+pruned class from an entry of prunesearch's architecture table (`pruning/architectures.py`, the keys in
+`ARCHITECTURE_KEYS`). In the package, `pruning.modeling` passes the table's entry; in a checkpoint, the export
+appends one line per architecture that binds the class name the config's `auto_map` points to.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 
 import torch
 from torch import nn
-from transformers.models.llama.modeling_llama import LlamaForCausalLM
-from transformers.models.mistral.modeling_mistral import MistralForCausalLM
-from transformers.models.qwen2.modeling_qwen2 import Qwen2ForCausalLM
-from transformers.models.qwen3.modeling_qwen3 import Qwen3ForCausalLM
 from transformers.utils import logging
 
 # This modeling reads per-layer shapes from each layer's config, so transformers' warning about reading
 # per-layer attributes globally (which the cache and rotary code do for shared values) is expected here.
 logging.get_logger("transformers.integrations.heterogeneity.configuration_utils").setLevel(logging.ERROR)
 
-_DECODER_LAYERS = {
-    "llama": "LlamaDecoderLayer",
-    "mistral": "MistralDecoderLayer",
-    "qwen2": "Qwen2DecoderLayer",
-    "qwen3": "Qwen3DecoderLayer",
-}
+# The names `pruned_class` reads from an architecture entry.
+ARCHITECTURE_KEYS = (
+    "module",
+    "causal_lm_class",
+    "decoder_layer_class",
+    "layers_path",
+    "attention",
+    "mlp",
+    "attention_norm",
+    "mlp_norm",
+    "o_proj",
+    "mlp_out",
+)
 
 
 def _skippable_forward(
@@ -42,10 +51,12 @@ def _skippable_forward(
     position_embeddings=None,
     **kwargs,
 ) -> torch.Tensor:
-    if self.self_attn is not None:
+    names = self.architecture
+    attention, mlp = getattr(self, names["attention"]), getattr(self, names["mlp"])
+    if attention is not None:
         residual = hidden_states
-        attn_out, _ = self.self_attn(
-            hidden_states=self.input_layernorm(hidden_states),
+        attn_out, _ = attention(
+            hidden_states=getattr(self, names["attention_norm"])(hidden_states),
             attention_mask=attention_mask,
             position_ids=position_ids,
             past_key_values=past_key_values,
@@ -54,22 +65,22 @@ def _skippable_forward(
             **kwargs,
         )
         hidden_states = residual + attn_out
-    if self.mlp is not None:
+    if mlp is not None:
         residual = hidden_states
-        hidden_states = residual + self.mlp(self.post_attention_layernorm(hidden_states))
+        hidden_states = residual + mlp(getattr(self, names["mlp_norm"])(hidden_states))
     return hidden_states
 
 
-_LAYER_CLASSES: dict[str, type] = {}
+def _stock_class(names: Mapping[str, str], key: str) -> type:
+    module = importlib.import_module(f"transformers.models.{names['module']}.modeling_{names['module']}")
+    return getattr(module, names[key])
 
 
-def _pruned_layer_class(model_type: str) -> type:
+def _pruned_layer_class(names: Mapping[str, str]) -> type:
     """A subclass of the stock decoder layer (so output-recording hooks still match) that skips sublayers."""
-    if model_type not in _LAYER_CLASSES:
-        module = importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
-        stock = getattr(module, _DECODER_LAYERS[model_type])
-        _LAYER_CLASSES[model_type] = type(f"Pruned{stock.__name__}", (stock,), {"forward": _skippable_forward})
-    return _LAYER_CLASSES[model_type]
+    stock = _stock_class(names, "decoder_layer_class")
+    attrs = {"forward": _skippable_forward, "architecture": dict(names), "__module__": __name__}
+    return type(f"Pruned{stock.__name__}", (stock,), attrs)
 
 
 def _layer_config(config, index: int):
@@ -89,26 +100,35 @@ def _skips(config, index: int) -> set[str]:
     return set(getattr(_layer_config(config, index), "skip", None) or ())
 
 
-def _build_layer(config, index: int, cache_slot: int) -> nn.Module:
-    layer_config = _layer_config(config, index)
+def _build_layer(layer_class: type, config, index: int, cache_slot: int) -> nn.Module:
+    names = layer_class.architecture
+    attention, mlp = names["attention"], names["mlp"]
     skip = _skips(config, index)
-    layer = _pruned_layer_class(config.model_type)(layer_config, index)
+    layer = layer_class(_layer_config(config, index), index)
     biased = getattr(config, "pruned_output_bias", None) or {}
-    if "self_attn" in skip:
-        layer.self_attn = layer.input_layernorm = None
+    if attention in skip:
+        setattr(layer, attention, None)
+        setattr(layer, names["attention_norm"], None)
     else:
-        layer.self_attn.layer_idx = cache_slot
-        if index in biased.get("self_attn", ()):
-            layer.self_attn.o_proj = _with_output_bias(layer.self_attn.o_proj)
-    if "mlp" in skip:
-        layer.mlp = layer.post_attention_layernorm = None
-    elif index in biased.get("mlp", ()):
-        layer.mlp.down_proj = _with_output_bias(layer.mlp.down_proj)
+        getattr(layer, attention).layer_idx = cache_slot
+        if index in biased.get(attention, ()):
+            _add_output_bias(getattr(layer, attention), names["o_proj"])
+    if mlp in skip:
+        setattr(layer, mlp, None)
+        setattr(layer, names["mlp_norm"], None)
+    elif index in biased.get(mlp, ()):
+        _add_output_bias(getattr(layer, mlp), names["mlp_out"])
     return layer
+
+
+def _add_output_bias(sublayer: nn.Module, name: str) -> None:
+    setattr(sublayer, name, _with_output_bias(getattr(sublayer, name)))
 
 
 class PrunedLayersMixin:
     """Builds the stock model without decoder layers, then one layer per `per_layer_config` entry."""
+
+    layer_class: type  # set by `pruned_class`
 
     def __init__(self, config, *args, **kwargs):
         config.allow_global_per_layer_attribute_access = True
@@ -118,50 +138,45 @@ class PrunedLayersMixin:
             super().__init__(config, *args, **kwargs)
         finally:
             config.num_hidden_layers = num_layers
-        self.model.layers = nn.ModuleList(
-            _build_layer(config, i, slot) for i, slot in enumerate(_cache_slots(config, num_layers))
+        parent, _, name = self.layer_class.architecture["layers_path"].rpartition(".")
+        layers = (
+            _build_layer(self.layer_class, config, i, slot) for i, slot in enumerate(_cache_slots(self, num_layers))
         )
+        setattr(self.get_submodule(parent), name, nn.ModuleList(layers))
         self.post_init()
 
     def set_attn_implementation(self, *args, **kwargs):
         """Each layer's attention holds its own per-layer config: keep its attention kernel in step."""
         result = super().set_attn_implementation(*args, **kwargs)
-        for layer in self.model.layers:
-            if layer.self_attn is not None:
-                layer.self_attn.config._attn_implementation = self.config._attn_implementation
+        attention = self.layer_class.architecture["attention"]
+        for layer in self.get_submodule(self.layer_class.architecture["layers_path"]):
+            if getattr(layer, attention) is not None:
+                getattr(layer, attention).config._attn_implementation = self.config._attn_implementation
         return result
 
 
-def _cache_slots(config, num_layers: int) -> list[int]:
+def _cache_slots(model: PrunedLayersMixin, num_layers: int) -> list[int]:
     """KV-cache slot of each layer: attention layers are numbered densely, so the cache's first slot (from
     which transformers derives the sequence length) always belongs to a layer that really has attention."""
+    attention = model.layer_class.architecture["attention"]
     slots, next_slot = [], 0
     for index in range(num_layers):
         slots.append(next_slot)
-        if "self_attn" not in _skips(config, index):
+        if attention not in _skips(model.config, index):
             next_slot += 1
     return slots
 
 
-class PrunedLlamaForCausalLM(PrunedLayersMixin, LlamaForCausalLM):
-    pass
+_PRUNED_CLASSES: dict[tuple[tuple[str, str], ...], type] = {}
 
 
-class PrunedMistralForCausalLM(PrunedLayersMixin, MistralForCausalLM):
-    pass
-
-
-class PrunedQwen2ForCausalLM(PrunedLayersMixin, Qwen2ForCausalLM):
-    pass
-
-
-class PrunedQwen3ForCausalLM(PrunedLayersMixin, Qwen3ForCausalLM):
-    pass
-
-
-PRUNED_CLASSES = {
-    "llama": PrunedLlamaForCausalLM,
-    "mistral": PrunedMistralForCausalLM,
-    "qwen2": PrunedQwen2ForCausalLM,
-    "qwen3": PrunedQwen3ForCausalLM,
-}
+def pruned_class(architecture: Mapping[str, str]) -> type:
+    """The pruned causal-LM class (`Pruned<causal_lm_class>`) of one architecture, given its names (at least
+    `ARCHITECTURE_KEYS`). The same names always give the same class."""
+    names = {key: architecture[key] for key in ARCHITECTURE_KEYS}
+    key = tuple(sorted(names.items()))
+    if key not in _PRUNED_CLASSES:
+        stock = _stock_class(names, "causal_lm_class")
+        attrs = {"layer_class": _pruned_layer_class(names), "__module__": __name__}
+        _PRUNED_CLASSES[key] = type(f"Pruned{stock.__name__}", (PrunedLayersMixin, stock), attrs)
+    return _PRUNED_CLASSES[key]

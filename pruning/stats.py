@@ -18,8 +18,7 @@ from tqdm.auto import tqdm
 
 from prunesearch.home import home_dir
 
-from .architectures import get_spec
-from .modules import layer_modules
+from .modules import attention_parts, decoder, decoder_layers, mlp_parts, spec_of
 
 STATS_FORMAT = 1
 
@@ -68,11 +67,10 @@ class _Accumulator:
 
 
 def _register_hooks(model, acc: _Accumulator) -> list:
-    spec = get_spec(model.config.model_type)
+    spec = spec_of(model)
     handles = []
-    for index, layer in enumerate(layer_modules(model, spec)):
-        attn, mlp = getattr(layer, spec.attention), getattr(layer, spec.mlp)
-        o_proj, down_proj = getattr(attn, spec.o_proj), getattr(mlp, spec.mlp_out)
+    for index, layer in enumerate(decoder_layers(model)):
+        o_proj, down_proj = attention_parts(layer, spec).o_proj, mlp_parts(layer, spec).output
         handles.append(o_proj.register_forward_pre_hook(_moment_hook(acc, ("attn", index))))
         handles.append(down_proj.register_forward_pre_hook(_moment_hook(acc, ("mlp", index))))
         handles.append(layer.register_forward_hook(_influence_hook(acc, index), with_kwargs=True))
@@ -105,11 +103,11 @@ def collect_activation_stats(
     handles = _register_hooks(model, acc)
     device = next(model.parameters()).device
     # The decoder stack without the LM head: nothing here needs logits, and the head is often the largest op.
-    decoder = model.get_submodule(get_spec(model.config.model_type).layers_path.rpartition(".")[0])
+    stack = decoder(model)
     try:
         for start in tqdm(range(0, len(blocks), batch_size), desc="calibration", disable=not progress):
             batch = blocks[start : start + batch_size].to(device)
-            decoder(input_ids=batch, use_cache=False)
+            stack(input_ids=batch, use_cache=False)
             acc.tokens += batch.numel()
     finally:
         for handle in handles:

@@ -41,13 +41,14 @@ class _LayerSurgeon:
 
     def slice(self, tensors: Tensors, layer: LayerPlan) -> Tensors:
         out = dict(tensors)
-        attn, mlp = f"{self.spec.attention}.", f"{self.spec.mlp}."
+        spec = self.spec
+        attn, mlp = f"{spec.attention}.", f"{spec.mlp}."
         if layer.heads == 0:
-            out = _drop(out, attn, "input_layernorm.")
+            out = _drop(out, attn, f"{spec.attention_norm}.")
         elif layer.heads < self.shape.num_heads:
             out.update(self._slice_attention(tensors, layer.heads, attn))
         if layer.ffn == 0:
-            out = _drop(out, mlp, "post_attention_layernorm.")
+            out = _drop(out, mlp, f"{spec.mlp_norm}.")
         elif layer.ffn < self.shape.intermediate_size:
             out.update(self._slice_mlp(tensors, layer.ffn, mlp))
         return out
@@ -60,7 +61,7 @@ class _LayerSurgeon:
         out: Tensors = {}
         for name, rows in ((spec.q_proj, q_rows), (spec.k_proj, kv_rows), (spec.v_proj, kv_rows)):
             out.update(_select_rows(t, f"{prefix}{name}", rows))
-        out.update(self._slice_output(t, f"{prefix}{spec.o_proj}", q_rows, self.scores.attn_input_mean, "self_attn"))
+        out.update(self._slice_output(t, f"{prefix}{spec.o_proj}", q_rows, self.scores.attn_input_mean, spec.attention))
         return out
 
     def _slice_mlp(self, t: Tensors, ffn: int, prefix: str) -> Tensors:
@@ -68,11 +69,14 @@ class _LayerSurgeon:
         out: Tensors = {}
         for name in self.spec.mlp_in:
             out.update(_select_rows(t, f"{prefix}{name}", keep))
-        out.update(self._slice_output(t, f"{prefix}{self.spec.mlp_out}", keep, self.scores.mlp_input_mean, "mlp"))
+        out.update(
+            self._slice_output(t, f"{prefix}{self.spec.mlp_out}", keep, self.scores.mlp_input_mean, self.spec.mlp)
+        )
         return out
 
     def _slice_output(self, t: Tensors, key: str, kept: torch.Tensor, means, part: str) -> Tensors:
-        """The kept input columns of an output projection, plus FLAP's compensation bias when scored by flap."""
+        """The kept input columns of an output projection, plus FLAP's compensation bias when scored by flap
+        (`part` names the sublayer, as `pruned_output_bias` does)."""
         weight = t[f"{key}.weight"]
         out = {f"{key}.weight": weight[:, kept.to(weight.device)].clone()}
         if means is not None:
@@ -111,7 +115,7 @@ def _sliced_state_dict(
     dense = model.state_dict()
     root = f"{spec.layers_path}."
     out = {k: v for k, v in dense.items() if not k.startswith(root)}
-    output_bias: dict[str, list[int]] = {"self_attn": [], "mlp": []}
+    output_bias: dict[str, list[int]] = {spec.attention: [], spec.mlp: []}
     for new_index, old_index in enumerate(plan.kept_layer_indices()):
         prefix = f"{root}{old_index}."
         layer_tensors = {k[len(prefix) :]: v for k, v in dense.items() if k.startswith(prefix)}
