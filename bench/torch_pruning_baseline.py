@@ -25,6 +25,7 @@ from collections.abc import Iterator
 import torch
 import torch_pruning as tp
 
+from prunesearch.pruning import modules
 from prunesearch.pruning.plan import LayerPlan, PrunePlan
 
 IMPORTANCES = ("magnitude", "taylor")
@@ -75,11 +76,13 @@ def prune_uniform(model, ratio: float, example_input_ids: torch.Tensor, importan
     if importance == "taylor" and all(p.grad is None for p in model.parameters()):
         raise ValueError("taylor importance needs the loss gradients: call taylor_gradients first")
     model = _copy_with_gradients(model)
-    attentions = [layer.self_attn for layer in model.model.layers]
+    spec = modules.spec_of(model)
+    attentions = [modules.attention(layer, spec) for layer in modules.decoder_layers(model)]
+    projections = [modules.attention_parts(layer, spec) for layer in modules.decoder_layers(model)]
     num_heads = {
         proj: proj.out_features // attention.head_dim
-        for attention in attentions
-        for proj in (attention.q_proj, attention.k_proj, attention.v_proj)
+        for attention, parts in zip(attentions, projections, strict=True)
+        for proj in (parts.q_proj, parts.k_proj, parts.v_proj)
     }
     scorer = tp.importance.GroupMagnitudeImportance(p=2) if importance == "magnitude" else None
     with traceable(model):
@@ -89,7 +92,7 @@ def prune_uniform(model, ratio: float, example_input_ids: torch.Tensor, importan
             importance=scorer or tp.importance.GroupTaylorImportance(),
             global_pruning=False,
             pruning_ratio=ratio,
-            ignored_layers=[model.lm_head, model.get_input_embeddings()],
+            ignored_layers=[modules.lm_head(model), modules.embedding(model)],
             num_heads=num_heads,
             prune_num_heads=True,
             prune_head_dims=False,
@@ -98,9 +101,10 @@ def prune_uniform(model, ratio: float, example_input_ids: torch.Tensor, importan
         )
         pruner.step()
     model.zero_grad(set_to_none=True)
-    for attention in attentions:  # transformers reads the head counts from the projections, except this
-        kv_heads = attention.k_proj.out_features // attention.head_dim
-        attention.num_key_value_groups = attention.q_proj.out_features // attention.head_dim // kv_heads
+    for attention, parts in zip(attentions, projections, strict=True):
+        # transformers reads the head counts from the projections, except this
+        kv_heads = parts.k_proj.out_features // attention.head_dim
+        attention.num_key_value_groups = parts.q_proj.out_features // attention.head_dim // kv_heads
     return model
 
 
@@ -113,15 +117,14 @@ def _copy_with_gradients(model):
 
 def plan_of(model) -> PrunePlan:
     """The prunesearch plan with the shapes Torch-Pruning left, so the same latency model prices it."""
-    return PrunePlan(
-        layers=tuple(
-            LayerPlan(
-                heads=layer.self_attn.q_proj.out_features // layer.self_attn.head_dim,
-                ffn=layer.mlp.up_proj.out_features,
-            )
-            for layer in model.model.layers
-        )
-    )
+    spec = modules.spec_of(model)
+    return PrunePlan(layers=tuple(_layer_plan(layer, spec) for layer in modules.decoder_layers(model)))
+
+
+def _layer_plan(layer, spec) -> LayerPlan:
+    head_dim = modules.attention(layer, spec).head_dim
+    heads = modules.attention_parts(layer, spec).q_proj.out_features // head_dim
+    return LayerPlan(heads=heads, ffn=modules.mlp_parts(layer, spec).output.in_features)
 
 
 def parameter_count(model) -> int:

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from prunesearch.pruning.importance import ImportanceScores
+from prunesearch.pruning.modules import decoder, lm_head
 from prunesearch.pruning.plan import PrunePlan
 from prunesearch.pruning.surgery import apply_plan
 
@@ -94,15 +95,15 @@ class CandidateEvaluator:
     @torch.inference_mode()
     def _teacher_hidden(self) -> list[torch.Tensor]:
         """The dense final hidden states of every position that predicts a next token."""
-        decoder = self.model.get_decoder()
+        stack = decoder(self.model)
         return [
-            decoder(input_ids=batch, use_cache=False).last_hidden_state[:, :-1]
+            stack(input_ids=batch, use_cache=False).last_hidden_state[:, :-1]
             for batch in self.blocks.split(self.batch_size)
         ]
 
     @torch.inference_mode()
     def _teacher_cache(self, hidden: list[torch.Tensor]) -> list[Teacher]:
-        return [Teacher.from_logits(self.model.lm_head(h)) for h in hidden]
+        return [Teacher.from_logits(lm_head(self.model)(h)) for h in hidden]
 
     def _teacher(self, index: int) -> Callable[[slice], Teacher]:
         """The dense distribution over a row chunk of batch `index` (rows: its positions, flattened)."""
@@ -112,18 +113,19 @@ class CandidateEvaluator:
             neg_entropy = cached.neg_entropy.reshape(-1)
             return lambda rows: Teacher(probs[rows], neg_entropy[rows])
         hidden = self.teacher_hidden[index].reshape(-1, self.teacher_hidden[index].shape[-1])
-        return lambda rows: Teacher.from_logits(self.model.lm_head(hidden[rows]))
+        dense_head = lm_head(self.model)
+        return lambda rows: Teacher.from_logits(dense_head(hidden[rows]))
 
     @torch.inference_mode()
     def evaluate(self, plan: PrunePlan, kept_token_ids: Sequence[int] | None = None) -> Quality:
         """KL and perplexity of `plan` (vocabulary restricted to `kept_token_ids` when given)."""
         candidate = apply_plan(self.model, replace(plan, vocab=None), self.scores)
         kept = torch.tensor(list(kept_token_ids), device=self.device) if kept_token_ids is not None else None
-        head = _LogitHead(candidate.lm_head, kept)
-        decoder = candidate.get_decoder()
+        head = _LogitHead(lm_head(candidate), kept)
+        stack = decoder(candidate)
         sums = _Sums(self.device)
         for index, batch in enumerate(self.blocks.split(self.batch_size)):
-            hidden = decoder(input_ids=batch, use_cache=False).last_hidden_state[:, :-1]
+            hidden = stack(input_ids=batch, use_cache=False).last_hidden_state[:, :-1]
             head.accumulate(sums, hidden, self._teacher(index), batch[:, 1:])
         kl, nll, nll_count, positions = (float(x) for x in (sums.kl, sums.nll, sums.nll_count, sums.positions))
         ppl = math.exp(nll / nll_count) if nll_count else math.inf
@@ -134,12 +136,12 @@ class CandidateEvaluator:
 class _LogitHead:
     """A candidate's LM head, restricted to the kept tokens, and the proxy sums over its logits."""
 
-    def __init__(self, lm_head: torch.nn.Linear, kept: torch.Tensor | None):
+    def __init__(self, linear: torch.nn.Linear, kept: torch.Tensor | None):
         self.kept = kept
-        weight, bias = lm_head.weight, lm_head.bias
+        weight, bias = linear.weight, linear.bias
         if kept is not None:
             weight, bias = weight[kept], (bias[kept] if bias is not None else None)
-            self.new_id = torch.full((lm_head.out_features,), -1, dtype=torch.long, device=weight.device)
+            self.new_id = torch.full((linear.out_features,), -1, dtype=torch.long, device=weight.device)
             self.new_id[kept] = torch.arange(len(kept), device=weight.device)
         self.weight, self.bias = weight, bias
 
