@@ -10,7 +10,7 @@ stock modeling in transformers 5.2x still builds uniform layers and ignores `ski
 What it knows of an architecture (classes, module names) it is given as data: `pruned_class(names)` builds the
 pruned class from an entry of prunesearch's architecture table (`pruning/architectures.py`, the keys in
 `ARCHITECTURE_KEYS`). In the package, `pruning.modeling` passes the table's entry; in a checkpoint, the export
-appends one line per architecture that binds the class name the config's `auto_map` points to.
+appends one line that binds the class the config's `auto_map` names, for the checkpoint's architecture.
 """
 
 from __future__ import annotations
