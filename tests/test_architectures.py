@@ -3,6 +3,8 @@ model built from the table alone, on the stock class and on the pruned class gen
 
 from __future__ import annotations
 
+import ast
+
 import pytest
 import torch
 import transformers
@@ -10,7 +12,7 @@ from torch import nn
 
 from prunesearch.pruning import modules
 from prunesearch.pruning.architectures import get_spec, model_shape, supported_model_types
-from prunesearch.pruning.modeling import model_class_for, pruned_config
+from prunesearch.pruning.modeling import model_class_for, pruned_config, remote_modeling_source
 from prunesearch.pruning.plan import LayerPlan, PrunePlan
 
 SMALL = {
@@ -95,3 +97,24 @@ def test_pruned_class_from_the_table_has_every_named_part(model_type):
     assert modules.attention_parts(layers[1], spec).o_proj.bias is not None
     assert modules.mlp_parts(layers[0], spec).output.bias is not None
     assert model(input_ids=torch.tensor([[1, 2, 3]])).logits.shape == (1, 3, SMALL["vocab_size"])
+
+
+def test_exported_modeling_is_self_contained():
+    """`modeling_pruned.py` imports only the standard library, torch and transformers, and binds the class its
+    config names, for every architecture."""
+    for model_type in supported_model_types():
+        spec = get_spec(model_type)
+        tree = ast.parse(remote_modeling_source(spec))
+        imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        assert {name.split(".")[0] for name in imported} <= {
+            "__future__",
+            "collections",
+            "importlib",
+            "torch",
+            "transformers",
+        }
+        bound = {
+            t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)
+        }
+        assert spec.pruned_class in bound
