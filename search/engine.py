@@ -28,6 +28,7 @@ from .results import (
     trial_page,
 )
 from .spec import SearchSpec
+from .storage import resolve, trial_id
 
 __all__ = [
     "SearchProgress",
@@ -67,7 +68,7 @@ def open_study(
 ) -> optuna.Study:
     """Create the study or join the existing one of the same name (other workers share it)."""
     study = optuna.create_study(
-        storage=storage,
+        storage=resolve(storage),
         study_name=study_name,
         directions=["minimize"] * len(objective_names(spec)),
         sampler=make_sampler(spec, shared=shared),
@@ -106,13 +107,14 @@ def _below_n_trials(study: optuna.Study, n_trials: int) -> Callable[[], bool]:
     return claim
 
 
-def fail_abandoned_trials(study: optuna.Study) -> int:
+def fail_abandoned_trials(study: optuna.Study, storage: optuna.storages.BaseStorage) -> int:
     """Fail the trials a dead worker left RUNNING (they would never finish, and TPE's constant liar would count
     them as bad points forever); they do not count towards n_trials. Only call this while no other worker runs
-    trials of the study."""
+    trials of the study (`storage`: the study's, to look the trials up by number)."""
     abandoned = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for frozen in abandoned:
-        _abandon(study, optuna.Trial(study, frozen._trial_id), "its worker stopped while running it")
+        trial = optuna.Trial(study, trial_id(storage, study.study_name, frozen.number))
+        _abandon(study, trial, "its worker stopped while running it")
     if abandoned:
         log.warning("failed %d trial(s) abandoned by a stopped worker", len(abandoned))
     return len(abandoned)
@@ -178,9 +180,10 @@ def run_search(
     `shared`: other workers may run trials of this study concurrently (the service's workers).
     `recover`: no other worker is running trials now, so RUNNING ones were abandoned by a dead worker and are
     failed first (default: when not `shared`)."""
+    storage = resolve(storage)
     study = open_study(spec, storage, study_name, shared=shared)
     if recover if recover is not None else not shared:
-        fail_abandoned_trials(study)
+        fail_abandoned_trials(study, storage)
     context = context or SearchContext(spec, progress=progress_bar)
     _prepare(study, context)
     below_n_trials = _below_n_trials(study, spec.n_trials)

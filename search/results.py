@@ -8,13 +8,14 @@ from typing import Any
 
 import numpy as np
 import optuna
-from optuna._hypervolume import compute_hypervolume
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from prunesearch.pruning.pipeline import CalibrationSettings, prune_checkpoint
 from prunesearch.pruning.plan import PrunePlan
 
+from . import pareto
 from .spec import SearchSpec
+from .storage import resolve
 
 SPEC_ATTR = "prunesearch_spec"
 # User attribute of a trial failed because its worker died while running it; such trials do not count.
@@ -38,8 +39,9 @@ class UnknownTrialError(LookupError):
 
 
 def load_study(storage: str | optuna.storages.BaseStorage, study_name: str) -> optuna.Study:
+    """The study (a URL reads through the process's shared storage); LookupError if there is none."""
     try:
-        return optuna.load_study(study_name=study_name, storage=storage)
+        return optuna.load_study(study_name=study_name, storage=resolve(storage))
     except KeyError:
         raise LookupError(f"no study named {study_name!r} in {storage}") from None
 
@@ -53,17 +55,17 @@ def _feasible(trial: FrozenTrial) -> bool:
 
 
 def front_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """Feasible non-dominated trials (Optuna's own Pareto logic, constraints respected), fastest first.
+    """Feasible non-dominated trials, fastest first.
 
-    What `study.best_trials` returns, without its deep copy of every trial (this runs after each trial); that
-    shortcut is a private Optuna function, so the public property stands in should it go away."""
-    try:
-        from optuna.study._multi_objective import _get_pareto_front_trials_by_trials
-    except ImportError:
-        return sorted(study.best_trials, key=lambda t: t.values[1])
+    The trials `study.best_trials` returns (complete, every constraint <= 0, not dominated), without its deep
+    copy of every trial: this runs after each trial."""
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    front = _get_pareto_front_trials_by_trials(trials, study.directions, consider_constraint=True)
-    return sorted(front, key=lambda t: t.values[1])
+    trials = [t for t in trials if all(c <= 0.0 for c in t.constraints.values())]
+    if not trials:
+        return []
+    signs = np.array([1.0 if d == StudyDirection.MINIMIZE else -1.0 for d in study.directions])
+    on_front = pareto.non_dominated(np.array([t.values for t in trials]) * signs)
+    return sorted((t for t, keep in zip(trials, on_front, strict=True) if keep), key=lambda t: t.values[1])
 
 
 def hypervolume(study: optuna.Study, first: int | None = None) -> float | None:
@@ -79,10 +81,7 @@ def hypervolume(study: optuna.Study, first: int | None = None) -> float | None:
     q_ref = max(t.values[0] for t in (baselines or all_feasible)) * HV_MARGIN or 1.0
     trials = [t for t in all_feasible if first is None or t.number < first]
     points = np.array([[t.values[0] / q_ref, t.values[1] / dense] for t in trials]).reshape(-1, 2)
-    points = points[(points < 1.0).all(axis=1)]
-    if not len(points):
-        return 0.0
-    return float(compute_hypervolume(points, np.ones(2)))
+    return pareto.hypervolume(points, np.ones(2))  # points outside the unit box add nothing
 
 
 def hypervolume_history(study: optuna.Study, every: int = 10) -> list[dict[str, Any]]:
@@ -166,6 +165,8 @@ def export_trial(
     device: str = "cpu",
 ) -> dict[str, Any]:
     """Materialise a trial's plan as a checkpoint, with the importance settings the search used."""
+    from prunesearch.pruning.pipeline import CalibrationSettings, prune_checkpoint  # torch: only to export
+
     study = load_study(storage, study_name)
     spec = study_spec(study)
     settings = spec.calibration_settings
