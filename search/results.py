@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +25,22 @@ HV_MARGIN = 1.1  # reference point = worst baseline quality x this, at the dense
 
 @dataclass(frozen=True)
 class SearchProgress:
+    """Where a search stands after a trial: counts, hypervolume, and the Pareto front it computed (the records
+    `pareto_front` returns), so that no caller has to read the study again for it."""
+
     trials_done: int
     n_trials: int
-    front_size: int
     hypervolume: float | None
+    front: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def front_size(self) -> int:
+        return len(self.front)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The counts and the hypervolume (the front is large; callers print it on its own)."""
+        keys = ("trials_done", "n_trials", "front_size", "hypervolume")
+        return {key: getattr(self, key) for key in keys}
 
 
 class UnknownTrialError(LookupError):
@@ -43,7 +52,8 @@ def load_study(storage: str | optuna.storages.BaseStorage, study_name: str) -> o
     try:
         return optuna.load_study(study_name=study_name, storage=resolve(storage))
     except KeyError:
-        raise LookupError(f"no study named {study_name!r} in {storage}") from None
+        where = storage if isinstance(storage, str) else getattr(storage, "url", type(storage).__name__)
+        raise LookupError(f"no study named {study_name!r} in {where}") from None
 
 
 def study_spec(study: optuna.Study) -> SearchSpec:
@@ -101,8 +111,8 @@ def progress_of(study: optuna.Study, n_trials: int) -> SearchProgress:
     return SearchProgress(
         trials_done=len(finished),
         n_trials=n_trials,
-        front_size=len(front_trials(study)),
         hypervolume=hypervolume(study),
+        front=tuple(front_record(t) for t in front_trials(study)),
     )
 
 
@@ -118,18 +128,19 @@ def trial_record(trial: FrozenTrial) -> dict[str, Any]:
     }
 
 
+def front_record(trial: FrozenTrial) -> dict[str, Any]:
+    """A Pareto front member as callers see it: {trial, plan, metrics, baseline}."""
+    return {
+        "trial": trial.number,
+        "plan": trial.user_attrs["plan"],
+        "metrics": trial.user_attrs["metrics"],
+        "baseline": trial.user_attrs.get("baseline"),
+    }
+
+
 def pareto_front(storage: str | optuna.storages.BaseStorage, study_name: str) -> list[dict[str, Any]]:
-    """[{trial, plan, metrics}] of the feasible non-dominated trials, fastest first."""
-    study = load_study(storage, study_name)
-    return [
-        {
-            "trial": t.number,
-            "plan": t.user_attrs["plan"],
-            "metrics": t.user_attrs["metrics"],
-            "baseline": t.user_attrs.get("baseline"),
-        }
-        for t in front_trials(study)
-    ]
+    """[{trial, plan, metrics, baseline}] of the feasible non-dominated trials, fastest first."""
+    return [front_record(t) for t in front_trials(load_study(storage, study_name))]
 
 
 def list_trials(
@@ -165,15 +176,16 @@ def export_trial(
     device: str = "cpu",
 ) -> dict[str, Any]:
     """Materialise a trial's plan as a checkpoint, with the importance settings the search used."""
+    study = load_study(storage, study_name)
+    plan = trial_plan(study, trial)
     from prunesearch.pruning.pipeline import CalibrationSettings, prune_checkpoint  # torch: only to export
 
-    study = load_study(storage, study_name)
     spec = study_spec(study)
     settings = spec.calibration_settings
     calibration = CalibrationSettings(path=Path(spec.calibration), seq_len=settings.seq_len, max_tokens=settings.tokens)
     summary = prune_checkpoint(
         spec.model,
-        trial_plan(study, trial),
+        plan,
         out_dir,
         criterion=settings.criterion,
         calibration=calibration,
