@@ -14,6 +14,7 @@ import pytest
 from optuna.trial import TrialState, create_trial
 
 from prunesearch.search.backend import OptunaBackend, SearchBackend
+from prunesearch.search.storage import forget_storages
 
 from ..fake_backend import FakeBackend
 
@@ -156,3 +157,10 @@ assert "torch" not in sys.modules and "transformers" not in sys.modules, "torch 
     env = {**os.environ, "PRUNESEARCH_HOME": str(tmp_path / "home")}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
+
+
+def test_forgotten_storages_are_built_again(tmp_path):
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    first = OptunaBackend(url).storage
+    forget_storages()
+    assert OptunaBackend(url).storage is not first
