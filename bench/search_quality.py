@@ -32,7 +32,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch_pruning_baseline as tpb
-from optuna._hypervolume import compute_hypervolume
 
 from prunesearch.pruning.evaluate import perplexity
 from prunesearch.pruning.importance import CRITERIA, compute_importance
@@ -41,6 +40,7 @@ from prunesearch.pruning.stats import cached_activation_stats
 from prunesearch.pruning.surgery import apply_plan
 from prunesearch.search.context import SearchContext
 from prunesearch.search.engine import run_search
+from prunesearch.search.pareto import hypervolume
 from prunesearch.search.results import list_trials, pareto_front
 from prunesearch.search.spec import SearchSpec
 
@@ -257,8 +257,8 @@ def sampler_hypervolumes(args, workdir: Path) -> dict:
 
 
 def _hypervolume(run: list[tuple[float, float, bool, bool]], q_ref: float) -> float:
-    points = np.array([[kl / q_ref, lat] for kl, lat, ok, _ in run if ok and kl / q_ref < 1 and lat < 1])
-    return round(float(compute_hypervolume(points, np.ones(2))), 4) if len(points) else 0.0
+    points = np.array([[kl / q_ref, lat] for kl, lat, ok, _ in run if ok]).reshape(-1, 2)
+    return round(hypervolume(points, np.ones(2)), 4)  # points outside the unit box add nothing
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from prunesearch.cli import CLIError, print_json
 
 from .plot import plot_front
-from .results import export_trial, hypervolume_history, load_study, pareto_front
+from .results import export_trial, hypervolume_history, load_study
 from .spec import SearchSpec
 
 
@@ -76,7 +76,7 @@ def _search(args: argparse.Namespace) -> int:
     storage = args.storage or f"sqlite:///{(args.out / 'study.db').resolve()}"
     study_name = args.study or args.out.resolve().name
     progress = run_search(spec, storage=storage, study_name=study_name, progress_bar=True, shared=args.shared)
-    front = pareto_front(storage, study_name)
+    front = list(progress.front)
     (args.out / "pareto.json").write_text(json.dumps(front, indent=2) + "\n")
     study = load_study(storage, study_name)
     plot_front(study, args.out / "pareto.png")

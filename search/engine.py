@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from .baselines import baseline_params
+from .callbacks import SearchCallbacks
 from .context import SearchContext
 from .results import (
     ABANDONED_ATTR,
@@ -28,8 +29,10 @@ from .results import (
     trial_page,
 )
 from .spec import SearchSpec
+from .storage import resolve, trial_id
 
 __all__ = [
+    "SearchCallbacks",
     "SearchProgress",
     "export_trial",
     "list_trials",
@@ -67,7 +70,7 @@ def open_study(
 ) -> optuna.Study:
     """Create the study or join the existing one of the same name (other workers share it)."""
     study = optuna.create_study(
-        storage=storage,
+        storage=resolve(storage),
         study_name=study_name,
         directions=["minimize"] * len(objective_names(spec)),
         sampler=make_sampler(spec, shared=shared),
@@ -106,13 +109,14 @@ def _below_n_trials(study: optuna.Study, n_trials: int) -> Callable[[], bool]:
     return claim
 
 
-def fail_abandoned_trials(study: optuna.Study) -> int:
+def fail_abandoned_trials(study: optuna.Study, storage: optuna.storages.BaseStorage) -> int:
     """Fail the trials a dead worker left RUNNING (they would never finish, and TPE's constant liar would count
     them as bad points forever); they do not count towards n_trials. Only call this while no other worker runs
-    trials of the study."""
+    trials of the study (`storage`: the study's, to look the trials up by number)."""
     abandoned = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for frozen in abandoned:
-        _abandon(study, optuna.Trial(study, frozen._trial_id), "its worker stopped while running it")
+        trial = optuna.Trial(study, trial_id(storage, study.study_name, frozen.number))
+        _abandon(study, trial, "its worker stopped while running it")
     if abandoned:
         log.warning("failed %d trial(s) abandoned by a stopped worker", len(abandoned))
     return len(abandoned)
@@ -165,39 +169,38 @@ def run_search(
     *,
     storage: str | optuna.storages.BaseStorage,
     study_name: str,
-    claim: Callable[[], bool] | None = None,
-    should_stop: Callable[[], bool] = lambda: False,
-    on_trial: Callable[[SearchProgress], None] | None = None,
-    progress_bar: bool = False,
+    callbacks: SearchCallbacks | None = None,
     context: SearchContext | None = None,
     shared: bool = False,
     recover: bool | None = None,
+    progress_bar: bool = False,
 ) -> SearchProgress:
-    """Run trials until n_trials have started, the quota (`claim`), the timeout or `should_stop` ends the search.
+    """Run trials until n_trials have started, the timeout passes, or a callback (quota, stop) ends the search.
 
     `shared`: other workers may run trials of this study concurrently (the service's workers).
     `recover`: no other worker is running trials now, so RUNNING ones were abandoned by a dead worker and are
     failed first (default: when not `shared`)."""
+    callbacks = callbacks or SearchCallbacks()
+    storage = resolve(storage)
     study = open_study(spec, storage, study_name, shared=shared)
     if recover if recover is not None else not shared:
-        fail_abandoned_trials(study)
+        fail_abandoned_trials(study, storage)
     context = context or SearchContext(spec, progress=progress_bar)
     _prepare(study, context)
     below_n_trials = _below_n_trials(study, spec.n_trials)
-    quota = claim or (lambda: True)  # the study's own count is checked first: a caller's counter can lag it
     deadline = time.monotonic() + spec.timeout_s if spec.timeout_s else None
     bar = tqdm(total=spec.n_trials, desc="trials", disable=not progress_bar)
     progress = progress_of(study, spec.n_trials)
     bar.update(progress.trials_done)
     for _ in range(spec.n_trials):
         timed_out = deadline is not None and time.monotonic() > deadline
-        if should_stop() or timed_out or not (below_n_trials() and quota()):
+        # the study's own count is checked before the caller's quota: a caller's counter can lag it
+        if callbacks.should_stop() or timed_out or not (below_n_trials() and callbacks.claim()):
             break
         _run_trial(study, context)
         progress = progress_of(study, spec.n_trials)
         bar.update(progress.trials_done - bar.n)
         bar.set_postfix(front=progress.front_size, hv=f"{progress.hypervolume or 0:.4g}")
-        if on_trial is not None:
-            on_trial(progress)
+        callbacks.on_trial(progress)
     bar.close()
     return progress

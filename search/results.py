@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import optuna
-from optuna._hypervolume import compute_hypervolume
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from prunesearch.pruning.pipeline import CalibrationSettings, prune_checkpoint
 from prunesearch.pruning.plan import PrunePlan
 
+from . import pareto
 from .spec import SearchSpec
+from .storage import resolve
 
 SPEC_ATTR = "prunesearch_spec"
 # User attribute of a trial failed because its worker died while running it; such trials do not count.
@@ -24,13 +25,22 @@ HV_MARGIN = 1.1  # reference point = worst baseline quality x this, at the dense
 
 @dataclass(frozen=True)
 class SearchProgress:
+    """Where a search stands after a trial: counts, hypervolume, and the Pareto front it computed (the records
+    `pareto_front` returns), so that no caller has to read the study again for it."""
+
     trials_done: int
     n_trials: int
-    front_size: int
     hypervolume: float | None
+    front: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def front_size(self) -> int:
+        return len(self.front)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The counts and the hypervolume (the front is large; callers print it on its own)."""
+        keys = ("trials_done", "n_trials", "front_size", "hypervolume")
+        return {key: getattr(self, key) for key in keys}
 
 
 class UnknownTrialError(LookupError):
@@ -38,10 +48,12 @@ class UnknownTrialError(LookupError):
 
 
 def load_study(storage: str | optuna.storages.BaseStorage, study_name: str) -> optuna.Study:
+    """The study (a URL reads through the process's shared storage); LookupError if there is none."""
     try:
-        return optuna.load_study(study_name=study_name, storage=storage)
+        return optuna.load_study(study_name=study_name, storage=resolve(storage))
     except KeyError:
-        raise LookupError(f"no study named {study_name!r} in {storage}") from None
+        where = storage if isinstance(storage, str) else getattr(storage, "url", type(storage).__name__)
+        raise LookupError(f"no study named {study_name!r} in {where}") from None
 
 
 def study_spec(study: optuna.Study) -> SearchSpec:
@@ -53,17 +65,17 @@ def _feasible(trial: FrozenTrial) -> bool:
 
 
 def front_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """Feasible non-dominated trials (Optuna's own Pareto logic, constraints respected), fastest first.
+    """Feasible non-dominated trials, fastest first.
 
-    What `study.best_trials` returns, without its deep copy of every trial (this runs after each trial); that
-    shortcut is a private Optuna function, so the public property stands in should it go away."""
-    try:
-        from optuna.study._multi_objective import _get_pareto_front_trials_by_trials
-    except ImportError:
-        return sorted(study.best_trials, key=lambda t: t.values[1])
+    The trials `study.best_trials` returns (complete, every constraint <= 0, not dominated), without its deep
+    copy of every trial: this runs after each trial."""
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    front = _get_pareto_front_trials_by_trials(trials, study.directions, consider_constraint=True)
-    return sorted(front, key=lambda t: t.values[1])
+    trials = [t for t in trials if all(c <= 0.0 for c in t.constraints.values())]
+    if not trials:
+        return []
+    signs = np.array([1.0 if d == StudyDirection.MINIMIZE else -1.0 for d in study.directions])
+    on_front = pareto.non_dominated(np.array([t.values for t in trials]) * signs)
+    return sorted((t for t, keep in zip(trials, on_front, strict=True) if keep), key=lambda t: t.values[1])
 
 
 def hypervolume(study: optuna.Study, first: int | None = None) -> float | None:
@@ -79,10 +91,7 @@ def hypervolume(study: optuna.Study, first: int | None = None) -> float | None:
     q_ref = max(t.values[0] for t in (baselines or all_feasible)) * HV_MARGIN or 1.0
     trials = [t for t in all_feasible if first is None or t.number < first]
     points = np.array([[t.values[0] / q_ref, t.values[1] / dense] for t in trials]).reshape(-1, 2)
-    points = points[(points < 1.0).all(axis=1)]
-    if not len(points):
-        return 0.0
-    return float(compute_hypervolume(points, np.ones(2)))
+    return pareto.hypervolume(points, np.ones(2))  # points outside the unit box add nothing
 
 
 def hypervolume_history(study: optuna.Study, every: int = 10) -> list[dict[str, Any]]:
@@ -102,8 +111,8 @@ def progress_of(study: optuna.Study, n_trials: int) -> SearchProgress:
     return SearchProgress(
         trials_done=len(finished),
         n_trials=n_trials,
-        front_size=len(front_trials(study)),
         hypervolume=hypervolume(study),
+        front=tuple(front_record(t) for t in front_trials(study)),
     )
 
 
@@ -119,18 +128,19 @@ def trial_record(trial: FrozenTrial) -> dict[str, Any]:
     }
 
 
+def front_record(trial: FrozenTrial) -> dict[str, Any]:
+    """A Pareto front member as callers see it: {trial, plan, metrics, baseline}."""
+    return {
+        "trial": trial.number,
+        "plan": trial.user_attrs["plan"],
+        "metrics": trial.user_attrs["metrics"],
+        "baseline": trial.user_attrs.get("baseline"),
+    }
+
+
 def pareto_front(storage: str | optuna.storages.BaseStorage, study_name: str) -> list[dict[str, Any]]:
-    """[{trial, plan, metrics}] of the feasible non-dominated trials, fastest first."""
-    study = load_study(storage, study_name)
-    return [
-        {
-            "trial": t.number,
-            "plan": t.user_attrs["plan"],
-            "metrics": t.user_attrs["metrics"],
-            "baseline": t.user_attrs.get("baseline"),
-        }
-        for t in front_trials(study)
-    ]
+    """[{trial, plan, metrics, baseline}] of the feasible non-dominated trials, fastest first."""
+    return [front_record(t) for t in front_trials(load_study(storage, study_name))]
 
 
 def list_trials(
@@ -167,12 +177,15 @@ def export_trial(
 ) -> dict[str, Any]:
     """Materialise a trial's plan as a checkpoint, with the importance settings the search used."""
     study = load_study(storage, study_name)
+    plan = trial_plan(study, trial)
+    from prunesearch.pruning.pipeline import CalibrationSettings, prune_checkpoint  # torch: only to export
+
     spec = study_spec(study)
     settings = spec.calibration_settings
     calibration = CalibrationSettings(path=Path(spec.calibration), seq_len=settings.seq_len, max_tokens=settings.tokens)
     summary = prune_checkpoint(
         spec.model,
-        trial_plan(study, trial),
+        plan,
         out_dir,
         criterion=settings.criterion,
         calibration=calibration,

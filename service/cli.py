@@ -13,7 +13,6 @@ from prunesearch import migrations
 from prunesearch.cli import CLIError
 
 from . import client_cli, demo
-from .engine import search_engine
 from .settings import Settings
 
 
@@ -74,7 +73,7 @@ def _worker(args: argparse.Namespace) -> None:
     if migrations.current(settings.db_url) is None:
         raise CLIError(f"database {settings.db_url} has no prunesearch schema: run `prunesearch db upgrade`")
     worker = Worker(settings, max_idle_s=args.max_idle, max_jobs=args.max_jobs)
-    search_engine()  # import torch and the engine now, not when the first job is already waiting
+    worker.backend.warm_up()  # import torch and the engine now, not when the first job is already waiting
     if args.threads:
         import torch
 

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from prunesearch.search.storage import forget_storages
+
+
+@pytest.fixture(autouse=True)
+def _close_optuna_storages() -> Iterator[None]:
+    """Each test's databases are its own: close the process's cached Optuna storages after it (open SQLite
+    files and PostgreSQL connections would otherwise pile up over a session)."""
+    yield
+    forget_storages()
 
 
 @pytest.fixture

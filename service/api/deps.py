@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Query, Request
 from sqlalchemy.orm import Session
 
+from prunesearch.search.backend import SearchBackend
 from prunesearch.service import crud
 from prunesearch.service.db import session_scope
 from prunesearch.service.models import Export, Job, is_id
@@ -20,6 +21,14 @@ async def get_settings(request: Request) -> Settings:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+async def get_backend(request: Request) -> SearchBackend:
+    """The search backend the app was built with (no I/O, so async like `get_settings`)."""
+    return request.app.state.backend
+
+
+BackendDep = Annotated[SearchBackend, Depends(get_backend)]
 
 
 def get_session(request: Request, settings: SettingsDep) -> Iterator[Session]:

@@ -5,15 +5,18 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from prunesearch import __version__
+from prunesearch.search.backend import OptunaBackend, SearchBackend
 from prunesearch.service.api import errors
 from prunesearch.service.api.routes import datasets, exports, jobs, system
 from prunesearch.service.settings import Settings, get_settings
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """The API; it reads and writes the database only (workers do all model work)."""
+def create_app(settings: Settings | None = None, backend: SearchBackend | None = None) -> FastAPI:
+    """The API; it reads and writes the database only (workers do all model work). `backend`: how it reads and
+    deletes searches (default: the Optuna studies in the service's database; tests pass a fake)."""
     app = FastAPI(title="prunesearch", version=__version__, description="Hardware-aware pruning search jobs.")
     app.state.settings = settings or get_settings()
+    app.state.backend = backend or OptunaBackend(app.state.settings.db_url)
     for module in (jobs, exports, datasets, system):
         app.include_router(module.router)
     errors.install(app)

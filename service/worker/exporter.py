@@ -9,9 +9,9 @@ import shutil
 import tarfile
 from pathlib import Path
 
+from prunesearch.search.backend import SearchBackend
 from prunesearch.service import crud
 from prunesearch.service.db import session_scope
-from prunesearch.service.engine import search_engine
 from prunesearch.service.settings import Settings
 
 from .heartbeat import Heartbeat
@@ -19,7 +19,7 @@ from .heartbeat import Heartbeat
 log = logging.getLogger(__name__)
 
 
-def run_export(export_id: str, settings: Settings, *, attempt: int = 1) -> None:
+def run_export(export_id: str, settings: Settings, *, backend: SearchBackend, attempt: int = 1) -> None:
     """Write `<exports>/<id>-<attempt>/` and its `.tar`; record the outcome (an error message on failure).
 
     Each attempt writes its own files, and only the export's latest attempt may record them: a worker that lost
@@ -34,7 +34,7 @@ def run_export(export_id: str, settings: Settings, *, attempt: int = 1) -> None:
     try:
         with Heartbeat.for_export(url, export_id, attempt, settings.heartbeat_s):
             shutil.rmtree(out_dir, ignore_errors=True)
-            summary = search_engine().export_trial(url, study, trial, out_dir, dtype=dtype)
+            summary = backend.export_trial(study, trial, out_dir, dtype=dtype)
             size, digest = write_archive(out_dir, archive)
         fields = dict(status="succeeded", path=str(archive), size=size, sha256=digest, summary=_jsonable(summary))
     except Exception as exc:

@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 
+from prunesearch.search.backend import OptunaBackend, SearchBackend
 from prunesearch.service.settings import Settings
 
 from .claims import claim_export, claim_job
@@ -18,10 +19,20 @@ log = logging.getLogger(__name__)
 
 
 class Worker:
-    """Claims and runs work until stopped, `max_idle_s` passes without work, or after `max_jobs` jobs."""
+    """Claims and runs work until stopped, `max_idle_s` passes without work, or after `max_jobs` jobs.
 
-    def __init__(self, settings: Settings, *, max_idle_s: float | None = None, max_jobs: int | None = None) -> None:
+    `backend`: runs the searches and exports (default: Optuna studies in the service's database)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        max_idle_s: float | None = None,
+        max_jobs: int | None = None,
+        backend: SearchBackend | None = None,
+    ) -> None:
         self.settings = settings
+        self.backend = backend or OptunaBackend(settings.db_url)
         self.max_idle_s, self.max_jobs = max_idle_s, max_jobs
         self.stopping = threading.Event()
 
@@ -51,7 +62,14 @@ class Worker:
             claim = claim_job(self.settings.db_url, lease_s=self.settings.lease_s)
             if claim is not None:
                 log.info("claimed job %s", claim.job_id)
-                run_job(claim.job_id, self.settings, self.stopping, self.run_one_export, recover=claim.alone)
+                run_job(
+                    claim.job_id,
+                    self.settings,
+                    self.stopping,
+                    self.run_one_export,
+                    backend=self.backend,
+                    recover=claim.alone,
+                )
                 jobs, idle_since = jobs + 1, time.monotonic()
                 if self.max_jobs is not None and jobs >= self.max_jobs:
                     break
@@ -67,5 +85,5 @@ class Worker:
         if claim is None:
             return False
         log.info("exporting %s (attempt %d)", claim.export_id, claim.attempt)
-        run_export(claim.export_id, self.settings, attempt=claim.attempt)
+        run_export(claim.export_id, self.settings, backend=self.backend, attempt=claim.attempt)
         return True

@@ -1,4 +1,4 @@
-"""Run one job's share of trials: the search engine with the job's quota, cancel check and progress hooks."""
+"""Run one job's share of trials: the search backend with the job's quota, cancel check and progress hooks."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import logging
 import threading
 from collections.abc import Callable
 
+from prunesearch.search.backend import SearchBackend, SearchCallbacks, SearchProgress
 from prunesearch.search.spec import SearchSpec
 from prunesearch.service import crud
 from prunesearch.service.db import session_scope
-from prunesearch.service.engine import search_engine
 from prunesearch.service.settings import Settings
 
 from .claims import claim_trial
@@ -25,6 +25,7 @@ def run_job(
     stopping: threading.Event,
     between_trials: Callable[[], None],
     *,
+    backend: SearchBackend,
     recover: bool = False,
 ) -> None:
     """Work on `job_id` until its trials are all claimed, it is cancelled, or this worker is stopping.
@@ -36,26 +37,22 @@ def run_job(
         job = crud.get_job(session, job_id=job_id)
         spec, study = SearchSpec.model_validate(job.spec), job.study_name
         shared = job.parallelism > 1  # TPE's constant liar only where workers can run trials side by side
-    engine = search_engine()
 
-    def on_trial(progress) -> None:
-        record(url, job_id, study, progress)
+    def on_trial(progress: SearchProgress) -> None:
+        record(url, job_id, progress)
         between_trials()
+
+    callbacks = SearchCallbacks(
+        claim=lambda: claim_trial(url, job_id),
+        should_stop=lambda: stopping.is_set() or _stopped(url, job_id),
+        on_trial=on_trial,
+    )
 
     error = None
     with Heartbeat.for_job(url, job_id, settings.heartbeat_s):
         try:
-            progress = engine.run_search(
-                spec,
-                storage=url,
-                study_name=study,
-                claim=lambda: claim_trial(url, job_id),
-                should_stop=lambda: stopping.is_set() or _stopped(url, job_id),
-                on_trial=on_trial,
-                shared=shared,
-                recover=recover,
-            )
-            record(url, job_id, study, progress)
+            progress = backend.run(spec, study, callbacks, shared=shared, recover=recover)
+            record(url, job_id, progress)
         except Exception as exc:
             log.exception("job %s failed", job_id)
             error = f"{type(exc).__name__}: {exc}"[:2000]
@@ -70,9 +67,9 @@ def _stopped(url: str, job_id: str) -> bool:
         return job is None or job.cancel_requested or job.status != "running"
 
 
-def record(url: str, job_id: str, study: str, progress) -> None:
-    """Store progress and a Pareto snapshot (plans and metrics as JSON)."""
-    front = json.loads(json.dumps(search_engine().pareto_front(url, study), default=str))
+def record(url: str, job_id: str, progress: SearchProgress) -> None:
+    """Store progress and a snapshot of the Pareto front the search computed (plans and metrics as JSON)."""
+    front = json.loads(json.dumps(list(progress.front), default=str))
     with session_scope(url, immediate=True) as session:
         crud.record_progress(
             session,

@@ -14,6 +14,7 @@ from prunesearch.pruning.export import export_checkpoint
 from prunesearch.pruning.modeling import load_pruned
 from prunesearch.pruning.plan import LayerPlan, PrunePlan
 from prunesearch.pruning.surgery import apply_plan
+from prunesearch.search.callbacks import SearchCallbacks
 from prunesearch.search.context import INFEASIBLE_QUALITY, SearchContext
 from prunesearch.search.engine import run_search
 from prunesearch.search.evaluator import CandidateEvaluator
@@ -144,7 +145,7 @@ def test_search_runs_exactly_n_trials_baselines_first(calibration, tmp_path, pru
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     spec = _spec(calibration)
     seen = []
-    progress = run_search(spec, storage=storage, study_name="s", on_trial=seen.append)
+    progress = run_search(spec, storage=storage, study_name="s", callbacks=SearchCallbacks(on_trial=seen.append))
     assert progress.trials_done == 14 and len(seen) == 14
     trials = list_trials(storage, "s", limit=100)
     assert len(trials) == 14

@@ -11,9 +11,8 @@ from starlette.concurrency import run_in_threadpool
 
 from prunesearch.service import crud
 from prunesearch.service.api.cache import TTLCache
-from prunesearch.service.api.deps import JobDep, LimitDep, OffsetDep, SessionDep, SettingsDep
+from prunesearch.service.api.deps import BackendDep, JobDep, LimitDep, OffsetDep, SessionDep, SettingsDep
 from prunesearch.service.db import session_scope
-from prunesearch.service.engine import delete_study, search_engine
 from prunesearch.service.jobs import submit_job
 from prunesearch.service.models import is_id
 from prunesearch.service.schemas import JobCreate, JobPublic, Page, ParetoPublic
@@ -64,13 +63,13 @@ def read_job(url: str, job_id: str) -> bytes | None:
 
 
 @router.get("/{job_id}/trials", response_model=Page[dict])
-def list_trials(job: JobDep, settings: SettingsDep, offset: OffsetDep = 0, limit: LimitDep = 50) -> Page[dict]:
+def list_trials(job: JobDep, backend: BackendDep, offset: OffsetDep = 0, limit: LimitDep = 50) -> Page[dict]:
     """Trials as the search engine stored them (state, plan, metrics, feasibility), by trial number."""
     items: list[dict] = []
     total = 0
     if job.started_at is not None:
         try:
-            items, total = search_engine().trial_page(settings.db_url, job.study_name, offset=offset, limit=limit)
+            items, total = backend.trial_page(job.study_name, offset=offset, limit=limit)
         except LookupError:  # the study is not created yet
             items, total = [], 0
     return Page[dict](items=items, total=total, offset=offset, limit=limit)
@@ -96,7 +95,7 @@ def cancel_job(job: JobDep, session: SessionDep) -> JobPublic:
 
 
 @router.delete("/{job_id}", status_code=204)
-def delete_job(job: JobDep, session: SessionDep, settings: SettingsDep) -> Response:
+def delete_job(job: JobDep, session: SessionDep, backend: BackendDep) -> Response:
     """Delete a finished job with its snapshots, exports (files too) and Optuna study."""
     if job.status in ("queued", "running"):
         raise HTTPException(409, f"job {job.id} is {job.status}; cancel it and wait until it stops")
@@ -105,7 +104,7 @@ def delete_job(job: JobDep, session: SessionDep, settings: SettingsDep) -> Respo
     crud.delete_job(session, job=job)
     JOB_VIEWS.invalidate(job.id)
     session.commit()  # release the write lock (SQLite) before Optuna opens its own connection
-    delete_study(settings.db_url, job.study_name)
+    backend.delete_study(job.study_name)
     return Response(status_code=204)
 
 

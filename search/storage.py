@@ -1,0 +1,43 @@
+"""One Optuna storage per database URL per process, and trial ids through Optuna's public storage API.
+
+A new `RDBStorage` builds a new SQLAlchemy engine (and checks the schema version); the API built one per request
+before. Sharing one is safe: the engine is thread-safe and `RDBStorage` keeps a session per thread. Each
+`optuna.load_study`/`create_study` still wraps it in its own per-study cache, as with a URL."""
+
+from __future__ import annotations
+
+import threading
+
+import optuna
+
+_STORAGES: dict[str, optuna.storages.RDBStorage] = {}
+_LOCK = threading.Lock()
+
+
+def rdb_storage(url: str) -> optuna.storages.RDBStorage:
+    """The process's storage for `url` (built on first use; the lock keeps two threads from building two)."""
+    with _LOCK:
+        storage = _STORAGES.get(url)
+        if storage is None:
+            storage = _STORAGES[url] = optuna.storages.RDBStorage(url)
+        return storage
+
+
+def resolve(storage: str | optuna.storages.BaseStorage) -> optuna.storages.BaseStorage:
+    """A URL becomes the process's shared storage for it; a storage object is used as it is."""
+    return rdb_storage(storage) if isinstance(storage, str) else storage
+
+
+def forget_storages() -> None:
+    """Drop the cached storages and close their connections (tests, and processes that are done with them)."""
+    with _LOCK:
+        storages = list(_STORAGES.values())
+        _STORAGES.clear()
+    for storage in storages:
+        storage.engine.dispose()
+
+
+def trial_id(storage: optuna.storages.BaseStorage, study_name: str, number: int) -> int:
+    """The storage's id of trial `number` of `study_name`, which `optuna.Trial` needs to reopen the trial."""
+    study_id = storage.get_study_id_from_name(study_name)
+    return storage.get_trial_id_from_study_id_trial_number(study_id, number)
