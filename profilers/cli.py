@@ -8,11 +8,12 @@ import random
 from pathlib import Path
 from typing import Any
 
+from prunesearch.choices import DType, values
 from prunesearch.cli import CLIError, print_json
 from prunesearch.pruning.architectures import model_shape
 from prunesearch.pruning.plan import PrunePlan
 
-from .hardware import BUILTIN_PROFILES, DTYPE_BYTES
+from .hardware import BUILTIN_PROFILES
 from .latency import Workload
 from .registry import LOCAL_NAMES, default_dtype, latency_model_for
 
@@ -25,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     latency.add_argument("--plan", help="prune plan JSON (default: the dense model)")
     latency.add_argument("--hardware", required=True, help=f"{names}, or a profile .json")
     _workload_arguments(latency, prompt=512, generate=128)
-    latency.add_argument("--dtype", choices=sorted(DTYPE_BYTES), help="default: bf16 (fp32 for local on CPU)")
+    latency.add_argument("--dtype", choices=values(DType), help="default: bf16 (fp32 for local on CPU)")
     latency.set_defaults(handler=_latency)
     calib = subparsers.add_parser("latency-calibrate", help="fit the latency model to this device")
     calib.add_argument("--model", required=True, help="model directory whose shape is measured (config.json)")
@@ -87,7 +88,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         raise CLIError("--plans must be at least 3 (four parameters are fitted over prefill and decode)")
     rng = random.Random(args.seed)
     plans = [PrunePlan.dense(shape)] + [random_plan(shape, rng) for _ in range(args.plans - 1)]
-    workload = Workload(args.batch, args.prompt, args.generate, "fp32")
+    workload = Workload(args.batch, args.prompt, args.generate, DType.FP32)
     models = [build_model(config, plan, workload.dtype, "cpu") for plan in plans]
     stats = measure_interleaved(models, workload)  # rounds spread other processes' load over all plans
     measurements = [

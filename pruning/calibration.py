@@ -17,7 +17,9 @@ from typing import Any
 
 import torch
 
-SUPPORTED_EXTENSIONS = (".txt", ".jsonl")
+from prunesearch.choices import TextFormat, values
+
+SUPPORTED_EXTENSIONS = tuple(values(TextFormat))
 _BLANK_LINES = re.compile(r"\n\s*\n")
 
 
@@ -49,7 +51,7 @@ def load_calibration(path: str | Path, tokenizer: Any = None) -> list[Calibratio
     if not path.is_file():
         raise CalibrationError(f"{path}: calibration file not found")
     content = path.read_text(encoding="utf-8")
-    docs = _parse_txt(content) if suffix == ".txt" else _parse_jsonl(content, path, tokenizer)
+    docs = _parse_txt(content) if suffix == TextFormat.TXT else _parse_jsonl(content, path, tokenizer)
     if not docs:
         raise CalibrationError(f"{path}: calibration file holds no documents")
     return docs

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import transformers
 
+from prunesearch.choices import CriterionName, DType, values
 from prunesearch.cli import CLIError, print_json
 
-from .export import DTYPES
-from .importance import CRITERIA
 from .pipeline import CalibrationSettings, describe_config, prune_checkpoint
 from .plan import PrunePlan
 
@@ -21,8 +20,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prune.add_argument("--plan", required=True, type=Path, help="plan JSON file (see docs/plan-format.md)")
     prune.add_argument("--out", required=True, type=Path, help="output checkpoint directory")
     prune.add_argument("--calibration", type=Path, help=".txt, .jsonl (text) or chat .jsonl (messages)")
-    prune.add_argument("--criterion", choices=CRITERIA, help="default: flap with calibration, else magnitude")
-    prune.add_argument("--dtype", choices=list(DTYPES), default="fp32")
+    prune.add_argument(
+        "--criterion", choices=values(CriterionName), help="default: flap with calibration, else magnitude"
+    )
+    prune.add_argument("--dtype", choices=values(DType), default=DType.FP32.value)
     prune.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     prune.add_argument("--calibration-tokens", type=int, default=65_536)
     prune.add_argument("--seq-len", type=int, default=256)

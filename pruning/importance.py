@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from prunesearch.choices import CriterionName, values
+
 from .architectures import ArchitectureSpec, get_spec
 from .modules import attention_parts, layer_modules, mlp_parts
 from .stats import ActivationStats
 
-CRITERIA = ("flap", "wanda", "magnitude")
+CRITERIA = tuple(values(CriterionName))
 
 
 @dataclass

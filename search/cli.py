@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from prunesearch.choices import DType, Sampler, values
 from prunesearch.cli import CLIError, print_json
 
 from .plot import plot_front
@@ -20,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     search.add_argument("--model", required=True, help="base checkpoint directory")
     search.add_argument("--calibration", required=True, help="calibration file (.txt, .jsonl)")
     search.add_argument("--trials", type=int, default=100)
-    search.add_argument("--sampler", choices=["tpe", "nsga2", "random"], default="tpe")
+    search.add_argument("--sampler", choices=values(Sampler), default=Sampler.TPE.value)
     search.add_argument("--hardware", default="h100-sxm", help="a hardware profile name, local, or a JSON file")
     search.add_argument("--latency-budget", type=float, help="at most this fraction of dense latency (0-1]")
     search.add_argument("--objective", choices=["kl", "ppl"], default="kl")
@@ -47,7 +48,7 @@ def add_local_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--study", help="local: the study name")
     parser.add_argument("--trial", required=True, type=int)
     parser.add_argument("--out", type=Path, help="local: the checkpoint directory to write")
-    parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
+    parser.add_argument("--dtype", choices=values(DType), default=DType.FP32.value)
 
 
 def _spec_from_args(args: argparse.Namespace) -> SearchSpec:

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from prunesearch.choices import CriterionName, DType, Sampler
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -64,13 +66,13 @@ class Workload(_Strict):
     batch: int = Field(1, ge=1, le=4096)
     prompt_tokens: int = Field(512, ge=1, le=1_048_576)
     generate_tokens: int = Field(128, ge=0, le=1_048_576)
-    dtype: Literal["fp32", "bf16", "fp16"] = "bf16"
+    dtype: DType = DType.BF16
 
 
 class Calibration(_Strict):
     tokens: int = Field(16_384, ge=64, le=10_000_000)
     seq_len: int = Field(256, ge=8, le=32_768)
-    criterion: Literal["flap", "wanda", "magnitude"] = "flap"
+    criterion: CriterionName = CriterionName.FLAP
 
 
 class SearchSpec(_Strict):
@@ -84,7 +86,7 @@ class SearchSpec(_Strict):
     hardware: str = "h100-sxm"
     workload: Workload = Workload()
     calibration_settings: Calibration = Calibration()
-    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
+    sampler: Sampler = Sampler.TPE
     n_trials: int = Field(100, ge=1, le=100_000)
     timeout_s: float | None = Field(None, gt=0)
     seed: int = 0

@@ -7,12 +7,12 @@ import json
 import time
 from pathlib import Path
 
+from prunesearch.choices import FINAL_JOB_STATUSES, ExportStatus, JobStatus
 from prunesearch.cli import CLIError, print_json
 from prunesearch.search.cli import add_local_export_arguments, export_local
 
 from .client import Client, ServiceError, default_server
 
-FINAL = ("succeeded", "failed", "cancelled")
 TABLE_METRICS = ("kl", "ppl", "latency_ms", "latency_fraction", "params", "memory_bytes", "vocab_coverage")
 
 
@@ -67,7 +67,7 @@ def _status(client: Client, args: argparse.Namespace) -> int:
     if args.watch:
         job = watch(client, job, args.interval)
     print_json({k: v for k, v in job.items() if k != "spec"})
-    return 1 if job["status"] == "failed" else 0
+    return 1 if job["status"] == JobStatus.FAILED else 0
 
 
 def watch(client: Client, job: dict, interval: float) -> dict:
@@ -78,7 +78,7 @@ def watch(client: Client, job: dict, interval: float) -> dict:
         while True:
             bar.update(job["trials_done"] - bar.n)
             bar.set_postfix(status=job["status"], front=job["front_size"], hv=f"{job['hypervolume'] or 0:.4g}")
-            if job["status"] in FINAL:
+            if job["status"] in FINAL_JOB_STATUSES:
                 return job
             time.sleep(interval)
             job = client.job(job["id"])
@@ -112,7 +112,7 @@ def _fmt(value) -> str:
 
 def _export(client: Client, args: argparse.Namespace) -> None:
     export = client.export(args.job_id, args.trial, args.dtype)
-    while args.wait and export["status"] in ("queued", "running"):
+    while args.wait and export["status"] in (ExportStatus.QUEUED, ExportStatus.RUNNING):
         time.sleep(1.0)
         export = client.export_status(export["id"])
     print_json(export)
