@@ -8,10 +8,17 @@ from pathlib import Path
 import transformers
 
 from prunesearch.choices import CriterionName, DType, values
-from prunesearch.cli import CLIError, print_json
+from prunesearch.cliutil import CLIError, print_json, read_text, user_errors
 
+from .architectures import UnsupportedArchitectureError
+from .calibration import CalibrationError
+from .export import check_device
 from .pipeline import CalibrationSettings, describe_config, prune_checkpoint
-from .plan import PrunePlan
+from .plan import PlanError, PrunePlan
+from .vocab import VocabTrimError
+
+# The domain errors that mean "the input is wrong": the plan, the calibration file, the architecture.
+INPUT_ERRORS = (PlanError, CalibrationError, UnsupportedArchitectureError, VocabTrimError)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,21 +34,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prune.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     prune.add_argument("--calibration-tokens", type=int, default=65_536)
     prune.add_argument("--seq-len", type=int, default=256)
-    prune.set_defaults(handler=_prune)
+    prune.set_defaults(handler=user_errors(*INPUT_ERRORS)(_prune))
 
     inspect = subparsers.add_parser("inspect", help="print a checkpoint's architecture and its dense plan")
     inspect.add_argument("--model", required=True, type=Path)
-    inspect.set_defaults(handler=_inspect)
-
-
-def _read_plan(path: Path) -> PrunePlan:
-    if not path.is_file():
-        raise CLIError(f"plan file {path} does not exist")
-    return PrunePlan.from_json(path.read_text())
+    inspect.set_defaults(handler=user_errors(*INPUT_ERRORS)(_inspect))
 
 
 def _prune(args: argparse.Namespace) -> int:
-    plan = _read_plan(args.plan)
+    plan = PrunePlan.from_json(read_text(args.plan, "plan file"))
+    _check_model_dir(args.model)
+    try:
+        check_device(args.device)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
     settings = CalibrationSettings(path=args.calibration, seq_len=args.seq_len, max_tokens=args.calibration_tokens)
     summary = prune_checkpoint(
         args.model,
@@ -57,8 +63,12 @@ def _prune(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    if not (args.model / "config.json").is_file():
-        raise CLIError(f"{args.model} is not a model directory (no config.json)")
+    _check_model_dir(args.model)
     config = transformers.AutoConfig.from_pretrained(args.model, local_files_only=True)
     print_json(describe_config(config))
     return 0
+
+
+def _check_model_dir(model: Path) -> None:
+    if not (model / "config.json").is_file():
+        raise CLIError(f"{model} is not a model directory (no config.json)")

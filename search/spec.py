@@ -6,7 +6,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from prunesearch.choices import CriterionName, DType, Sampler
+from prunesearch.choices import CriterionName, Sampler
+from prunesearch.profilers.latency import Workload
+
+__all__ = ["SearchSpec", "Workload"]
 
 
 class _Strict(BaseModel):
@@ -60,13 +63,6 @@ class Constraints(_Strict):
         if self.latency_budget_fraction is not None and self.latency_budget_ms is not None:
             raise ValueError("give latency_budget_fraction or latency_budget_ms, not both")
         return self
-
-
-class Workload(_Strict):
-    batch: int = Field(1, ge=1, le=4096)
-    prompt_tokens: int = Field(512, ge=1, le=1_048_576)
-    generate_tokens: int = Field(128, ge=0, le=1_048_576)
-    dtype: DType = DType.BF16
 
 
 class Calibration(_Strict):

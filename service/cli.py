@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 from prunesearch import migrations
-from prunesearch.cli import CLIError
+from prunesearch.cliutil import CLIError
 
 from . import client_cli, demo
 from .engine import search_engine

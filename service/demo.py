@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from prunesearch.choices import DType, ExportStatus, JobStatus
-from prunesearch.cli import CLIError
+from prunesearch.cliutil import CLIError
 
 from .client import Client, ServiceError
 from .client_cli import format_front, watch
