@@ -1,5 +1,5 @@
-"""CLI seams: user errors exit 2 with one line, bugs keep their traceback and exit 1, and the sub-CLIs and
-`prunesearch.cli` import each other only one way."""
+"""CLI seams: user errors exit 2 with one line, bugs keep their traceback and exit 1, and the sub-CLIs,
+`prunesearch.cli` and the migrations import each other only one way."""
 
 from __future__ import annotations
 
@@ -109,6 +109,11 @@ def test_sub_clis_do_not_import_the_top_level_cli(path):
 
 def test_cliutil_is_a_leaf():
     assert not {name for name in _imports(ROOT / "prunesearch/cliutil.py") if name.startswith("prunesearch")}
+
+
+@pytest.mark.parametrize("path", sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "migrations").rglob("*.py")))
+def test_migrations_import_nothing_from_the_service(path):
+    assert not {name for name in _imports(ROOT / path) if name.startswith("prunesearch.service")}
 
 
 def test_export_has_both_forms_in_one_parser():
