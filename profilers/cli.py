@@ -13,13 +13,13 @@ from prunesearch.cliutil import CLIError, print_json, read_model_config, read_te
 from prunesearch.pruning.architectures import UnsupportedArchitectureError, model_shape
 from prunesearch.pruning.plan import PlanError, PrunePlan
 
-from .calibrate import CalibrationMissingError
+from .calibrate import LatencyFitMissingError
 from .hardware import BUILTIN_PROFILES, HardwareError
 from .latency import Workload
 from .registry import LOCAL_NAMES, default_dtype, latency_model_for
 
 # The domain errors that mean "the input is wrong": the plan, the hardware name or file, the architecture.
-INPUT_ERRORS = (PlanError, HardwareError, CalibrationMissingError, UnsupportedArchitectureError)
+INPUT_ERRORS = (PlanError, HardwareError, LatencyFitMissingError, UnsupportedArchitectureError)
 WORKLOAD_FLAGS = {"batch": "--batch", "prompt_tokens": "--prompt", "generate_tokens": "--generate", "dtype": "--dtype"}
 
 
@@ -75,7 +75,7 @@ def _latency(args: argparse.Namespace) -> int:
 def _calibrate(args: argparse.Namespace) -> int:
     import torch
 
-    from .calibrate import Measurement, calibrate, random_plan, save_calibration
+    from .calibrate import Measurement, fit_latency, random_plan, save_latency_fit
     from .device import cpu_facts, device_key
     from .local import local_profile
     from .measured import build_model, measure_interleaved
@@ -94,6 +94,6 @@ def _calibrate(args: argparse.Namespace) -> int:
         for plan, (prefill, decode) in zip(plans, stats, strict=True)
     ]
     facts = cpu_facts(torch.get_num_threads())
-    calibration = calibrate(measurements, local_profile(), device_key(facts), facts)
-    print_json({"saved": str(save_calibration(calibration))} | calibration.to_dict())
+    fit = fit_latency(measurements, local_profile(), device_key(facts), facts)
+    print_json({"saved": str(save_latency_fit(fit))} | fit.to_dict())
     return 0

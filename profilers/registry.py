@@ -32,10 +32,10 @@ def latency_model_for(hardware: str) -> LatencyModel:
     if hardware == "local-calibrated":
         import torch
 
-        from .calibrate import CalibratedLatencyModel, load_calibration
+        from .calibrate import CalibratedLatencyModel, load_latency_fit
         from .device import cpu_facts, device_key
 
-        return CalibratedLatencyModel(load_calibration(device_key(cpu_facts(torch.get_num_threads()))))
+        return CalibratedLatencyModel(load_latency_fit(device_key(cpu_facts(torch.get_num_threads()))))
     if hardware == "measured":
         import torch
 

@@ -1,5 +1,8 @@
 """Calibration files: loading documents, fingerprinting them, and cutting them into token blocks.
 
+This is calibration *text*, the documents importance statistics and the proxy read (the service stores uploads of
+it as datasets). The latency model's calibration is another thing: `profilers.calibrate.LatencyFit`.
+
 Two formats: `.txt` (documents separated by blank lines) and `.jsonl` (one object per line with either
 `"text"` or chat `"messages"`). For chat, the model reads the whole rendered conversation, while vocabulary
 coverage counts only what the assistant says (`CalibrationDoc.coverage_text`).

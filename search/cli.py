@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from prunesearch.choices import Sampler, values
 from prunesearch.cliutil import CLIError, one_line, print_json, read_json, user_errors, validation_message
-from prunesearch.profilers.calibrate import CalibrationMissingError
+from prunesearch.profilers.calibrate import LatencyFitMissingError
 from prunesearch.profilers.hardware import HardwareError
 from prunesearch.pruning.architectures import UnsupportedArchitectureError
 from prunesearch.pruning.calibration import CalibrationError
@@ -21,7 +21,7 @@ from .results import export_trial, hypervolume_history, load_study, pareto_front
 from .spec import SearchSpec
 
 # The domain errors that mean "the input is wrong": the calibration file, the hardware, the model's architecture.
-INPUT_ERRORS = (CalibrationError, HardwareError, CalibrationMissingError, UnsupportedArchitectureError)
+INPUT_ERRORS = (CalibrationError, HardwareError, LatencyFitMissingError, UnsupportedArchitectureError)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

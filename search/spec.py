@@ -65,7 +65,11 @@ class Constraints(_Strict):
         return self
 
 
-class Calibration(_Strict):
+class CalibrationSampling(_Strict):
+    """How the calibration text is sampled for importance statistics and the proxy, and the importance criterion.
+    (Not the latency calibration: that is `profilers.calibrate.LatencyFit`.) Its JSON field is
+    `calibration_settings`."""
+
     tokens: int = Field(16_384, ge=64, le=10_000_000)
     seq_len: int = Field(256, ge=8, le=32_768)
     criterion: CriterionName = CriterionName.FLAP
@@ -81,7 +85,7 @@ class SearchSpec(_Strict):
     constraints: Constraints = Constraints()
     hardware: str = "h100-sxm"
     workload: Workload = Workload()
-    calibration_settings: Calibration = Calibration()
+    calibration_settings: CalibrationSampling = CalibrationSampling()
     sampler: Sampler = Sampler.TPE
     n_trials: int = Field(100, ge=1, le=100_000)
     timeout_s: float | None = Field(None, gt=0)

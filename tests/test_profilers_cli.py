@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from prunesearch.cli import main
-from prunesearch.profilers.calibrate import Calibration, save_calibration
+from prunesearch.profilers.calibrate import LatencyFit, save_latency_fit
 from prunesearch.profilers.device import cpu_facts, device_key
 from prunesearch.profilers.hardware import BUILTIN_PROFILES
 
@@ -71,7 +71,7 @@ def test_local_calibrated_and_measured_on_cpu(capsys, tiny_dir, tmp_path, monkey
     code, _, err = run(capsys, *args, "--hardware", "local-calibrated")
     assert code == 2 and "latency-calibrate" in err
     key = device_key(cpu_facts(__import__("torch").get_num_threads()))
-    save_calibration(Calibration(key, BUILTIN_PROFILES["l4"]))
+    save_latency_fit(LatencyFit(key, BUILTIN_PROFILES["l4"]))
     code, result, _ = run(capsys, *args, "--hardware", "local-calibrated")
     assert code == 0 and result["method"].startswith("calibrated") and result["workload"]["dtype"] == "fp32"
     code, result, _ = run(capsys, *args, "--hardware", "measured")
