@@ -74,6 +74,17 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
         raise CLIError(f"{what} {path} is not valid JSON: {exc}") from exc
 
 
+def output_dir(path: str | Path, flag: str = "--out") -> Path:
+    """An output directory the user named, created if needed; a `CLIError` when a file is in the way or it
+    cannot be made (checked before any slow work starts)."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CLIError(f"{flag} {path} cannot be used as a directory: {exc.strerror or exc}") from exc
+    return path
+
+
 def read_model_config(model_dir: str | Path) -> dict[str, Any]:
     """`config.json` of a model directory the user named, as a dict."""
     path = Path(model_dir) / "config.json"

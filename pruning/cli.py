@@ -8,7 +8,7 @@ from pathlib import Path
 import transformers
 
 from prunesearch.choices import CriterionName, DType, values
-from prunesearch.cliutil import CLIError, print_json, read_text, user_errors
+from prunesearch.cliutil import CLIError, output_dir, print_json, read_text, user_errors
 
 from .architectures import UnsupportedArchitectureError
 from .calibration import CalibrationError
@@ -48,6 +48,7 @@ def _prune(args: argparse.Namespace) -> int:
         check_device(args.device)
     except ValueError as exc:
         raise CLIError(str(exc)) from exc
+    output_dir(args.out)
     settings = CalibrationSettings(path=args.calibration, seq_len=args.seq_len, max_tokens=args.calibration_tokens)
     summary = prune_checkpoint(
         args.model,

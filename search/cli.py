@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from prunesearch.choices import Sampler, values
-from prunesearch.cliutil import CLIError, one_line, print_json, read_json, user_errors, validation_message
+from prunesearch.cliutil import CLIError, one_line, output_dir, print_json, read_json, user_errors, validation_message
 from prunesearch.profilers.calibrate import LatencyFitMissingError
 from prunesearch.profilers.hardware import HardwareError
 from prunesearch.pruning.architectures import UnsupportedArchitectureError
@@ -78,7 +78,7 @@ def _search(args: argparse.Namespace) -> int:
     spec = _spec_from_args(args)
     if not (Path(spec.model) / "config.json").is_file():
         raise CLIError(f"{spec.model} is not a model directory (no config.json)")
-    args.out.mkdir(parents=True, exist_ok=True)
+    output_dir(args.out)
     storage = args.storage or f"sqlite:///{(args.out / 'study.db').resolve()}"
     study_name = args.study or args.out.resolve().name
     progress = run_search(spec, storage=storage, study_name=study_name, progress_bar=True, shared=args.shared)

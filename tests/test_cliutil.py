@@ -122,3 +122,13 @@ def test_export_has_both_forms_in_one_parser():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     flags = {opt for action in sub.choices["export"]._actions for opt in action.option_strings}
     assert {"--trial", "--dtype", "--server", "--wait", "--storage", "--study", "--out"} <= flags
+
+
+def test_output_dir_is_made_or_refused_in_one_line(tmp_path):
+    from prunesearch.cliutil import output_dir
+
+    assert output_dir(tmp_path / "a" / "b").is_dir()
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(CLIError, match=r"--out .*file cannot be used as a directory"):
+        output_dir(blocker)
