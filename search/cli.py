@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import typing
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -18,10 +19,11 @@ from prunesearch.pruning.plan import PlanError
 
 from .plot import plot_front
 from .results import export_trial, hypervolume_history, load_study, pareto_front
-from .spec import SearchSpec
+from .spec import Objectives, SearchSpec
 
 # The domain errors that mean "the input is wrong": the calibration file, the hardware, the model's architecture.
 INPUT_ERRORS = (CalibrationError, HardwareError, LatencyFitMissingError, UnsupportedArchitectureError)
+QUALITY_OBJECTIVES = list(typing.get_args(Objectives.model_fields["quality"].annotation))  # the spec's one list
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     search.add_argument("--sampler", choices=values(Sampler), default=Sampler.TPE.value)
     search.add_argument("--hardware", default="h100-sxm", help="a hardware profile name, local, or a JSON file")
     search.add_argument("--latency-budget", type=float, help="at most this fraction of dense latency (0-1]")
-    search.add_argument("--objective", choices=["kl", "ppl"], default="kl")
+    search.add_argument("--objective", choices=QUALITY_OBJECTIVES, default=Objectives().quality)
     search.add_argument("--storage", help="Optuna storage URL (default: sqlite:///OUT/study.db)")
     search.add_argument("--study", help="study name (default: derived from the output folder)")
     search.add_argument(
