@@ -27,9 +27,9 @@ from prunesearch.profilers.calibrate import (
     CalibratedLatencyModel,
     Measurement,
     accuracy,
-    calibrate,
+    fit_latency,
     random_plan,
-    save_calibration,
+    save_latency_fit,
 )
 from prunesearch.profilers.device import cpu_facts, device_key
 from prunesearch.profilers.latency import Workload
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     facts = cpu_facts(torch.get_num_threads())
     print(f"local profile: {base}\ncalibration: {len(fit_plans)} plans")
     fitted = measure(config, fit_plans, WORKLOAD)
-    calibration = calibrate(fitted, base, device_key(facts), facts)
+    calibration = fit_latency(fitted, base, device_key(facts), facts)
     print(f"calibrated: {calibration.profile}\nheld-out: {len(test_plans)} plans")
     held_out = measure(config, test_plans, WORKLOAD)
     calibrated = accuracy(CalibratedLatencyModel(calibration), held_out)
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         "uncalibrated roofline (local probes)": accuracy(RooflineModel(base, dynamic_cache=True), held_out),
     }
     calibration = replace(calibration, metrics=calibration.metrics | {"holdout": calibrated})
-    path = save_calibration(calibration)
+    path = save_latency_fit(calibration)
     elapsed = time.time() - started
     print(table(rows), f"\ncalibration saved to {path}; {elapsed:.0f} s")
     if not args.no_doc:

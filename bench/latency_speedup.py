@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from latency_accuracy import MODEL, machine, update_doc
 
-from prunesearch.profilers.calibrate import CalibratedLatencyModel, load_calibration
+from prunesearch.profilers.calibrate import CalibratedLatencyModel, load_latency_fit
 from prunesearch.profilers.device import cpu_facts, device_key
 from prunesearch.profilers.latency import Workload
 from prunesearch.profilers.measured import measure_interleaved
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.time()
-    calibration = load_calibration(device_key(cpu_facts(torch.get_num_threads())))
+    calibration = load_latency_fit(device_key(cpu_facts(torch.get_num_threads())))
     predictor = CalibratedLatencyModel(calibration)
     config = json.loads((MODEL / "config.json").read_text())
     base, tokenizer = load_base_model(MODEL)

@@ -1,7 +1,9 @@
 """Alembic migrations for the service's tables, configured in code so they run from an installed package.
 
 They keep their own version table (`prunesearch_alembic_version`): Optuna stamps the default `alembic_version`
-in the same database.
+in the same database. They import nothing from the service: the service passes its tables' `MetaData` in
+(`target_metadata`, for autogenerate and comparisons) and creates a SQLite file's directory itself
+(`service.db.upgrade_schema`).
 """
 
 from __future__ import annotations
@@ -10,26 +12,25 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy import MetaData
 
 VERSION_TABLE = "prunesearch_alembic_version"
 HERE = Path(__file__).resolve().parent
 
 
-def alembic_config(database_url: str) -> Config:
-    """An Alembic config pointing at this package's scripts and `database_url`."""
+def alembic_config(database_url: str, target_metadata: MetaData | None = None) -> Config:
+    """An Alembic config pointing at this package's scripts and `database_url`; `env.py` reads both attributes."""
     config = Config()
     config.set_main_option("script_location", str(HERE))
     config.set_main_option("path_separator", "os")
     config.attributes["database_url"] = database_url
+    config.attributes["target_metadata"] = target_metadata
     return config
 
 
-def upgrade(database_url: str, revision: str = "head") -> None:
-    """Apply migrations up to `revision`."""
-    from prunesearch.service.db import make_sqlite_dir
-
-    make_sqlite_dir(database_url)
-    command.upgrade(alembic_config(database_url), revision)
+def upgrade(database_url: str, revision: str = "head", *, target_metadata: MetaData | None = None) -> None:
+    """Apply migrations up to `revision` (a SQLite file's directory must exist)."""
+    command.upgrade(alembic_config(database_url, target_metadata), revision)
 
 
 def downgrade(database_url: str, revision: str = "base") -> None:

@@ -1,4 +1,7 @@
-"""Alembic environment: online migrations only, against the URL given in the config's attributes."""
+"""Alembic environment: online migrations only, against the URL given in the config's attributes.
+
+The caller (the service) passes its tables' metadata as `config.attributes["target_metadata"]`, so the migrations
+import nothing from the service."""
 
 from __future__ import annotations
 
@@ -6,16 +9,16 @@ from alembic import context
 from sqlalchemy import create_engine, pool
 
 from prunesearch.migrations import VERSION_TABLE
-from prunesearch.service.models import Base
 
 
 def run_migrations_online() -> None:
     url = context.config.attributes["database_url"]
+    target_metadata = context.config.attributes.get("target_metadata")
     engine = create_engine(url, poolclass=pool.NullPool)
     with engine.connect() as connection:
         context.configure(
             connection=connection,
-            target_metadata=Base.metadata,
+            target_metadata=target_metadata,
             version_table=VERSION_TABLE,
             render_as_batch=connection.dialect.name == "sqlite",
         )

@@ -1,4 +1,9 @@
-"""Calibration: fit the roofline to this device from a handful of measurements, persist it, evaluate it.
+"""Latency calibration: fit the roofline to this device from a handful of measurements, persist it, evaluate it.
+
+"Calibration" names three things in prunesearch; here it is always the latency one, and its identifiers say so
+(`LatencyFit`, `fit_latency`, `load_latency_fit`). Calibration *text* (documents for importance statistics and
+the proxy) is `pruning.calibration`; how a search samples that text is the spec's `CalibrationSampling`. The
+command-line names (`latency-calibrate`, `--hardware local-calibrated`) are a public contract and stay.
 
 Calibrations live in `$PRUNESEARCH_HOME/calibration/<device-key>.json` (default `~/.cache/prunesearch`).
 The calibrated model prices transformers' copying DynamicCache, because that is what it was measured on.
@@ -25,8 +30,8 @@ from .latency import LatencyEstimate, LatencyModel, Workload
 from .ops import model_dims
 
 
-class CalibrationMissingError(FileNotFoundError):
-    """No calibration has been saved for this device."""
+class LatencyFitMissingError(FileNotFoundError):
+    """No latency fit has been saved for this device."""
 
 
 @dataclass(frozen=True)
@@ -41,7 +46,7 @@ class Measurement:
 
 
 @dataclass(frozen=True)
-class Calibration:
+class LatencyFit:
     """A fitted profile for one device, with how well it fits (`metrics`) and the device's facts."""
 
     device_key: str
@@ -53,33 +58,33 @@ class Calibration:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Calibration:
+    def from_dict(cls, data: dict[str, Any]) -> LatencyFit:
         return cls(data["device_key"], HardwareProfile.from_dict(data["profile"]), data["device"], data["metrics"])
 
 
-def calibration_path(device_key: str) -> Path:
+def latency_fit_path(device_key: str) -> Path:
     return data_dir() / "calibration" / f"{device_key}.json"
 
 
-def save_calibration(calibration: Calibration) -> Path:
-    """Write the calibration atomically; returns its path."""
-    path = calibration_path(calibration.device_key)
+def save_latency_fit(fit: LatencyFit) -> Path:
+    """Write the latency fit atomically; returns its path."""
+    path = latency_fit_path(fit.device_key)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(calibration.to_dict(), indent=2))
+    tmp.write_text(json.dumps(fit.to_dict(), indent=2))
     tmp.replace(path)
     return path
 
 
-def load_calibration(device_key: str) -> Calibration:
-    """The saved calibration of `device_key`, or an error that says how to make one."""
-    path = calibration_path(device_key)
+def load_latency_fit(device_key: str) -> LatencyFit:
+    """The saved latency fit of `device_key`, or an error that says how to make one."""
+    path = latency_fit_path(device_key)
     if not path.is_file():
-        raise CalibrationMissingError(
+        raise LatencyFitMissingError(
             f"no latency calibration for device {device_key!r} at {path}; "
             "run `prunesearch latency-calibrate --model DIR` first"
         )
-    return Calibration.from_dict(json.loads(path.read_text()))
+    return LatencyFit.from_dict(json.loads(path.read_text()))
 
 
 def random_plan(shape: ModelShape, rng: random.Random) -> PrunePlan:
@@ -132,20 +137,20 @@ def accuracy(model: LatencyModel, measurements: Sequence[Measurement]) -> dict[s
     return result
 
 
-def calibrate(
+def fit_latency(
     measurements: Sequence[Measurement],
     base: HardwareProfile,
     device_key: str,
     device: dict[str, Any] | None = None,
     holdout: Sequence[Measurement] = (),
-) -> Calibration:
+) -> LatencyFit:
     """Fit on `measurements`; report fit accuracy, and held-out accuracy when `holdout` is given."""
-    calibration = Calibration(device_key, fit_profile(measurements, base), device or {})
-    model = CalibratedLatencyModel(calibration)
+    fit = LatencyFit(device_key, fit_profile(measurements, base), device or {})
+    model = CalibratedLatencyModel(fit)
     metrics = {"fit": accuracy(model, measurements), "fit_samples": len(measurements)}
     if holdout:
         metrics |= {"holdout": accuracy(model, holdout), "holdout_samples": len(holdout)}
-    return dataclasses.replace(calibration, metrics=_finite(metrics))
+    return dataclasses.replace(fit, metrics=_finite(metrics))
 
 
 def _finite(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -161,9 +166,9 @@ def _finite(metrics: dict[str, Any]) -> dict[str, Any]:
 class CalibratedLatencyModel:
     """`LatencyModel`: the roofline with this device's fitted profile, pricing a copying KV cache."""
 
-    calibration: Calibration
+    fit: LatencyFit
 
     def estimate(self, config: Any, plan: PrunePlan | None, workload: Workload) -> LatencyEstimate:
         """Calibrated prediction for `config` pruned by `plan` on the calibrated device."""
-        model = RooflineModel(self.calibration.profile, dynamic_cache=True, method="calibrated")
+        model = RooflineModel(self.fit.profile, dynamic_cache=True, method="calibrated")
         return model.estimate(config, plan, workload)

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import argparse
-import json
 import random
-from pathlib import Path
 from typing import Any
 
-from prunesearch.cli import CLIError, print_json
-from prunesearch.pruning.architectures import model_shape
-from prunesearch.pruning.plan import PrunePlan
+from pydantic import ValidationError
 
-from .hardware import BUILTIN_PROFILES, DTYPE_BYTES
+from prunesearch.choices import DType, values
+from prunesearch.cliutil import CLIError, print_json, read_model_config, read_text, user_errors, validation_message
+from prunesearch.pruning.architectures import UnsupportedArchitectureError, model_shape
+from prunesearch.pruning.plan import PlanError, PrunePlan
+
+from .calibrate import LatencyFitMissingError
+from .hardware import BUILTIN_PROFILES, HardwareError
 from .latency import Workload
 from .registry import LOCAL_NAMES, default_dtype, latency_model_for
+
+# The domain errors that mean "the input is wrong": the plan, the hardware name or file, the architecture.
+INPUT_ERRORS = (PlanError, HardwareError, LatencyFitMissingError, UnsupportedArchitectureError)
+WORKLOAD_FLAGS = {"batch": "--batch", "prompt_tokens": "--prompt", "generate_tokens": "--generate", "dtype": "--dtype"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,14 +31,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     latency.add_argument("--plan", help="prune plan JSON (default: the dense model)")
     latency.add_argument("--hardware", required=True, help=f"{names}, or a profile .json")
     _workload_arguments(latency, prompt=512, generate=128)
-    latency.add_argument("--dtype", choices=sorted(DTYPE_BYTES), help="default: bf16 (fp32 for local on CPU)")
-    latency.set_defaults(handler=_latency)
+    latency.add_argument("--dtype", choices=values(DType), help="default: bf16 (fp32 for local on CPU)")
+    latency.set_defaults(handler=user_errors(*INPUT_ERRORS)(_latency))
     calib = subparsers.add_parser("latency-calibrate", help="fit the latency model to this device")
     calib.add_argument("--model", required=True, help="model directory whose shape is measured (config.json)")
     calib.add_argument("--plans", type=int, default=8, help="random plans to measure (the dense one included)")
     calib.add_argument("--seed", type=int, default=0)
     _workload_arguments(calib, prompt=128, generate=32)
-    calib.set_defaults(handler=_calibrate)
+    calib.set_defaults(handler=user_errors(*INPUT_ERRORS)(_calibrate))
 
 
 def _workload_arguments(parser: argparse.ArgumentParser, prompt: int, generate: int) -> None:
@@ -41,33 +47,26 @@ def _workload_arguments(parser: argparse.ArgumentParser, prompt: int, generate: 
     parser.add_argument("--generate", type=int, default=generate, help="generated tokens per sequence")
 
 
-def read_config(model_dir: str) -> dict[str, Any]:
-    """The model's config.json as a dict, with a clear error when it is missing or not JSON."""
-    path = Path(model_dir) / "config.json"
-    if not path.is_file():
-        raise CLIError(f"{model_dir} has no config.json; --model must be a model directory")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CLIError(f"{path} is not valid JSON: {exc}") from exc
-
-
 def read_plan(plan_path: str | None, config: dict[str, Any]) -> PrunePlan | None:
     """The plan file validated against the model, or None (dense)."""
     if plan_path is None:
         return None
-    path = Path(plan_path)
-    if not path.is_file():
-        raise CLIError(f"plan file {plan_path} does not exist")
-    return PrunePlan.from_json(path.read_text()).validate_for(model_shape(config))
+    return PrunePlan.from_json(read_text(plan_path, "plan file")).validate_for(model_shape(config))
+
+
+def workload_from(args: argparse.Namespace, dtype: str) -> Workload:
+    """The workload the flags describe, validated like a job spec's (`--generate 0` is refused)."""
+    try:
+        return Workload(batch=args.batch, prompt_tokens=args.prompt, generate_tokens=args.generate, dtype=dtype)
+    except ValidationError as exc:
+        raise CLIError(validation_message(exc.errors(), WORKLOAD_FLAGS)) from None
 
 
 def _latency(args: argparse.Namespace) -> int:
-    config = read_config(args.model)
+    config = read_model_config(args.model)
     plan = read_plan(args.plan, config)
+    workload = workload_from(args, args.dtype or default_dtype(args.hardware))
     model = latency_model_for(args.hardware)
-    dtype = args.dtype or default_dtype(args.hardware)
-    workload = Workload(args.batch, args.prompt, args.generate, dtype)
     estimate = model.estimate(config, plan, workload).to_dict()
     print_json({"model": args.model, "plan": args.plan, "workload": vars(workload)} | estimate)
     return 0
@@ -76,18 +75,18 @@ def _latency(args: argparse.Namespace) -> int:
 def _calibrate(args: argparse.Namespace) -> int:
     import torch
 
-    from .calibrate import Measurement, calibrate, random_plan, save_calibration
+    from .calibrate import Measurement, fit_latency, random_plan, save_latency_fit
     from .device import cpu_facts, device_key
     from .local import local_profile
     from .measured import build_model, measure_interleaved
 
-    config = read_config(args.model)
+    config = read_model_config(args.model)
     shape = model_shape(config)
     if args.plans < 3:
         raise CLIError("--plans must be at least 3 (four parameters are fitted over prefill and decode)")
     rng = random.Random(args.seed)
     plans = [PrunePlan.dense(shape)] + [random_plan(shape, rng) for _ in range(args.plans - 1)]
-    workload = Workload(args.batch, args.prompt, args.generate, "fp32")
+    workload = workload_from(args, DType.FP32)
     models = [build_model(config, plan, workload.dtype, "cpu") for plan in plans]
     stats = measure_interleaved(models, workload)  # rounds spread other processes' load over all plans
     measurements = [
@@ -95,6 +94,6 @@ def _calibrate(args: argparse.Namespace) -> int:
         for plan, (prefill, decode) in zip(plans, stats, strict=True)
     ]
     facts = cpu_facts(torch.get_num_threads())
-    calibration = calibrate(measurements, local_profile(), device_key(facts), facts)
-    print_json({"saved": str(save_calibration(calibration))} | calibration.to_dict())
+    fit = fit_latency(measurements, local_profile(), device_key(facts), facts)
+    print_json({"saved": str(save_latency_fit(fit))} | fit.to_dict())
     return 0

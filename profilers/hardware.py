@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prunesearch.choices import DTYPE_BYTES, DType
 from prunesearch.home import home_dir
 
-DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+__all__ = ["DTYPE_BYTES", "HardwareError", "HardwareProfile"]
 
 
 class HardwareError(ValueError):
@@ -37,8 +38,8 @@ class HardwareProfile:
     step_overhead_us: float = 0.0  # per forward pass: fixed framework cost (masks, rotary tables, sampling)
 
     def peak_flops(self, dtype: str) -> float:
-        """Peak FLOP/s for `dtype` ("bf16", "fp16" or "fp32")."""
-        table = {"bf16": self.bf16_tflops, "fp16": self.fp16_tflops, "fp32": self.fp32_tflops}
+        """Peak FLOP/s for `dtype` (a `DType`: "bf16", "fp16" or "fp32")."""
+        table = {DType.BF16: self.bf16_tflops, DType.FP16: self.fp16_tflops, DType.FP32: self.fp32_tflops}
         if dtype not in table:
             raise HardwareError(f"unknown dtype {dtype!r}; known: {', '.join(table)}")
         return table[dtype] * 1e12

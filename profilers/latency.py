@@ -10,27 +10,28 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Annotated, Any, Protocol, runtime_checkable
 
+from pydantic import ConfigDict, Field
+from pydantic.dataclasses import dataclass as validated_dataclass
+
+from prunesearch.choices import DTYPE_BYTES, DType
 from prunesearch.pruning.plan import PrunePlan
 
-from .hardware import DTYPE_BYTES
 
-
-@dataclass(frozen=True)
+@validated_dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class Workload:
-    """What is timed: `batch` sequences of `prompt_tokens`, then `generate_tokens` new tokens each."""
+    """What is timed: `batch` sequences of `prompt_tokens`, then `generate_tokens` new tokens each.
 
-    batch: int = 1
-    prompt_tokens: int = 512
-    generate_tokens: int = 128
-    dtype: str = "bf16"
+    The one definition: the search spec's `workload` field is this class, so the API, the CLIs and every latency
+    model validate the same bounds. Construction validates (a `pydantic.ValidationError`, a `ValueError`).
+    At least one generated token: the prefill yields it, and decode time is per generated token.
+    """
 
-    def __post_init__(self) -> None:
-        if self.batch < 1 or self.prompt_tokens < 1 or self.generate_tokens < 1:
-            raise ValueError(f"batch, prompt and generate must be at least 1, got {self}")
-        if self.dtype not in DTYPE_BYTES:
-            raise ValueError(f"unknown dtype {self.dtype!r}; known: {', '.join(DTYPE_BYTES)}")
+    batch: Annotated[int, Field(ge=1, le=4096)] = 1
+    prompt_tokens: Annotated[int, Field(ge=1, le=1_048_576)] = 512
+    generate_tokens: Annotated[int, Field(ge=1, le=1_048_576)] = 128
+    dtype: DType = DType.BF16
 
     @property
     def dtype_bytes(self) -> int:

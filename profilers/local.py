@@ -13,6 +13,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from prunesearch.choices import DType
+
 from .device import cpu_facts, device_key
 from .hardware import HardwareProfile
 from .measured import TORCH_DTYPES
@@ -29,9 +31,9 @@ def _best_seconds(fn: Callable[[], object], repeats: int) -> float:
     return float(np.min(samples))
 
 
-def probe_matmul_flops(dtype: str = "fp32", size: int = 768, repeats: int = 10) -> float:
+def probe_matmul_flops(dtype: DType = DType.FP32, size: int = 768, repeats: int = 10) -> float:
     """FLOP/s of a square matmul in `dtype` (CPU half types are slow, so probe them small)."""
-    size = size if dtype == "fp32" else min(size, 128)
+    size = size if dtype == DType.FP32 else min(size, 128)
     a = torch.randn(size, size, dtype=TORCH_DTYPES[dtype])
     b = torch.randn(size, size, dtype=TORCH_DTYPES[dtype])
     return 2 * size**3 / _best_seconds(lambda: a @ b, repeats)
@@ -65,9 +67,9 @@ def local_profile() -> HardwareProfile:
     facts = cpu_facts(torch.get_num_threads())
     return HardwareProfile(
         name=f"local:{device_key(facts)}",
-        bf16_tflops=probe_matmul_flops("bf16") / 1e12,
-        fp16_tflops=probe_matmul_flops("fp16") / 1e12,
-        fp32_tflops=probe_matmul_flops("fp32") / 1e12,
+        bf16_tflops=probe_matmul_flops(DType.BF16) / 1e12,
+        fp16_tflops=probe_matmul_flops(DType.FP16) / 1e12,
+        fp32_tflops=probe_matmul_flops(DType.FP32) / 1e12,
         memory_bandwidth_gbs=probe_copy_bandwidth() / 1e9,
         memory_gib=_memory_gib(),
         launch_overhead_us=probe_launch_overhead() * 1e6,

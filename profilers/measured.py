@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import transformers
 
+from prunesearch.choices import TORCH_DTYPE_NAMES, DType
 from prunesearch.pruning.plan import PrunePlan
 
 from .device import device_facts
@@ -23,7 +24,7 @@ from .latency import LatencyEstimate, Workload, totals
 from .ops import kv_bytes_per_token, model_dims
 
 T = TypeVar("T")
-TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+TORCH_DTYPES: dict[DType, torch.dtype] = {dtype: getattr(torch, name) for dtype, name in TORCH_DTYPE_NAMES.items()}
 
 
 class Timer(Protocol):

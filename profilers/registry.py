@@ -5,6 +5,8 @@ Torch-backed models are imported only when asked for, so pricing a datasheet pro
 
 from __future__ import annotations
 
+from prunesearch.choices import DType
+
 from .analytical import RooflineModel
 from .hardware import get_profile
 from .latency import LatencyModel
@@ -12,13 +14,13 @@ from .latency import LatencyModel
 LOCAL_NAMES = ("local", "local-calibrated", "measured")
 
 
-def default_dtype(hardware: str) -> str:
+def default_dtype(hardware: str) -> DType:
     """fp32 on this machine's CPU (half-precision matmuls are ~100x slower there), bf16 on GPU profiles."""
     if hardware in LOCAL_NAMES:
         import torch
 
-        return "bf16" if torch.cuda.is_available() else "fp32"
-    return "bf16"
+        return DType.BF16 if torch.cuda.is_available() else DType.FP32
+    return DType.BF16
 
 
 def latency_model_for(hardware: str) -> LatencyModel:
@@ -30,10 +32,10 @@ def latency_model_for(hardware: str) -> LatencyModel:
     if hardware == "local-calibrated":
         import torch
 
-        from .calibrate import CalibratedLatencyModel, load_calibration
+        from .calibrate import CalibratedLatencyModel, load_latency_fit
         from .device import cpu_facts, device_key
 
-        return CalibratedLatencyModel(load_calibration(device_key(cpu_facts(torch.get_num_threads()))))
+        return CalibratedLatencyModel(load_latency_fit(device_key(cpu_facts(torch.get_num_threads()))))
     if hardware == "measured":
         import torch
 

@@ -21,6 +21,10 @@ class DType(StrEnum):
 # Bytes per element, for memory and roofline arithmetic.
 DTYPE_BYTES: dict[DType, int] = {DType.FP32: 4, DType.BF16: 2, DType.FP16: 2}
 
+# The `torch` attribute of each dtype (`getattr(torch, TORCH_DTYPE_NAMES[d])`): named here so this module needs no
+# torch, and every torch-backed module maps dtypes the same way.
+TORCH_DTYPE_NAMES: dict[DType, str] = {DType.FP32: "float32", DType.BF16: "bfloat16", DType.FP16: "float16"}
+
 
 class JobStatus(StrEnum):
     """Lifecycle of a search job in the service."""
@@ -30,6 +34,10 @@ class JobStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+
+
+# A job in one of these states never changes again.
+FINAL_JOB_STATUSES: tuple[JobStatus, ...] = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
 class ExportStatus(StrEnum):

@@ -1,5 +1,8 @@
 """Calibration files: loading documents, fingerprinting them, and cutting them into token blocks.
 
+This is calibration *text*, the documents importance statistics and the proxy read (the service stores uploads of
+it as datasets). The latency model's calibration is another thing: `profilers.calibrate.LatencyFit`.
+
 Two formats: `.txt` (documents separated by blank lines) and `.jsonl` (one object per line with either
 `"text"` or chat `"messages"`). For chat, the model reads the whole rendered conversation, while vocabulary
 coverage counts only what the assistant says (`CalibrationDoc.coverage_text`).
@@ -17,7 +20,9 @@ from typing import Any
 
 import torch
 
-SUPPORTED_EXTENSIONS = (".txt", ".jsonl")
+from prunesearch.choices import TextFormat, values
+
+SUPPORTED_EXTENSIONS = tuple(values(TextFormat))
 _BLANK_LINES = re.compile(r"\n\s*\n")
 
 
@@ -49,7 +54,7 @@ def load_calibration(path: str | Path, tokenizer: Any = None) -> list[Calibratio
     if not path.is_file():
         raise CalibrationError(f"{path}: calibration file not found")
     content = path.read_text(encoding="utf-8")
-    docs = _parse_txt(content) if suffix == ".txt" else _parse_jsonl(content, path, tokenizer)
+    docs = _parse_txt(content) if suffix == TextFormat.TXT else _parse_jsonl(content, path, tokenizer)
     if not docs:
         raise CalibrationError(f"{path}: calibration file holds no documents")
     return docs

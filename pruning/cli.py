@@ -7,12 +7,18 @@ from pathlib import Path
 
 import transformers
 
-from prunesearch.cli import CLIError, print_json
+from prunesearch.choices import CriterionName, DType, values
+from prunesearch.cliutil import CLIError, output_dir, print_json, read_text, user_errors
 
-from .export import DTYPES
-from .importance import CRITERIA
+from .architectures import UnsupportedArchitectureError
+from .calibration import CalibrationError
+from .export import check_device
 from .pipeline import CalibrationSettings, describe_config, prune_checkpoint
-from .plan import PrunePlan
+from .plan import PlanError, PrunePlan
+from .vocab import VocabTrimError
+
+# The domain errors that mean "the input is wrong": the plan, the calibration file, the architecture.
+INPUT_ERRORS = (PlanError, CalibrationError, UnsupportedArchitectureError, VocabTrimError)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,26 +27,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prune.add_argument("--plan", required=True, type=Path, help="plan JSON file (see docs/plan-format.md)")
     prune.add_argument("--out", required=True, type=Path, help="output checkpoint directory")
     prune.add_argument("--calibration", type=Path, help=".txt, .jsonl (text) or chat .jsonl (messages)")
-    prune.add_argument("--criterion", choices=CRITERIA, help="default: flap with calibration, else magnitude")
-    prune.add_argument("--dtype", choices=list(DTYPES), default="fp32")
+    prune.add_argument(
+        "--criterion", choices=values(CriterionName), help="default: flap with calibration, else magnitude"
+    )
+    prune.add_argument("--dtype", choices=values(DType), default=DType.FP32.value)
     prune.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     prune.add_argument("--calibration-tokens", type=int, default=65_536)
     prune.add_argument("--seq-len", type=int, default=256)
-    prune.set_defaults(handler=_prune)
+    prune.set_defaults(handler=user_errors(*INPUT_ERRORS)(_prune))
 
     inspect = subparsers.add_parser("inspect", help="print a checkpoint's architecture and its dense plan")
     inspect.add_argument("--model", required=True, type=Path)
-    inspect.set_defaults(handler=_inspect)
-
-
-def _read_plan(path: Path) -> PrunePlan:
-    if not path.is_file():
-        raise CLIError(f"plan file {path} does not exist")
-    return PrunePlan.from_json(path.read_text())
+    inspect.set_defaults(handler=user_errors(*INPUT_ERRORS)(_inspect))
 
 
 def _prune(args: argparse.Namespace) -> int:
-    plan = _read_plan(args.plan)
+    plan = PrunePlan.from_json(read_text(args.plan, "plan file"))
+    _check_model_dir(args.model)
+    try:
+        check_device(args.device)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
+    output_dir(args.out)
     settings = CalibrationSettings(path=args.calibration, seq_len=args.seq_len, max_tokens=args.calibration_tokens)
     summary = prune_checkpoint(
         args.model,
@@ -56,8 +64,12 @@ def _prune(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    if not (args.model / "config.json").is_file():
-        raise CLIError(f"{args.model} is not a model directory (no config.json)")
+    _check_model_dir(args.model)
     config = transformers.AutoConfig.from_pretrained(args.model, local_files_only=True)
     print_json(describe_config(config))
     return 0
+
+
+def _check_model_dir(model: Path) -> None:
+    if not (model / "config.json").is_file():
+        raise CLIError(f"{model} is not a model directory (no config.json)")

@@ -11,6 +11,8 @@ import torch
 import transformers
 from transformers import PreTrainedModel
 
+from prunesearch.choices import TORCH_DTYPE_NAMES, DType
+
 from .architectures import get_spec
 from .modeling import REMOTE_MODELING_FILE, remote_modeling_source
 from .plan import PrunePlan
@@ -19,7 +21,7 @@ PLAN_FILE = "prune_plan.json"
 PROVENANCE_FILE = "provenance.json"
 TOKEN_MAP_FILE = "token_map.json"
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES: dict[DType, torch.dtype] = {dtype: getattr(torch, name) for dtype, name in TORCH_DTYPE_NAMES.items()}
 
 
 def parse_dtype(name: str) -> torch.dtype:

@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from prunesearch.choices import CriterionName, DType
+
 from .architectures import model_shape
 from .calibration import CalibrationDoc, load_calibration, token_blocks
 from .export import export_checkpoint, load_base_model, parse_dtype
@@ -91,7 +93,7 @@ def prune_checkpoint(
     *,
     criterion: str | None = None,
     calibration: CalibrationSettings = CalibrationSettings(),
-    dtype: str = "fp32",
+    dtype: str = DType.FP32,
     device: str = "cpu",
 ) -> dict[str, Any]:
     """Prune the checkpoint in `model_dir` by `plan`, write the result to `out_dir`, return a summary."""
@@ -100,7 +102,7 @@ def prune_checkpoint(
     model, tokenizer = load_base_model(model_dir, device=device)
     plan.validate_for(model_shape(model.config, num_special_tokens=len(tokenizer.all_special_ids)))
     docs = load_calibration(calibration.path, tokenizer) if calibration.path else None
-    criterion = criterion or ("flap" if docs else "magnitude")
+    criterion = criterion or (CriterionName.FLAP if docs else CriterionName.MAGNITUDE)
     run = _importance(model, criterion, docs, tokenizer, calibration)
     kept_tokens = _kept_tokens(plan, model.config.vocab_size, tokenizer, docs)
     pruned = apply_plan(model, plan, run.scores, kept_token_ids=kept_tokens, dtype=target_dtype)

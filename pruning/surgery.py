@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedModel
 
+from prunesearch.choices import CriterionName
+
 from .architectures import ArchitectureSpec, get_spec, model_shape
 from .importance import ImportanceScores, compute_importance
 from .modeling import TOKEN_ID_KEYS, model_class_for, pruned_config, remap_token_id
@@ -153,7 +155,7 @@ def apply_plan(
             raise ValueError(f"the plan keeps {plan.vocab} tokens: pass exactly that many kept_token_ids")
     elif kept_token_ids is not None and len(kept_token_ids) == shape.vocab_size:
         kept_token_ids = None
-    scores = scores or compute_importance(model, "magnitude")
+    scores = scores or compute_importance(model, CriterionName.MAGNITUDE)
     state, output_bias = _sliced_state_dict(model, plan, scores, kept_token_ids)
     config = pruned_config(model.config, plan, output_bias=output_bias, kept_token_ids=kept_token_ids)
     reference = next(model.parameters())

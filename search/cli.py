@@ -1,18 +1,29 @@
-"""`prunesearch search` and `prunesearch export`."""
+"""`prunesearch search`, and the local form of `prunesearch export` (registered by `prunesearch.cli`)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import typing
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from prunesearch.cli import CLIError, print_json
+from prunesearch.choices import Sampler, values
+from prunesearch.cliutil import CLIError, one_line, output_dir, print_json, read_json, user_errors, validation_message
+from prunesearch.profilers.calibrate import LatencyFitMissingError
+from prunesearch.profilers.hardware import HardwareError
+from prunesearch.pruning.architectures import UnsupportedArchitectureError
+from prunesearch.pruning.calibration import CalibrationError
+from prunesearch.pruning.plan import PlanError
 
 from .plot import plot_front
 from .results import export_trial, hypervolume_history, load_study
-from .spec import SearchSpec
+from .spec import Objectives, SearchSpec
+
+# The domain errors that mean "the input is wrong": the calibration file, the hardware, the model's architecture.
+INPUT_ERRORS = (CalibrationError, HardwareError, LatencyFitMissingError, UnsupportedArchitectureError)
+QUALITY_OBJECTIVES = list(typing.get_args(Objectives.model_fields["quality"].annotation))  # the spec's one list
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,10 +31,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     search.add_argument("--model", required=True, help="base checkpoint directory")
     search.add_argument("--calibration", required=True, help="calibration file (.txt, .jsonl)")
     search.add_argument("--trials", type=int, default=100)
-    search.add_argument("--sampler", choices=["tpe", "nsga2", "random"], default="tpe")
+    search.add_argument("--sampler", choices=values(Sampler), default=Sampler.TPE.value)
     search.add_argument("--hardware", default="h100-sxm", help="a hardware profile name, local, or a JSON file")
     search.add_argument("--latency-budget", type=float, help="at most this fraction of dense latency (0-1]")
-    search.add_argument("--objective", choices=["kl", "ppl"], default="kl")
+    search.add_argument("--objective", choices=QUALITY_OBJECTIVES, default=Objectives().quality)
     search.add_argument("--storage", help="Optuna storage URL (default: sqlite:///OUT/study.db)")
     search.add_argument("--study", help="study name (default: derived from the output folder)")
     search.add_argument(
@@ -36,22 +47,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     search.add_argument("--seed", type=int, default=0)
     search.add_argument("--calibration-tokens", type=int, default=16_384)
     search.add_argument("--out", required=True, type=Path)
-    search.set_defaults(handler=_search)
-
-    # `export` itself is registered by the service CLI, which adds the remote form (a job id) to this local one.
+    search.set_defaults(handler=user_errors(*INPUT_ERRORS)(_search))
 
 
 def add_local_export_arguments(parser: argparse.ArgumentParser) -> None:
-    """The local form of `prunesearch export`: a trial of a stored study, written to --out."""
+    """The local form of `prunesearch export` (`--trial` and `--dtype` are shared with the remote form): a trial
+    of a stored study, written to --out."""
     parser.add_argument("--storage", help="local: the Optuna storage URL of the search")
     parser.add_argument("--study", help="local: the study name")
-    parser.add_argument("--trial", required=True, type=int)
     parser.add_argument("--out", type=Path, help="local: the checkpoint directory to write")
-    parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
 
 
 def _spec_from_args(args: argparse.Namespace) -> SearchSpec:
-    base = json.loads(args.spec.read_text()) if args.spec else {}
+    base = read_json(args.spec, "job spec") if args.spec else {}
+    if not isinstance(base, dict):
+        raise CLIError(f"job spec {args.spec} must hold a JSON object")
     base.update(model=args.model, calibration=args.calibration, n_trials=args.trials, sampler=args.sampler)
     base.update(hardware=args.hardware, seed=args.seed)
     base.setdefault("objectives", {})["quality"] = args.objective
@@ -61,18 +71,16 @@ def _spec_from_args(args: argparse.Namespace) -> SearchSpec:
     try:
         return SearchSpec.model_validate(base)
     except ValidationError as exc:
-        raise CLIError(_validation_message(exc)) from None
-
-
-def _validation_message(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise CLIError(validation_message(exc.errors())) from None
 
 
 def _search(args: argparse.Namespace) -> int:
     from .engine import run_search  # torch and transformers load only when a search really runs
 
     spec = _spec_from_args(args)
-    args.out.mkdir(parents=True, exist_ok=True)
+    if not (Path(spec.model) / "config.json").is_file():
+        raise CLIError(f"{spec.model} is not a model directory (no config.json)")
+    output_dir(args.out)
     storage = args.storage or f"sqlite:///{(args.out / 'study.db').resolve()}"
     study_name = args.study or args.out.resolve().name
     progress = run_search(spec, storage=storage, study_name=study_name, progress_bar=True, shared=args.shared)
@@ -106,7 +114,9 @@ def export_local(args: argparse.Namespace) -> int:
         raise CLIError(f"a local export needs {', '.join('--' + m for m in missing)} (or give a service job id)")
     try:
         summary = export_trial(args.storage, args.study, args.trial, args.out, dtype=args.dtype)
-    except LookupError as exc:
-        raise CLIError(str(exc).strip("'\"")) from None
+    except KeyError:
+        raise  # a bug; an unknown study or trial is a plain `LookupError` (`UnknownTrialError`)
+    except (LookupError, PlanError, UnsupportedArchitectureError) as exc:
+        raise CLIError(one_line(exc)) from None
     print_json(summary)
     return 0

@@ -57,8 +57,7 @@ class SearchContext:
         self.frequencies = token_frequencies(self.tokenizer, [doc.coverage_text for doc in docs])
         self.latency_model: LatencyModel = latency_model_for(spec.hardware)
         self.config = self.model.config.to_dict()
-        w = spec.workload
-        self.workload = Workload(w.batch, w.prompt_tokens, w.generate_tokens, w.dtype)
+        self.workload: Workload = spec.workload
         self.dense_latency = self._latency(self.latency_model.estimate(self.config, None, self.workload))
         self.budget_ms = spec.latency_budget_ms(self.dense_latency)
         self.kept_tokens = lru_cache(maxsize=256)(self._kept_tokens)

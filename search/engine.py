@@ -15,6 +15,8 @@ import optuna
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
+from prunesearch.choices import Sampler
+
 from .baselines import baseline_params
 from .callbacks import SearchCallbacks
 from .context import SearchContext
@@ -54,9 +56,9 @@ def make_sampler(spec: SearchSpec, *, shared: bool = False) -> optuna.samplers.B
     `shared`: other workers may run trials of the same study at the same time. Only then does TPE need its
     constant liar (running trials count as bad, so workers spread out), which re-reads the storage for every
     parameter; a lone worker reads it once per trial."""
-    if spec.sampler == "tpe":
+    if spec.sampler == Sampler.TPE:
         return optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=10, constant_liar=shared)
-    if spec.sampler == "nsga2":
+    if spec.sampler == Sampler.NSGA2:
         return optuna.samplers.NSGAIISampler(seed=spec.seed, population_size=20)
     return optuna.samplers.RandomSampler(seed=spec.seed)
 

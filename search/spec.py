@@ -6,6 +6,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from prunesearch.choices import CriterionName, Sampler
+from prunesearch.profilers.latency import Workload
+
+__all__ = ["SearchSpec", "Workload"]
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -60,17 +65,14 @@ class Constraints(_Strict):
         return self
 
 
-class Workload(_Strict):
-    batch: int = Field(1, ge=1, le=4096)
-    prompt_tokens: int = Field(512, ge=1, le=1_048_576)
-    generate_tokens: int = Field(128, ge=0, le=1_048_576)
-    dtype: Literal["fp32", "bf16", "fp16"] = "bf16"
+class CalibrationSampling(_Strict):
+    """How the calibration text is sampled for importance statistics and the proxy, and the importance criterion.
+    (Not the latency calibration: that is `profilers.calibrate.LatencyFit`.) Its JSON field is
+    `calibration_settings`."""
 
-
-class Calibration(_Strict):
     tokens: int = Field(16_384, ge=64, le=10_000_000)
     seq_len: int = Field(256, ge=8, le=32_768)
-    criterion: Literal["flap", "wanda", "magnitude"] = "flap"
+    criterion: CriterionName = CriterionName.FLAP
 
 
 class SearchSpec(_Strict):
@@ -83,8 +85,8 @@ class SearchSpec(_Strict):
     constraints: Constraints = Constraints()
     hardware: str = "h100-sxm"
     workload: Workload = Workload()
-    calibration_settings: Calibration = Calibration()
-    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
+    calibration_settings: CalibrationSampling = CalibrationSampling()
+    sampler: Sampler = Sampler.TPE
     n_trials: int = Field(100, ge=1, le=100_000)
     timeout_s: float | None = Field(None, gt=0)
     seed: int = 0

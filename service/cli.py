@@ -10,9 +10,10 @@ import subprocess
 import sys
 
 from prunesearch import migrations
-from prunesearch.cli import CLIError
+from prunesearch.cliutil import CLIError
 
 from . import client_cli, demo
+from .db import upgrade_schema
 from .settings import Settings
 
 
@@ -59,7 +60,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
 def _db(args: argparse.Namespace) -> None:
     url = settings_from(args).db_url
     if args.action == "upgrade":
-        migrations.upgrade(url, args.revision or "head")
+        upgrade_schema(url, args.revision or "head")
     elif args.action == "downgrade":
         migrations.downgrade(url, args.revision or "base")
     print(f"schema revision: {migrations.current(url) or 'none'}")
@@ -93,7 +94,7 @@ def _serve(args: argparse.Namespace) -> None:
     from .api.main import create_app
 
     settings = settings_from(args)
-    migrations.upgrade(settings.db_url)
+    upgrade_schema(settings.db_url)
     worker = None if args.no_worker else start_worker(settings)
     where = "API only" if worker is None else f"with worker pid {worker.pid}"
     print(f"prunesearch serving on http://{args.host}:{args.port} ({where}); data in {settings.data_dir}", flush=True)

@@ -1,24 +1,21 @@
-"""Client commands (all take `--server URL`): submit, status, pareto, export, download."""
+"""Client commands (all take `--server URL`): submit, status, pareto, download, and the remote form of export."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
-from prunesearch.cli import CLIError, print_json
-from prunesearch.search.cli import add_local_export_arguments, export_local
+from prunesearch.choices import FINAL_JOB_STATUSES, ExportStatus, JobStatus
+from prunesearch.cliutil import CLIError, print_json, read_json
 
 from .client import Client, ServiceError, default_server
 
-FINAL = ("succeeded", "failed", "cancelled")
 TABLE_METRICS = ("kl", "ppl", "latency_ms", "latency_fraction", "params", "memory_bytes", "vocab_coverage")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the client commands. `export` has two forms: a job id asks the server; without one, the search
-    CLI's local form exports a trial of a study (`--storage/--study/--out`)."""
+    """Add the client commands (`export`, which has a local form too, is registered by `prunesearch.cli`)."""
     p = _add(subparsers, "submit", "submit a search job (a JSON spec file)", _submit)
     p.add_argument("spec", type=Path)
     p.add_argument("--idempotency-key", default=None)
@@ -28,15 +25,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--interval", type=float, default=1.0)
     p = _add(subparsers, "pareto", "print a job's Pareto front as a table", _pareto)
     p.add_argument("job_id")
-    p = subparsers.add_parser("export", help="export one trial as a checkpoint: of a service job, or of a local study")
-    p.add_argument("job_id", nargs="?", help="a service job id (remote export); omit for a local study")
-    p.add_argument("--server", default=default_server(), help="service URL (default: $PRUNESEARCH_SERVER)")
-    p.add_argument("--wait", action="store_true", help="remote: wait until the export has finished")
-    add_local_export_arguments(p)
-    p.set_defaults(handler=lambda args: _guarded(_export, args) if args.job_id else export_local(args))
     p = _add(subparsers, "download", "download an export, verify its sha256 and unpack it", _download)
     p.add_argument("export_id")
     p.add_argument("-o", "--out", type=Path, required=True)
+
+
+def add_remote_export_arguments(parser: argparse.ArgumentParser) -> None:
+    """The remote form of `prunesearch export` (`job_id`, `--trial` and `--dtype` are shared with the local
+    form): the service writes the trial's checkpoint."""
+    parser.add_argument("--server", default=default_server(), help="service URL (default: $PRUNESEARCH_SERVER)")
+    parser.add_argument("--wait", action="store_true", help="remote: wait until the export has finished")
+
+
+def export_remote(args: argparse.Namespace) -> None:
+    """Ask the service at `--server` to export `--trial` of job `job_id` (and with `--wait`, wait for it)."""
+    _guarded(_export, args)
 
 
 def _add(subparsers, name: str, help_text: str, handler) -> argparse.ArgumentParser:
@@ -54,10 +57,7 @@ def _guarded(handler, args: argparse.Namespace):
 
 
 def _submit(client: Client, args: argparse.Namespace) -> None:
-    try:
-        spec = json.loads(args.spec.read_text())
-    except json.JSONDecodeError as exc:
-        raise CLIError(f"{args.spec} is not valid JSON: {exc}") from None
+    spec = read_json(args.spec, "job spec")
     job = client.submit(spec, idempotency_key=args.idempotency_key)
     print_json({"id": job["id"], "status": job["status"], "url": f"{args.server}/v1/jobs/{job['id']}"})
 
@@ -67,7 +67,7 @@ def _status(client: Client, args: argparse.Namespace) -> int:
     if args.watch:
         job = watch(client, job, args.interval)
     print_json({k: v for k, v in job.items() if k != "spec"})
-    return 1 if job["status"] == "failed" else 0
+    return 1 if job["status"] == JobStatus.FAILED else 0
 
 
 def watch(client: Client, job: dict, interval: float) -> dict:
@@ -78,7 +78,7 @@ def watch(client: Client, job: dict, interval: float) -> dict:
         while True:
             bar.update(job["trials_done"] - bar.n)
             bar.set_postfix(status=job["status"], front=job["front_size"], hv=f"{job['hypervolume'] or 0:.4g}")
-            if job["status"] in FINAL:
+            if job["status"] in FINAL_JOB_STATUSES:
                 return job
             time.sleep(interval)
             job = client.job(job["id"])
@@ -112,7 +112,7 @@ def _fmt(value) -> str:
 
 def _export(client: Client, args: argparse.Namespace) -> None:
     export = client.export(args.job_id, args.trial, args.dtype)
-    while args.wait and export["status"] in ("queued", "running"):
+    while args.wait and export["status"] in (ExportStatus.QUEUED, ExportStatus.RUNNING):
         time.sleep(1.0)
         export = client.export_status(export["id"])
     print_json(export)

@@ -9,6 +9,8 @@ from typing import Any
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from prunesearch.choices import ExportStatus, JobStatus
+
 from .models import Dataset, Export, Job, ParetoSnapshot, utcnow
 
 
@@ -52,8 +54,8 @@ def list_jobs(session: Session, *, status: str | None, offset: int, limit: int) 
 def request_cancel(session: Session, *, job: Job) -> None:
     """Queued jobs cancel at once; running ones stop between trials (workers see `cancel_requested`)."""
     job.cancel_requested = True
-    if job.status == "queued":
-        job.status, job.finished_at = "cancelled", utcnow()
+    if job.status == JobStatus.QUEUED:
+        job.status, job.finished_at = JobStatus.CANCELLED, utcnow()
 
 
 def delete_job(session: Session, *, job: Job) -> None:
@@ -66,7 +68,7 @@ def claim_trial(session: Session, *, job_id: str) -> bool:
     """Atomically reserve one trial of a running job; False once n_trials are claimed (or it stopped)."""
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.trials_claimed < Job.n_trials, Job.status == "running")
+        .where(Job.id == job_id, Job.trials_claimed < Job.n_trials, Job.status == JobStatus.RUNNING)
         .where(Job.cancel_requested.is_(False))
         .values(trials_claimed=Job.trials_claimed + 1)
     )
@@ -77,23 +79,23 @@ def claimable_jobs(session: Session, *, lease_s: float, for_update: bool):
     """The query for jobs a worker may take: queued, joinable (parallelism left), or with an expired lease."""
     stale = utcnow() - timedelta(seconds=lease_s)
     joinable = (
-        (Job.status == "running")
+        (Job.status == JobStatus.RUNNING)
         & (Job.active_workers < Job.parallelism)
         & (Job.trials_claimed < Job.n_trials)
         & Job.cancel_requested.is_(False)
     )
-    expired = (Job.status == "running") & (Job.heartbeat_at < stale)
-    query = select(Job).where(or_(Job.status == "queued", joinable, expired)).order_by(Job.created_at).limit(1)
+    expired = (Job.status == JobStatus.RUNNING) & (Job.heartbeat_at < stale)
+    query = select(Job).where(or_(Job.status == JobStatus.QUEUED, joinable, expired)).order_by(Job.created_at).limit(1)
     return query.with_for_update(skip_locked=True) if for_update else query
 
 
 def join_job(session: Session, *, job: Job, lease_s: float) -> None:
     """Mark the caller as one more worker on `job`; an expired lease means its workers died: recover it."""
     now = utcnow()
-    if job.status == "running" and _aware(job.heartbeat_at) < now - timedelta(seconds=lease_s):
+    if job.status == JobStatus.RUNNING and _aware(job.heartbeat_at) < now - timedelta(seconds=lease_s):
         # Trials claimed by dead workers never finished: hand them out again.
         job.active_workers, job.trials_claimed = 0, job.trials_done
-    job.status, job.started_at = "running", job.started_at or now
+    job.status, job.started_at = JobStatus.RUNNING, job.started_at or now
     job.active_workers += 1
     job.heartbeat_at = now
 
@@ -131,19 +133,19 @@ def leave_job(session: Session, *, job_id: str, error: str | None = None, requeu
     job = session.get(Job, job_id, with_for_update=True)
     assert job is not None
     job.active_workers = max(0, job.active_workers - 1)
-    if job.status != "running":
+    if job.status != JobStatus.RUNNING:
         return job
     if error is not None:
-        job.status, job.error, job.cancel_requested = "failed", error, True
+        job.status, job.error, job.cancel_requested = JobStatus.FAILED, error, True
     elif job.trials_done >= job.n_trials:
-        job.status = "succeeded"
+        job.status = JobStatus.SUCCEEDED
     elif job.active_workers > 0:
         return job
     elif requeue and not job.cancel_requested:
-        job.status, job.trials_claimed = "queued", job.trials_done
+        job.status, job.trials_claimed = JobStatus.QUEUED, job.trials_done
         return job
     else:
-        job.status = "cancelled" if job.cancel_requested else "succeeded"
+        job.status = JobStatus.CANCELLED if job.cancel_requested else JobStatus.SUCCEEDED
     job.finished_at = utcnow()
     return job
 
@@ -166,8 +168,10 @@ def list_exports(session: Session, *, job_id: str) -> list[Export]:
 def claimable_exports(*, lease_s: float, for_update: bool):
     """Queued exports, and running ones whose worker stopped renewing their lease (it died)."""
     stale = utcnow() - timedelta(seconds=lease_s)
-    abandoned = (Export.status == "running") & ((Export.heartbeat_at < stale) | Export.heartbeat_at.is_(None))
-    query = select(Export).where((Export.status == "queued") | abandoned).order_by(Export.created_at).limit(1)
+    silent = (Export.heartbeat_at < stale) | Export.heartbeat_at.is_(None)
+    abandoned = (Export.status == ExportStatus.RUNNING) & silent
+    query = select(Export).where((Export.status == ExportStatus.QUEUED) | abandoned)
+    query = query.order_by(Export.created_at).limit(1)
     return query.with_for_update(skip_locked=True) if for_update else query
 
 
@@ -179,10 +183,10 @@ def start_export(session: Session, *, export: Export) -> int | None:
     """Start one more attempt at `export` and return its number; None (and the export failed) once the
     attempts are used up."""
     if export.attempts >= MAX_EXPORT_ATTEMPTS:
-        export.status, export.finished_at = "failed", utcnow()
+        export.status, export.finished_at = ExportStatus.FAILED, utcnow()
         export.error = f"its worker stopped {export.attempts} times while writing it"
         return None
-    export.status, export.heartbeat_at, export.attempts = "running", utcnow(), export.attempts + 1
+    export.status, export.heartbeat_at, export.attempts = ExportStatus.RUNNING, utcnow(), export.attempts + 1
     return export.attempts
 
 
@@ -196,7 +200,7 @@ def finish_export(session: Session, *, export_id: str, attempt: int, **fields: A
     """Record the outcome of `attempt`; False when a later attempt took the export over (this one lost it)."""
     result = session.execute(
         update(Export)
-        .where(Export.id == export_id, Export.attempts == attempt, Export.status == "running")
+        .where(Export.id == export_id, Export.attempts == attempt, Export.status == ExportStatus.RUNNING)
         .values(finished_at=utcnow(), **fields)
     )
     return result.rowcount == 1

@@ -92,3 +92,14 @@ def dispose_all() -> None:
         engine.dispose()
     _ENGINES.clear()
     _sessionmaker.cache_clear()
+
+
+def upgrade_schema(url: str, revision: str = "head") -> None:
+    """Migrate the service's tables to `revision`: the service's side of `prunesearch.migrations.upgrade`, which
+    needs the directory of a SQLite file to exist and takes the tables' metadata from here."""
+    from prunesearch import migrations
+
+    from .models import Base
+
+    make_sqlite_dir(url)
+    migrations.upgrade(url, revision, target_metadata=Base.metadata)

@@ -12,7 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from prunesearch.cli import CLIError
+from prunesearch.choices import DType, ExportStatus, JobStatus
+from prunesearch.cliutil import CLIError
 
 from .client import Client, ServiceError
 from .client_cli import format_front, watch
@@ -63,16 +64,16 @@ def run_demo(client: Client, trials: int, out: Path) -> None:
     """Submit the bundled job, watch it, print the front, export and download the fastest plan."""
     spec = json.loads((BUNDLED_EXAMPLES / "job.json").read_text()) | {"n_trials": trials}
     job = watch(client, client.submit(spec), interval=0.5)
-    if job["status"] != "succeeded":
+    if job["status"] != JobStatus.SUCCEEDED:
         raise CLIError(f"job {job['id']} {job['status']}: {job['error']}")
     front = client.pareto(job["id"])["front"]
     print(format_front(front))
     fastest = min(front, key=lambda row: row["metrics"]["latency_ms"])
-    export = client.export(job["id"], fastest["trial"], "fp32")
-    while export["status"] in ("queued", "running"):
+    export = client.export(job["id"], fastest["trial"], DType.FP32)
+    while export["status"] in (ExportStatus.QUEUED, ExportStatus.RUNNING):
         time.sleep(0.5)
         export = client.export_status(export["id"])
-    if export["status"] != "succeeded":
+    if export["status"] != ExportStatus.SUCCEEDED:
         raise CLIError(f"export failed: {export['error']}")
     result = client.download(export["id"], out / f"trial-{fastest['trial']}")
     print(f"fastest plan: trial {fastest['trial']}, {fastest['metrics']['latency_ms']:.3f} ms predicted")

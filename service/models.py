@@ -9,9 +9,7 @@ from typing import Any, ClassVar
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-FINAL_STATUSES = ("succeeded", "failed", "cancelled")
-EXPORT_STATUSES = ("queued", "running", "succeeded", "failed")
+from prunesearch.choices import ExportStatus, JobStatus
 
 
 def utcnow() -> datetime:
@@ -43,7 +41,8 @@ class Job(Base):
     owner: Mapped[str | None] = mapped_column(String(200))
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
     spec: Mapped[dict[str, Any]]
-    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    # Values of `JobStatus`, stored as plain strings (a `StrEnum` member equals its value): the column stays VARCHAR.
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value, index=True)
     n_trials: Mapped[int] = mapped_column(Integer)
     parallelism: Mapped[int] = mapped_column(Integer, default=1)
     trials_claimed: Mapped[int] = mapped_column(Integer, default=0)
@@ -85,7 +84,7 @@ class Export(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("ps_jobs.id", ondelete="CASCADE"), index=True)
     trial: Mapped[int] = mapped_column(Integer)
     dtype: Mapped[str] = mapped_column(String(8))
-    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    status: Mapped[str] = mapped_column(String(16), default=ExportStatus.QUEUED.value, index=True)  # `ExportStatus`
     path: Mapped[str | None] = mapped_column(Text)
     size: Mapped[int | None] = mapped_column(Integer)
     sha256: Mapped[str | None] = mapped_column(String(64))

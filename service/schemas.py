@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from prunesearch.choices import DType, ExportStatus, JobStatus
 from prunesearch.search.spec import SearchSpec
 
 from .models import Dataset, Export, Job
@@ -26,7 +27,7 @@ class JobCreate(SearchSpec):
 
 class JobPublic(BaseModel):
     id: str
-    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    status: JobStatus
     owner: str | None
     n_trials: int
     trials_done: int
@@ -69,7 +70,7 @@ class ExportCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     trial: int = Field(ge=0)
-    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    dtype: DType = DType.FP32
 
 
 class ExportPublic(BaseModel):
@@ -77,7 +78,7 @@ class ExportPublic(BaseModel):
     job_id: str
     trial: int
     dtype: str
-    status: Literal["queued", "running", "succeeded", "failed"]
+    status: ExportStatus
     size: int | None
     sha256: str | None
     summary: dict[str, Any] | None
@@ -89,7 +90,7 @@ class ExportPublic(BaseModel):
     @classmethod
     def of(cls, export: Export) -> ExportPublic:
         fields = {name: getattr(export, name) for name in cls.model_fields if name != "download_url"}
-        url = f"/v1/exports/{export.id}/download" if export.status == "succeeded" else None
+        url = f"/v1/exports/{export.id}/download" if export.status == ExportStatus.SUCCEEDED else None
         return cls(**fields, download_url=url)
 
 
@@ -107,7 +108,7 @@ class DatasetPublic(BaseModel):
 
 def eta_seconds(job: Job) -> float | None:
     """Remaining seconds at the average pace so far, for running jobs with at least one finished trial."""
-    if job.status != "running" or not job.started_at or job.trials_done <= 0:
+    if job.status != JobStatus.RUNNING or not job.started_at or job.trials_done <= 0:
         return None
     started = job.started_at if job.started_at.tzinfo else job.started_at.replace(tzinfo=UTC)
     elapsed = (datetime.now(UTC) - started).total_seconds()

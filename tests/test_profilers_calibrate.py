@@ -1,4 +1,4 @@
-"""Calibration: the fit recovers known parameters, metrics, and per-device persistence."""
+"""Latency calibration (`LatencyFit`): the fit recovers known parameters, metrics, and per-device persistence."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ import pytest
 from prunesearch.profilers.analytical import RooflineModel
 from prunesearch.profilers.calibrate import (
     CalibratedLatencyModel,
-    Calibration,
-    CalibrationMissingError,
+    LatencyFit,
+    LatencyFitMissingError,
     Measurement,
     accuracy,
-    calibrate,
-    load_calibration,
+    fit_latency,
+    load_latency_fit,
     random_plan,
-    save_calibration,
+    save_latency_fit,
 )
 from prunesearch.profilers.fit import mape, spearman
 from prunesearch.profilers.hardware import HardwareProfile
@@ -50,7 +50,7 @@ def test_fit_recovers_a_known_device():
     workload = Workload(1, 128, 16, "fp32")
     fit_set = synthetic([None] + [random_plan(shape, rng) for _ in range(7)], workload)
     held_out = synthetic([random_plan(shape, rng) for _ in range(10)], workload)
-    calibration = calibrate(fit_set, PROBED, "test", holdout=held_out)
+    calibration = fit_latency(fit_set, PROBED, "test", holdout=held_out)
     assert calibration.metrics["holdout"]["prefill_mape_pct"] < 1.0
     assert calibration.metrics["holdout"]["decode_mape_pct"] < 1.0
     assert calibration.metrics["holdout"]["decode_spearman"] > 0.99
@@ -69,16 +69,16 @@ def test_metrics():
 
 def test_calibration_persists_per_device(tmp_path, monkeypatch):
     monkeypatch.setenv("PRUNESEARCH_HOME", str(tmp_path))
-    calibration = Calibration("cpu-x-2t", TRUTH, {"kind": "cpu"}, {"fit": {"decode_mape_pct": 1.0}})
-    path = save_calibration(calibration)
+    calibration = LatencyFit("cpu-x-2t", TRUTH, {"kind": "cpu"}, {"fit": {"decode_mape_pct": 1.0}})
+    path = save_latency_fit(calibration)
     assert path == tmp_path / "calibration" / "cpu-x-2t.json"
-    assert load_calibration("cpu-x-2t") == calibration
-    with pytest.raises(CalibrationMissingError, match="latency-calibrate"):
-        load_calibration("other-device")
+    assert load_latency_fit("cpu-x-2t") == calibration
+    with pytest.raises(LatencyFitMissingError, match="latency-calibrate"):
+        load_latency_fit("other-device")
 
 
 def test_calibrated_model_predicts_like_its_profile():
     workload = Workload(1, 64, 8, "fp32")
-    got = CalibratedLatencyModel(Calibration("x", TRUTH)).estimate(CONFIG, None, workload)
+    got = CalibratedLatencyModel(LatencyFit("x", TRUTH)).estimate(CONFIG, None, workload)
     want = RooflineModel(TRUTH, dynamic_cache=True).estimate(CONFIG, None, workload)
     assert got.decode_ms_per_token == want.decode_ms_per_token and got.method == "calibrated:local:test"

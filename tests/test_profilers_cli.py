@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from prunesearch.cli import main
-from prunesearch.profilers.calibrate import Calibration, save_calibration
+from prunesearch.profilers.calibrate import LatencyFit, save_latency_fit
 from prunesearch.profilers.device import cpu_facts, device_key
 from prunesearch.profilers.hardware import BUILTIN_PROFILES
 
@@ -71,7 +71,7 @@ def test_local_calibrated_and_measured_on_cpu(capsys, tiny_dir, tmp_path, monkey
     code, _, err = run(capsys, *args, "--hardware", "local-calibrated")
     assert code == 2 and "latency-calibrate" in err
     key = device_key(cpu_facts(__import__("torch").get_num_threads()))
-    save_calibration(Calibration(key, BUILTIN_PROFILES["l4"]))
+    save_latency_fit(LatencyFit(key, BUILTIN_PROFILES["l4"]))
     code, result, _ = run(capsys, *args, "--hardware", "local-calibrated")
     assert code == 0 and result["method"].startswith("calibrated") and result["workload"]["dtype"] == "fp32"
     code, result, _ = run(capsys, *args, "--hardware", "measured")
@@ -84,11 +84,13 @@ def test_local_calibrated_and_measured_on_cpu(capsys, tiny_dir, tmp_path, monkey
         (["--hardware", "tpu-v9"], "unknown hardware 'tpu-v9'; known: a100-80g, h100-sxm"),
         (["--hardware", "h200", "--plan", "/nonexistent.json"], "plan file /nonexistent.json does not exist"),
         (["--hardware", "h200", "--batch", "0"], "at least 1"),
+        (["--hardware", "h200", "--generate", "0"], "--generate: must be at least 1 (got 0)"),
     ],
 )
 def test_bad_input_exits_2_with_a_clear_message(capsys, model_dir, args, message):
     code, _, err = run(capsys, "--model", str(model_dir), *args)
     assert code == 2 and message in err and "Traceback" not in err
+    assert err.count("\n") == 1  # one line
 
 
 def test_invalid_plan_and_missing_model(capsys, model_dir, tmp_path):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from prunesearch.profilers.analytical import RooflineModel
-from prunesearch.profilers.calibrate import CalibratedLatencyModel, Calibration
+from prunesearch.profilers.calibrate import CalibratedLatencyModel, LatencyFit
 from prunesearch.profilers.hardware import HardwareProfile, get_profile
 from prunesearch.profilers.latency import LatencyEstimate, LatencyModel, Workload
 from prunesearch.profilers.measured import MeasuredLatencyModel
@@ -22,7 +22,7 @@ IMPLEMENTATIONS = {
     "roofline-h100": lambda: RooflineModel(get_profile("h100-sxm")),
     "roofline-dynamic-cache": lambda: RooflineModel(CPU_LIKE, dynamic_cache=True),
     "measured-cpu": lambda: MeasuredLatencyModel(warmup=1, repeats=2),
-    "calibrated": lambda: CalibratedLatencyModel(Calibration("test-device", CPU_LIKE)),
+    "calibrated": lambda: CalibratedLatencyModel(LatencyFit("test-device", CPU_LIKE)),
 }
 WORKLOAD = Workload(batch=2, prompt_tokens=16, generate_tokens=4, dtype="fp32")
 PRUNED = PrunePlan(layers=(LayerPlan(2, 48), LayerPlan(0, 0), LayerPlan(4, 0)), vocab=100)

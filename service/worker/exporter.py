@@ -9,6 +9,7 @@ import shutil
 import tarfile
 from pathlib import Path
 
+from prunesearch.choices import ExportStatus
 from prunesearch.search.backend import SearchBackend
 from prunesearch.service import crud
 from prunesearch.service.db import session_scope
@@ -36,10 +37,11 @@ def run_export(export_id: str, settings: Settings, *, backend: SearchBackend, at
             shutil.rmtree(out_dir, ignore_errors=True)
             summary = backend.export_trial(study, trial, out_dir, dtype=dtype)
             size, digest = write_archive(out_dir, archive)
-        fields = dict(status="succeeded", path=str(archive), size=size, sha256=digest, summary=_jsonable(summary))
+        outcome = dict(path=str(archive), size=size, sha256=digest, summary=_jsonable(summary))
+        fields = dict(status=ExportStatus.SUCCEEDED, **outcome)
     except Exception as exc:
         log.exception("export %s failed", export_id)
-        fields = dict(status="failed", error=f"{type(exc).__name__}: {exc}"[:2000])
+        fields = dict(status=ExportStatus.FAILED, error=f"{type(exc).__name__}: {exc}"[:2000])
     with session_scope(url) as session:
         recorded = crud.finish_export(session, export_id=export_id, attempt=attempt, **fields)
     if not recorded:

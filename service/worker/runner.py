@@ -7,6 +7,7 @@ import logging
 import threading
 from collections.abc import Callable
 
+from prunesearch.choices import JobStatus
 from prunesearch.search.backend import SearchBackend, SearchCallbacks, SearchProgress
 from prunesearch.search.spec import SearchSpec
 from prunesearch.service import crud
@@ -64,7 +65,7 @@ def run_job(
 def _stopped(url: str, job_id: str) -> bool:
     with session_scope(url) as session:
         job = crud.get_job(session, job_id=job_id)
-        return job is None or job.cancel_requested or job.status != "running"
+        return job is None or job.cancel_requested or job.status != JobStatus.RUNNING
 
 
 def record(url: str, job_id: str, progress: SearchProgress) -> None:

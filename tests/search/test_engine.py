@@ -275,6 +275,16 @@ def test_cli_search_rejects_a_bad_budget(calibration, tmp_path, capsys):
     assert code == 2 and "latency_budget_fraction" in capsys.readouterr().err
 
 
+def test_cli_search_rejects_a_workload_without_generated_tokens(calibration, tmp_path, capsys):
+    spec = tmp_path / "job.json"
+    spec.write_text(json.dumps({"workload": {"prompt_tokens": 64, "generate_tokens": 0}}))
+    argv = ["search", "--model", str(LLAMA_DOCS), "--calibration", str(calibration), "--spec", str(spec)]
+    code = main([*argv, "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert code == 2 and "workload.generate_tokens: must be at least 1 (got 0)" in err and err.count("\n") == 1
+    assert not (tmp_path / "x").exists()  # refused before any model or study was touched
+
+
 def test_tpe_lies_about_running_trials_only_when_workers_share_the_study(calibration):
     from prunesearch.search.engine import make_sampler
 

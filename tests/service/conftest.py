@@ -16,9 +16,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 
-from prunesearch import migrations
 from prunesearch.service.api.main import create_app
-from prunesearch.service.db import dispose_all, session_scope
+from prunesearch.service.db import dispose_all, session_scope, upgrade_schema
 from prunesearch.service.models import Job
 from prunesearch.service.settings import BUNDLED_EXAMPLES, Settings
 
@@ -41,7 +40,7 @@ def job_body(**overrides) -> dict:
 @pytest.fixture
 def settings(tmp_path) -> Iterator[Settings]:
     s = Settings(data_dir=tmp_path / "data", heartbeat_s=1.0, poll_s=0.2)
-    migrations.upgrade(s.db_url)
+    upgrade_schema(s.db_url)
     yield s
     dispose_all()
 
@@ -79,7 +78,7 @@ def pg_url() -> Iterator[str]:
 def pg_settings(pg_url, tmp_path) -> Iterator[Settings]:
     """Settings on the session's PostgreSQL database, schema at head; unfinished jobs cancelled after the test."""
     s = Settings(data_dir=tmp_path / "data", database_url=pg_url, heartbeat_s=1.0, poll_s=0.2)
-    migrations.upgrade(pg_url)
+    upgrade_schema(pg_url)
     yield s
     # The database outlives the test: leave no job a later test's workers could pick up.
     with session_scope(pg_url) as session:

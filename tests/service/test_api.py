@@ -36,12 +36,28 @@ def test_submit_returns_202_with_location_and_queued_job(api):
         ({"parallelism": 0}, "body.parallelism"),
         ({"hardware": "tpu-v9"}, "body.hardware"),
         ({"hardware": "/etc/passwd.json"}, "body.hardware"),
+        ({"workload": {"generate_tokens": 0}}, "body.workload.generate_tokens"),
+        ({"workload": {"batch": 0}}, "body.workload.batch"),
+        ({"workload": {"dtype": "int8"}}, "body.workload.dtype"),
+        ({"workload": {"prompt": 64}}, "body.workload.prompt"),
     ],
 )
 def test_invalid_specs_get_422_with_the_field(api, change, field):
     response = api.post("/v1/jobs", json=job_body(**change))
     assert response.status_code == 422, response.text
     assert any(f.startswith(field) for f in _fields(response)), response.json()
+
+
+def test_a_workload_without_generated_tokens_is_refused_before_any_job_exists(api):
+    """Issue 14: `generate_tokens=0` used to be accepted, then failed in the worker after the model loaded."""
+    response = api.post("/v1/jobs", json=job_body(workload={"prompt_tokens": 64, "generate_tokens": 0}))
+    assert response.status_code == 422, response.text
+    assert _fields(response) == ["body.workload.generate_tokens"]
+    assert api.get("/v1/jobs").json()["total"] == 0
+    workload = {"batch": 1, "prompt_tokens": 64, "generate_tokens": 1}
+    accepted = api.post("/v1/jobs", json=job_body(workload=workload))
+    assert accepted.status_code == 202
+    assert accepted.json()["spec"]["workload"] == {**workload, "dtype": "bf16"}
 
 
 def test_missing_body_and_bad_json_get_422(api):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import optuna
+import pytest
 import sqlalchemy as sa
 
 from prunesearch import migrations
@@ -87,3 +88,20 @@ def test_worker_refuses_an_unmigrated_database(tmp_path, capsys):
 
     assert main(["worker", "--database-url", f"sqlite:///{tmp_path / 'empty.db'}", "--max-idle", "0"]) == 2
     assert "db upgrade" in capsys.readouterr().err
+
+
+def test_the_service_passes_its_tables_and_they_match_the_migrations(tmp_path):
+    """The service hands its metadata to the migrations (which import nothing from it); autogenerate then finds
+    no difference between the tables the service declares and the schema the migrations build."""
+    from alembic import command
+    from alembic.util import CommandError
+
+    from prunesearch.service.db import upgrade_schema
+    from prunesearch.service.models import Base
+
+    url = f"sqlite:///{tmp_path / 'new' / 'dir' / 's.db'}"  # the service creates a SQLite file's directory
+    upgrade_schema(url)
+    assert migrations.current(url) == HEAD
+    command.check(migrations.alembic_config(url, Base.metadata))  # raises if a model and a migration differ
+    with pytest.raises(CommandError, match="MetaData"):
+        command.check(migrations.alembic_config(url))  # without the service's metadata there is nothing to compare

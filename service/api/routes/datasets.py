@@ -8,13 +8,14 @@ from pathlib import Path
 
 from fastapi import APIRouter, HTTPException, UploadFile
 
+from prunesearch.choices import TextFormat, values
 from prunesearch.service import crud
 from prunesearch.service.api.deps import SessionDep, SettingsDep
 from prunesearch.service.models import new_id
 from prunesearch.service.schemas import DatasetPublic
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
-EXTENSIONS = (".txt", ".jsonl")
+EXTENSIONS = tuple(values(TextFormat))
 CHUNK = 1 << 20
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from fastapi import APIRouter, HTTPException, Response
 from fastapi.responses import FileResponse
 
+from prunesearch.choices import ExportStatus
 from prunesearch.service import crud
 from prunesearch.service.api.deps import ExportDep, JobDep, SessionDep
 from prunesearch.service.schemas import ExportCreate, ExportPublic
@@ -32,7 +33,7 @@ def get_export(export: ExportDep) -> ExportPublic:
 @router.get("/v1/exports/{export_id}/download", response_class=FileResponse)
 def download_export(export: ExportDep) -> FileResponse:
     """Stream the checkpoint's tar archive; `X-Checksum-SHA256` and `Content-Length` let clients verify it."""
-    if export.status != "succeeded" or not export.path:
+    if export.status != ExportStatus.SUCCEEDED or not export.path:
         raise HTTPException(409, f"export {export.id} is {export.status}; download it once it has succeeded")
     archive = Path(export.path)
     if not archive.is_file():

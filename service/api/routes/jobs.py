@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Response
 from starlette.concurrency import run_in_threadpool
 
+from prunesearch.choices import JobStatus
 from prunesearch.service import crud
 from prunesearch.service.api.cache import TTLCache
 from prunesearch.service.api.deps import BackendDep, JobDep, LimitDep, OffsetDep, SessionDep, SettingsDep
@@ -19,7 +20,7 @@ from prunesearch.service.schemas import JobCreate, JobPublic, Page, ParetoPublic
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 JOB_VIEWS = TTLCache(ttl_s=0.25)
-Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
 @router.post("", status_code=202, response_model=JobPublic)
@@ -38,7 +39,7 @@ def create_job(
 
 @router.get("", response_model=Page[JobPublic])
 def list_jobs(
-    session: SessionDep, status: Status | None = None, offset: OffsetDep = 0, limit: LimitDep = 50
+    session: SessionDep, status: JobStatus | None = None, offset: OffsetDep = 0, limit: LimitDep = 50
 ) -> Page[JobPublic]:
     jobs, total = crud.list_jobs(session, status=status, offset=offset, limit=limit)
     return Page[JobPublic](items=[JobPublic.of(j) for j in jobs], total=total, offset=offset, limit=limit)
@@ -87,7 +88,7 @@ def get_pareto(job: JobDep, session: SessionDep) -> ParetoPublic:
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobPublic)
 def cancel_job(job: JobDep, session: SessionDep) -> JobPublic:
     """Cancel a queued job at once, or a running one between trials."""
-    if job.status not in ("queued", "running"):
+    if job.status not in ACTIVE:
         raise HTTPException(409, f"job {job.id} is {job.status}; only queued or running jobs can be cancelled")
     crud.request_cancel(session, job=job)
     JOB_VIEWS.invalidate(job.id)
@@ -97,7 +98,7 @@ def cancel_job(job: JobDep, session: SessionDep) -> JobPublic:
 @router.delete("/{job_id}", status_code=204)
 def delete_job(job: JobDep, session: SessionDep, backend: BackendDep) -> Response:
     """Delete a finished job with its snapshots, exports (files too) and Optuna study."""
-    if job.status in ("queued", "running"):
+    if job.status in ACTIVE:
         raise HTTPException(409, f"job {job.id} is {job.status}; cancel it and wait until it stops")
     for export in crud.list_exports(session, job_id=job.id):
         _remove(export.path)
