@@ -45,6 +45,11 @@ class ArchitectureSpec:
     # (LlamaConfig.validate_architecture in transformers 5.2x); such uniform plans use the pruned modeling.
     heads_must_divide_hidden: bool = False
 
+    @property
+    def linear_names(self) -> tuple[str, ...]:
+        """Module names of every prunable projection (the LoRA targets of `prunesearch heal`)."""
+        return (self.q_proj, self.k_proj, self.v_proj, self.o_proj, *self.mlp_in, self.mlp_out)
+
 
 _REGISTRY: dict[str, ArchitectureSpec] = {
     spec.model_type: spec

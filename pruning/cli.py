@@ -9,6 +9,7 @@ import transformers
 
 from prunesearch.cli import CLIError, print_json
 
+from . import heal_cli
 from .export import DTYPES
 from .importance import CRITERIA
 from .pipeline import CalibrationSettings, describe_config, prune_checkpoint
@@ -31,6 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     inspect = subparsers.add_parser("inspect", help="print a checkpoint's architecture and its dense plan")
     inspect.add_argument("--model", required=True, type=Path)
     inspect.set_defaults(handler=_inspect)
+
+    heal_cli.register(subparsers)
 
 
 def _read_plan(path: Path) -> PrunePlan:
