@@ -65,7 +65,7 @@ def distill_loss(
     student_head: LogitHead,
     teacher_hidden: torch.Tensor,
     teacher_head: LogitHead,
-    targets: torch.Tensor,
+    targets: torch.Tensor | None,
     *,
     temperature: float = 1.0,
     ce_weight: float = 0.0,
@@ -73,8 +73,10 @@ def distill_loss(
 ) -> torch.Tensor:
     """Mean per-position loss (see the module docstring) over final hidden states of shape [..., hidden].
 
-    `targets` holds the next token of each position in the student's vocabulary (used when `ce_weight` > 0).
+    `targets` holds the next token of each position in the student's vocabulary (needed when `ce_weight` > 0).
     """
+    if ce_weight and targets is None:
+        raise ValueError("a cross-entropy weight needs the targets")
     if student_head.vocab_size != teacher_head.vocab_size:
         raise ValueError(
             f"student head has {student_head.vocab_size} tokens, teacher head {teacher_head.vocab_size}: "
@@ -82,7 +84,9 @@ def distill_loss(
         )
     hs = student_hidden.reshape(-1, student_hidden.shape[-1])
     ht = teacher_hidden.reshape(-1, teacher_hidden.shape[-1]).detach()
-    flat_targets = targets.reshape(-1)
+    flat_targets = (
+        targets.reshape(-1) if targets is not None else torch.empty(hs.shape[0], dtype=torch.long, device=hs.device)
+    )
     step = chunk_rows or max(1, CHUNK_BYTES // (4 * student_head.vocab_size))
     total = hs.new_zeros((), dtype=torch.float32)
     for start in range(0, hs.shape[0], step):
@@ -97,7 +101,7 @@ def distill_loss(
 def _chunk_loss(
     hs: torch.Tensor,
     ht: torch.Tensor,
-    targets: torch.Tensor,
+    targets: torch.Tensor,  # ignored unless ce_weight > 0
     student_head: LogitHead,
     teacher_head: LogitHead,
     temperature: float,
