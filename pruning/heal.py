@@ -75,7 +75,10 @@ class HealSettings:
             problems.append("give either tokens or steps, not both")
         positive = ("seq_len", "batch", "grad_accum", "lora_rank", "temperature", "eval_chars")
         problems += [f"{name} must be positive" for name in positive if getattr(self, name) <= 0]
-        problems += [f"{n} must be positive" for n in ("tokens", "steps", "lr") if (getattr(self, n) or 1) <= 0]
+        optional = ("tokens", "steps", "lr")
+        problems += [
+            f"{n} must be positive" for n in optional if getattr(self, n) is not None and getattr(self, n) <= 0
+        ]
         problems += [
             f"{n} must not be negative" for n in ("self_data_tokens", "checkpoint_every") if getattr(self, n) < 0
         ]
@@ -157,27 +160,14 @@ def heal(
     (.txt, .jsonl or chat .jsonl) and write it to `out_dir`; perplexity before and after on each eval file."""
     settings.validate()
     student_dir, teacher_dir, data, out_dir = (Path(p) for p in (student_dir, teacher_dir, data, out_dir))
-    healio.check_export(student_dir)
     device = check_device(settings.device)
+    models = _load_models(student_dir, teacher_dir, device)
     out_dtype = parse_dtype(settings.dtype or healio.stored_dtype(student_dir))
-    token_map = read_token_map(student_dir)
-    student_tokenizer = healio.load_tokenizer(student_dir)
-    teacher, teacher_tokenizer = healio.load_teacher(teacher_dir, device)
-    healio.check_tokenizers(student_tokenizer, teacher_tokenizer, token_map)
-    student = healio.load_student(student_dir, device)
-    healio.check_vocab_sizes(student, teacher, token_map)
     texts = {str(p): healio.eval_text(Path(p), settings.eval_chars) for p in eval_files}
+    blocks, fingerprints = _training_data(models, data, settings)
+    student_tokenizer = models.student_tokenizer
 
-    docs = load_calibration(data, student_tokenizer)
-    fingerprints = {"student": model_fingerprint(student), "teacher": model_fingerprint(teacher)}
-    extra = _self_data(teacher, teacher_tokenizer, data, docs, settings, fingerprints["teacher"])
-    blocks = training_blocks(
-        student_tokenizer, docs, extra, settings.seq_len, settings.total_steps * settings.tokens_per_step
-    )
-    fingerprints["data"] = token_blocks_fingerprint(blocks)
-    fingerprints["docs"] = calibration_fingerprint(docs)
-
-    run = _prepare(settings, student, teacher, blocks, token_map, device)
+    run = _prepare(settings, models, blocks, device)
     folder = work_dir(out_dir.resolve())
     fingerprint = _run_fingerprint(settings, fingerprints)
     state = load_state(folder, fingerprint, run.student, run.optimizer, run.scheduler)
@@ -196,16 +186,51 @@ def heal(
     return result
 
 
-def _self_data(teacher, tokenizer, data: Path, docs, settings: HealSettings, teacher_fingerprint: str) -> list:
-    if not settings.self_data_tokens:
-        return []
-    config = SelfDataSettings(tokens=settings.self_data_tokens, seed=settings.seed)
-    generated, _cached = self_data_docs(teacher, tokenizer, data, docs, config, teacher_fingerprint=teacher_fingerprint)
-    return generated
+@dataclass(frozen=True)
+class _Models:
+    student: Any
+    teacher: Any
+    student_tokenizer: Any
+    teacher_tokenizer: Any
+    token_map: list[int] | None  # student id -> original (teacher) id; None when the vocabulary is whole
 
 
-def _prepare(settings: HealSettings, student, teacher, blocks, token_map, device: torch.device) -> _Run:
+def _load_models(student_dir: Path, teacher_dir: Path, device: torch.device) -> _Models:
+    """Check that the student is an export and the tokenizers agree (before any weights load), then load."""
+    healio.check_export(student_dir)
+    healio.check_model_dir(teacher_dir)
+    token_map = read_token_map(student_dir)
+    student_tokenizer, teacher_tokenizer = healio.load_tokenizer(student_dir), healio.load_tokenizer(teacher_dir)
+    healio.check_tokenizers(student_tokenizer, teacher_tokenizer, token_map)
+    teacher, _ = healio.load_teacher(teacher_dir, device)
+    student = healio.load_student(student_dir, device)
+    healio.check_vocab_sizes(student, teacher, token_map)
+    return _Models(student, teacher, student_tokenizer, teacher_tokenizer, token_map)
+
+
+def _training_data(models: _Models, data: Path, settings: HealSettings) -> tuple[torch.Tensor, dict[str, str]]:
+    """Training blocks (user data, plus self-data when asked) and the fingerprints that identify the run."""
+    docs = load_calibration(data, models.student_tokenizer)
+    fingerprints = {
+        "student": model_fingerprint(models.student),
+        "teacher": model_fingerprint(models.teacher),
+        "docs": calibration_fingerprint(docs),
+    }
+    extra = []
+    if settings.self_data_tokens:
+        config = SelfDataSettings(tokens=settings.self_data_tokens, seed=settings.seed)
+        extra, _ = self_data_docs(
+            models.teacher, models.teacher_tokenizer, data, docs, config, teacher_fingerprint=fingerprints["teacher"]
+        )
+    budget = settings.total_steps * settings.tokens_per_step
+    blocks = training_blocks(models.student_tokenizer, docs, extra, settings.seq_len, budget)
+    fingerprints["data"] = token_blocks_fingerprint(blocks)
+    return blocks, fingerprints
+
+
+def _prepare(settings: HealSettings, models: _Models, blocks: torch.Tensor, device: torch.device) -> _Run:
     """Make the student trainable (all weights, or LoRA adapters) and build its optimizer and schedule."""
+    student, token_map = models.student, models.token_map
     torch.manual_seed(settings.seed)
     if settings.gradient_checkpointing:
         student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -221,11 +246,11 @@ def _prepare(settings: HealSettings, student, teacher, blocks, token_map, device
     return _Run(
         settings=settings,
         student=student,
-        teacher=teacher,
+        teacher=models.teacher,
         blocks=blocks,
         order=BlockOrder(len(blocks), settings.batch, settings.seed),
         to_teacher_ids=to_teacher,
-        teacher_head=LogitHead.restricted(teacher.get_output_embeddings(), token_map),
+        teacher_head=LogitHead.restricted(models.teacher.get_output_embeddings(), token_map),
         device=device,
         optimizer=optimizer,
         scheduler=scheduler,

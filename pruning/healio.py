@@ -29,10 +29,14 @@ class HealInputError(ValueError):
 
 
 def check_export(student_dir: Path) -> None:
-    if not (student_dir / "config.json").is_file():
-        raise HealInputError(f"{student_dir} is not a model directory (no config.json)")
+    check_model_dir(student_dir)
     if not (student_dir / PLAN_FILE).is_file():
         raise HealInputError(f"{student_dir} is not a prunesearch export (no {PLAN_FILE}); prune it first")
+
+
+def check_model_dir(path: Path) -> None:
+    if not (path / "config.json").is_file():
+        raise HealInputError(f"{path} is not a model directory (no config.json)")
 
 
 def load_tokenizer(path: Path):

@@ -144,8 +144,9 @@ def _kill_at(step: int):
     return progress
 
 
-def test_killed_heal_resumes_at_its_saved_step(students, tmp_path, prunesearch_home):
-    settings = replace(FAST, checkpoint_every=2)
+@pytest.mark.parametrize("method", [HealMethod.FULL, HealMethod.LORA])
+def test_killed_heal_resumes_at_its_saved_step(method, students, tmp_path, prunesearch_home):
+    settings = replace(FAST, method=method, checkpoint_every=2, lr=1e-2 if method == HealMethod.LORA else FAST.lr)
     out = tmp_path / "resumed"
     with pytest.raises(_Killed):
         heal(students["mixed"], TINY, CALIB, out, settings, progress=_kill_at(5))
@@ -162,6 +163,8 @@ def test_killed_heal_resumes_at_its_saved_step(students, tmp_path, prunesearch_h
     straight = heal(students["mixed"], TINY, CALIB, tmp_path / "straight", replace(settings, checkpoint_every=0))
     assert straight.resumed_from == 0
     a, b = load_file(out / "model.safetensors"), load_file(tmp_path / "straight" / "model.safetensors")
+    unhealed = load_file(students["mixed"] / "model.safetensors")
+    assert sum(float((a[k] - unhealed[k]).abs().max()) > 1e-4 for k in a) >= 4  # the heal moved weights
     for key in a:  # the resumed run read the same batches with the same optimizer state
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
     curves = [
