@@ -134,7 +134,10 @@ def write_healed(model, student_dir: Path, out_dir: Path, dtype: torch.dtype, he
 
 def _set_config_dtype(path: Path, dtype: torch.dtype) -> None:
     config = json.loads(path.read_text())
-    config["dtype"] = str(dtype).removeprefix("torch.")
+    name = str(dtype).removeprefix("torch.")
+    if config.get("dtype") == name:
+        return
+    config["dtype"] = name
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 

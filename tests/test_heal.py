@@ -4,6 +4,7 @@ exactly, a killed heal resumes at its saved step, and bad input gets a one-line 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from prunesearch.pruning.modeling import load_pruned
 from prunesearch.pruning.pipeline import CalibrationSettings, prune_checkpoint
 from prunesearch.pruning.plan import PrunePlan
 
-from .factories import LLAMA_DOCS
+from .factories import LLAMA_DOCS, TINY_CONFIGS
 
 TINY = Path(__file__).resolve().parents[1] / "examples" / "tiny-llama"
 CALIB = TINY / "calib.txt"
@@ -79,8 +80,7 @@ def test_heal_keeps_shapes_and_loads_like_the_unhealed_checkpoint(name, students
 
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in student.iterdir())
     for same in ("prune_plan.json", "tokenizer.json", "config.json", "generation_config.json"):
-        assert (out / same).read_text() == (student / same).read_text() or same == "config.json"
-    assert json.loads((out / "config.json").read_text()) == json.loads((student / "config.json").read_text())
+        assert (out / same).read_text() == (student / same).read_text()
     before, after = load_file(student / "model.safetensors"), load_file(out / "model.safetensors")
     assert {k: v.shape for k, v in before.items()} == {k: v.shape for k, v in after.items()}
     assert any(not torch.equal(before[k], after[k]) for k in before)
@@ -130,6 +130,31 @@ def test_lora_heal_trains_only_the_projections(students, tmp_path, prunesearch_h
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.endswith("_proj.weight") for k in changed)
     assert "model.layers.1.self_attn.q_proj.weight" in changed
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3"])
+def test_heal_other_architectures(arch, tmp_path, prunesearch_home):
+    """Qwen2 (q/k/v biases, tied embeddings) and Qwen3 (q/k norms), pruned by a mixed plan with a trimmed
+    vocabulary, heal with either method and load as before."""
+    teacher = tmp_path / "teacher"
+    config = TINY_CONFIGS[arch]()
+    config.vocab_size = 1024  # the tiny Llama's tokenizer serves every architecture here
+    config.bos_token_id, config.eos_token_id, config.pad_token_id = 0, 0, 1
+    torch.manual_seed(0)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(teacher)
+    transformers.AutoTokenizer.from_pretrained(TINY).save_pretrained(teacher)
+    heads, kv = config.num_attention_heads, config.num_key_value_heads
+    plan = {"layers": [{"heads": heads, "ffn": 48}, {"heads": heads // kv, "ffn": 0}, {"heads": 0, "ffn": 24}]}
+    plan["layers"] += [{"heads": 0, "ffn": 0}]
+    prune_checkpoint(teacher, PrunePlan.from_dict({"version": 1, **plan, "vocab": 700}), tmp_path / "pruned")
+    for method in HealMethod:
+        out = tmp_path / str(method)
+        heal(tmp_path / "pruned", teacher, CALIB, out, replace(FAST, method=method, steps=2, lr=1e-2))
+        healed, unhealed = load_file(out / "model.safetensors"), load_file(tmp_path / "pruned" / "model.safetensors")
+        assert {k: v.shape for k, v in healed.items()} == {k: v.shape for k, v in unhealed.items()}
+        assert any(not torch.equal(healed[k], unhealed[k]) for k in healed)
+        model = transformers.AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
+        assert torch.isfinite(_logits(model, _ids(700))).all()
 
 
 class _Killed(Exception):
@@ -235,3 +260,12 @@ def test_bad_input_gets_a_one_line_error(students, tmp_path, capsys, prunesearch
     with pytest.raises(SystemExit) as exc:
         main(["heal", "--model", str(students["uniform"]), "--teacher", str(TINY), *common, "--tokens", "1000"])
     assert exc.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", [HealMethod.FULL, HealMethod.LORA])
+def test_heal_on_cuda_under_bf16_autocast(method, students, tmp_path, prunesearch_home):
+    settings = replace(FAST, method=method, device="cuda", steps=4, checkpoint_every=2, self_data_tokens=128)
+    result = heal(students["mixed"], TINY, CALIB, tmp_path / "out", settings, eval_files=[CALIB])
+    assert result.steps == 4 and math.isfinite(result.final_loss)
+    assert (tmp_path / "out" / "model.safetensors").is_file() and result.eval[str(CALIB)]["after"]["token_ppl"] > 1
