@@ -15,7 +15,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +121,7 @@ class HealResult:
     steps: int
     tokens: int
     seconds: float  # training time, over every resumed run
+    wall_seconds: float  # this call end to end: loading, self-data, evaluation, training, writing
     tokens_per_second: float
     resumed_from: int  # the step this run started at (0: a fresh heal)
     final_loss: float
@@ -157,7 +158,12 @@ def heal(
     progress: Callable[[HealProgress], None] | None = None,
 ) -> HealResult:
     """Heal the pruned checkpoint `student_dir` by distillation from `teacher_dir` on the text in `data`
-    (.txt, .jsonl or chat .jsonl) and write it to `out_dir`; perplexity before and after on each eval file."""
+    (.txt, .jsonl or chat .jsonl) and write it to `out_dir`; perplexity before and after on each eval file.
+
+    `progress` is called after every optimizer step; an exception it raises stops the heal (a service's cancel),
+    and with `settings.checkpoint_every` the same call later resumes from the last saved step. Bad input raises a
+    `ValueError` subclass with a one-line message (`HealError`, `HealInputError`, `HealDataError`, ...)."""
+    started = time.perf_counter()
     settings.validate()
     student_dir, teacher_dir, data, out_dir = (Path(p) for p in (student_dir, teacher_dir, data, out_dir))
     device = check_device(settings.device)
@@ -183,7 +189,7 @@ def heal(
         merged, student_dir, out_dir, out_dtype, _record(settings, teacher_dir, data, fingerprints, state, result)
     )
     remove_state(folder)
-    return result
+    return replace(result, wall_seconds=round(time.perf_counter() - started, 3))
 
 
 @dataclass(frozen=True)
@@ -340,6 +346,7 @@ def _result(settings: HealSettings, state: HealState, out_dir: Path, resumed_fro
         steps=state.step,
         tokens=tokens,
         seconds=round(state.seconds, 3),
+        wall_seconds=0.0,  # set when the checkpoint is written
         tokens_per_second=round(tokens / max(state.seconds, 1e-9), 1),
         resumed_from=resumed_from,
         final_loss=state.losses[-1] if state.losses else math.nan,

@@ -74,6 +74,7 @@ def test_heal_keeps_shapes_and_loads_like_the_unhealed_checkpoint(name, students
     code, summary = _run_cli(capsys, *argv, "--eval-chars", "8000")
     assert code == 0, summary
     assert (summary["steps"], summary["tokens"], summary["resumed_from"]) == (8, 8 * 64 * 4, 0)
+    assert summary["wall_seconds"] >= summary["seconds"] > 0 and summary["tokens_per_second"] > 0
     metrics = summary["eval"][str(CALIB)]
     assert metrics["after"]["token_ppl"] < metrics["before"]["token_ppl"]  # the training text itself
     assert metrics["after"]["char_ppl"] < metrics["before"]["char_ppl"]
