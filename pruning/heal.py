@@ -5,6 +5,7 @@ student) (`distill.py`) over the user's text, and optionally text the teacher wr
 then writes a checkpoint with the student's exact shapes, plan, token map and modeling code (`healio.py`).
 `full` trains every weight; `lora` trains PEFT adapters on the kept projections and merges them at the end.
 The run saves its state every `checkpoint_every` steps (`healstate.py`) and resumes from it when re-run.
+Settings, progress reports and results are plain data (`healsettings.py`); the loop is `healloop.py`.
 """
 
 from __future__ import annotations
@@ -14,137 +15,27 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import get_cosine_schedule_with_warmup
 
 from prunesearch.choices import HealMethod
 
 from . import healio
-from .architectures import get_spec
 from .calibration import calibration_fingerprint, load_calibration
-from .distill import LogitHead, distill_loss
 from .export import check_device, parse_dtype, read_token_map
-from .healdata import BlockOrder, training_blocks
-from .healstate import HealState, load_state, remove_state, save_state, work_dir
+from .healdata import training_blocks
+from .healloop import prepare_run, train
+from .healsettings import HealError, HealProgress, HealResult, HealSettings
+from .healstate import HealState, load_state, remove_state, work_dir
 from .selfdata import SelfDataSettings, self_data_docs
 from .stats import model_fingerprint, token_blocks_fingerprint
 
-DEFAULT_LR = {HealMethod.FULL: 1e-4, HealMethod.LORA: 1e-3}
-DEFAULT_TOKENS = 1_000_000
+__all__ = ["HealError", "HealProgress", "HealResult", "HealSettings", "heal", "loss_curve"]
+
 _CURVE_POINTS = 200
-
-
-class HealError(ValueError):
-    """Settings that cannot describe a heal."""
-
-
-@dataclass(frozen=True)
-class HealSettings:
-    """How to heal. Exactly one of `tokens` / `steps` sets the budget (`DEFAULT_TOKENS` when neither)."""
-
-    method: HealMethod = HealMethod.FULL
-    tokens: int | None = None
-    steps: int | None = None
-    lr: float | None = None  # None: DEFAULT_LR of the method
-    seq_len: int = 256
-    batch: int = 8
-    grad_accum: int = 1
-    temperature: float = 1.0
-    ce_weight: float = 0.0
-    lora_rank: int = 16
-    warmup_ratio: float = 0.03
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    gradient_checkpointing: bool = False
-    self_data_tokens: int = 0
-    seed: int = 0
-    dtype: str | None = None  # of the healed checkpoint; None: the unhealed checkpoint's
-    device: str = "cpu"
-    checkpoint_every: int = 0  # steps between saved states; 0: never
-    eval_chars: int = healio.EVAL_CHARS
-
-    def validate(self) -> None:
-        """Raise `HealError` naming every problem at once."""
-        problems = []
-        if self.tokens is not None and self.steps is not None:
-            problems.append("give either tokens or steps, not both")
-        positive = ("seq_len", "batch", "grad_accum", "lora_rank", "temperature", "eval_chars")
-        problems += [f"{name} must be positive" for name in positive if getattr(self, name) <= 0]
-        optional = ("tokens", "steps", "lr")
-        problems += [
-            f"{n} must be positive" for n in optional if getattr(self, n) is not None and getattr(self, n) <= 0
-        ]
-        problems += [
-            f"{n} must not be negative" for n in ("self_data_tokens", "checkpoint_every") if getattr(self, n) < 0
-        ]
-        if not 0.0 <= self.ce_weight <= 1.0:
-            problems.append("ce_weight must lie in [0, 1]")
-        if self.seq_len < 2:
-            problems.append("seq_len must be at least 2 (one input and one target)")
-        if problems:
-            raise HealError("invalid heal settings: " + "; ".join(problems))
-
-    @property
-    def tokens_per_step(self) -> int:
-        return self.seq_len * self.batch * self.grad_accum
-
-    @property
-    def total_steps(self) -> int:
-        if self.steps is not None:
-            return self.steps
-        return math.ceil((self.tokens or DEFAULT_TOKENS) / self.tokens_per_step)
-
-    @property
-    def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else DEFAULT_LR[HealMethod(self.method)]
-
-
-@dataclass(frozen=True)
-class HealProgress:
-    """Reported after every optimizer step (for a progress bar or a service's status)."""
-
-    step: int
-    total_steps: int
-    loss: float
-    tokens_per_second: float
-
-
-@dataclass(frozen=True)
-class HealResult:
-    out_dir: str
-    method: str
-    steps: int
-    tokens: int
-    seconds: float  # training time, over every resumed run
-    wall_seconds: float  # this call end to end: loading, self-data, evaluation, training, writing
-    tokens_per_second: float
-    resumed_from: int  # the step this run started at (0: a fresh heal)
-    final_loss: float
-    eval: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # file -> before/after -> metrics
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class _Run:
-    """What the training loop works on."""
-
-    settings: HealSettings
-    student: Any
-    teacher: Any
-    blocks: torch.Tensor
-    order: BlockOrder
-    to_teacher_ids: torch.Tensor | None  # student id -> original id
-    teacher_head: LogitHead
-    device: torch.device
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
 
 
 def heal(
@@ -152,7 +43,7 @@ def heal(
     teacher_dir: str | Path,
     data: str | Path,
     out_dir: str | Path,
-    settings: HealSettings = HealSettings(),
+    settings: HealSettings | None = None,
     *,
     eval_files: Sequence[str | Path] = (),
     progress: Callable[[HealProgress], None] | None = None,
@@ -164,6 +55,7 @@ def heal(
     and with `settings.checkpoint_every` the same call later resumes from the last saved step. Bad input raises a
     `ValueError` subclass with a one-line message (`HealError`, `HealInputError`, `HealDataError`, ...)."""
     started = time.perf_counter()
+    settings = settings or HealSettings()
     settings.validate()
     student_dir, teacher_dir, data, out_dir = (Path(p) for p in (student_dir, teacher_dir, data, out_dir))
     device = check_device(settings.device)
@@ -173,14 +65,14 @@ def heal(
     blocks, fingerprints = _training_data(models, data, settings)
     student_tokenizer = models.student_tokenizer
 
-    run = _prepare(settings, models, blocks, device)
+    run = prepare_run(settings, models.student, models.teacher, models.token_map, blocks, device)
     folder = work_dir(out_dir.resolve())
     fingerprint = _run_fingerprint(settings, fingerprints)
     state = load_state(folder, fingerprint, run.student, run.optimizer, run.scheduler)
     resumed_from = state.step if state else 0
     if state is None:  # LoRA's B starts at zero, so the wrapped student is still the unhealed function
         state = HealState(fingerprint=fingerprint, before=healio.perplexities(run.student, student_tokenizer, texts))
-    _train(run, state, folder, progress)
+    train(run, state, folder, progress)
 
     merged = run.student.merge_and_unload() if settings.method == HealMethod.LORA else run.student
     after = healio.perplexities(merged, student_tokenizer, texts)
@@ -232,104 +124,6 @@ def _training_data(models: _Models, data: Path, settings: HealSettings) -> tuple
     blocks = training_blocks(models.student_tokenizer, docs, extra, settings.seq_len, budget)
     fingerprints["data"] = token_blocks_fingerprint(blocks)
     return blocks, fingerprints
-
-
-def _prepare(settings: HealSettings, models: _Models, blocks: torch.Tensor, device: torch.device) -> _Run:
-    """Make the student trainable (all weights, or LoRA adapters) and build its optimizer and schedule."""
-    student, token_map = models.student, models.token_map
-    torch.manual_seed(settings.seed)
-    if settings.gradient_checkpointing:
-        student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if settings.method == HealMethod.LORA:
-        student = _with_lora(student, settings.lora_rank)
-    else:
-        student.requires_grad_(True)
-    params = [p for p in student.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
-    total = settings.total_steps
-    scheduler = get_cosine_schedule_with_warmup(optimizer, int(settings.warmup_ratio * total), total)
-    to_teacher = torch.tensor(token_map, device=device) if token_map is not None else None
-    return _Run(
-        settings=settings,
-        student=student,
-        teacher=models.teacher,
-        blocks=blocks,
-        order=BlockOrder(len(blocks), settings.batch, settings.seed),
-        to_teacher_ids=to_teacher,
-        teacher_head=LogitHead.restricted(models.teacher.get_output_embeddings(), token_map),
-        device=device,
-        optimizer=optimizer,
-        scheduler=scheduler,
-    )
-
-
-def _with_lora(student, rank: int):
-    """PEFT LoRA adapters on every projection the plan kept (removed sublayers have no modules to match)."""
-    from peft import LoraConfig, get_peft_model
-
-    spec = get_spec(student.config.model_type)
-    config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=list(spec.linear_names))
-    return get_peft_model(student, config)
-
-
-def _train(run: _Run, state: HealState, folder: Path, progress: Callable[[HealProgress], None] | None) -> None:
-    settings, total = run.settings, run.settings.total_steps
-    run.student.train()
-    started, start_step = time.perf_counter(), state.step
-    while state.step < total:
-        state.losses.append(_train_step(run, state.step))
-        state.step += 1
-        elapsed = time.perf_counter() - started
-        rate = (state.step - start_step) * settings.tokens_per_step / max(elapsed, 1e-9)
-        if settings.checkpoint_every and state.step % settings.checkpoint_every == 0 and state.step < total:
-            _save(run, state, folder, state.seconds + elapsed)
-        if progress is not None:
-            progress(HealProgress(state.step, total, state.losses[-1], rate))
-    state.seconds += time.perf_counter() - started
-    run.student.eval()
-
-
-def _save(run: _Run, state: HealState, folder: Path, seconds: float) -> None:
-    saved = HealState(state.fingerprint, state.step, state.losses, state.before, seconds)
-    save_state(folder, saved, run.student, run.optimizer, run.scheduler)
-
-
-def _train_step(run: _Run, step: int) -> float:
-    """One optimizer step over `grad_accum` micro-batches; returns the mean loss."""
-    settings, total = run.settings, 0.0
-    for micro in range(settings.grad_accum):
-        ids = run.blocks[run.order.indices(step * settings.grad_accum + micro)].to(run.device)
-        with _autocast(run.device):
-            loss = _micro_batch_loss(run, ids) / settings.grad_accum
-        loss.backward()
-        total += float(loss.detach())
-    params = [p for group in run.optimizer.param_groups for p in group["params"]]
-    torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
-    run.optimizer.step()
-    run.scheduler.step()
-    run.optimizer.zero_grad(set_to_none=True)
-    return total
-
-
-def _micro_batch_loss(run: _Run, ids: torch.Tensor) -> torch.Tensor:
-    teacher_ids = run.to_teacher_ids[ids] if run.to_teacher_ids is not None else ids
-    with torch.no_grad():
-        teacher_hidden = run.teacher.get_decoder()(input_ids=teacher_ids, use_cache=False).last_hidden_state
-    student_hidden = run.student.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state
-    return distill_loss(
-        student_hidden[:, :-1],
-        LogitHead.of(run.student.get_output_embeddings()),
-        teacher_hidden[:, :-1],
-        run.teacher_head,
-        ids[:, 1:],
-        temperature=run.settings.temperature,
-        ce_weight=run.settings.ce_weight,
-    )
-
-
-def _autocast(device: torch.device) -> AbstractContextManager:
-    """bf16 autocast on CUDA; plain fp32 elsewhere."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
 def _run_fingerprint(settings: HealSettings, fingerprints: dict[str, str]) -> str:

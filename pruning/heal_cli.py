@@ -9,7 +9,7 @@ from prunesearch.choices import DType, HealMethod, values
 from prunesearch.cli import CLIError, print_json
 
 from .heal import HealProgress, HealSettings, heal
-from .healio import EVAL_CHARS
+from .healsettings import EVAL_CHARS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

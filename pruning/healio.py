@@ -18,8 +18,7 @@ from .evaluate import perplexity
 from .export import PLAN_FILE, PROVENANCE_FILE, load_base_model
 from .modeling import load_pruned
 
-# The repository's perplexity protocol: the first 60,000 characters, 256-token windows (pruning/evaluate.py).
-EVAL_CHARS = 60_000
+# The repository's perplexity protocol: non-overlapping 256-token windows (pruning/evaluate.py).
 EVAL_SEQ_LEN = 256
 _WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "pytorch_model*.json")
 

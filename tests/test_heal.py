@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 
 from prunesearch.choices import HealMethod
 from prunesearch.cli import main
-from prunesearch.pruning.heal import HealSettings, _with_lora, heal, loss_curve
+from prunesearch.pruning.heal import HealSettings, heal, loss_curve
+from prunesearch.pruning.healloop import with_lora
 from prunesearch.pruning.healstate import HealStateError, work_dir
 from prunesearch.pruning.modeling import load_pruned
 from prunesearch.pruning.pipeline import CalibrationSettings, prune_checkpoint
@@ -107,7 +108,7 @@ def test_heal_keeps_shapes_and_loads_like_the_unhealed_checkpoint(name, students
 
 def test_lora_merge_does_not_change_the_function(students):
     student = load_pruned(students["mixed"])
-    wrapped = _with_lora(student, rank=4)
+    wrapped = with_lora(student, rank=4)
     adapters = [p for n, p in wrapped.named_parameters() if "lora_B" in n]
     assert adapters and all(p.requires_grad for p in adapters)
     with torch.no_grad():  # B starts at zero; make the adapters do something
