@@ -72,6 +72,13 @@ class TextFormat(StrEnum):
     JSONL = ".jsonl"
 
 
+class HealMethod(StrEnum):
+    """How `prunesearch heal` trains a pruned model: every weight, or LoRA adapters merged at the end."""
+
+    FULL = "full"
+    LORA = "lora"
+
+
 def values(choice: type[StrEnum]) -> list[str]:
     """The plain string values of an enum, in definition order (for argparse `choices` and messages)."""
     return [member.value for member in choice]

@@ -62,6 +62,11 @@ class ArchitectureSpec:
         """Class name of the pruned modeling for this architecture (`remote_modeling.py`)."""
         return f"Pruned{self.causal_lm_class}"
 
+    @property
+    def linear_names(self) -> tuple[str, ...]:
+        """Module names of every prunable projection (the LoRA targets of `prunesearch heal`)."""
+        return (self.q_proj, self.k_proj, self.v_proj, self.o_proj, *self.mlp_in, self.mlp_out)
+
 
 _REGISTRY: dict[str, ArchitectureSpec] = {
     spec.model_type: spec

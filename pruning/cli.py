@@ -10,6 +10,7 @@ import transformers
 from prunesearch.choices import CriterionName, DType, values
 from prunesearch.cliutil import CLIError, output_dir, print_json, read_text, user_errors
 
+from . import heal_cli
 from .architectures import UnsupportedArchitectureError
 from .calibration import CalibrationError
 from .export import check_device
@@ -39,6 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     inspect = subparsers.add_parser("inspect", help="print a checkpoint's architecture and its dense plan")
     inspect.add_argument("--model", required=True, type=Path)
     inspect.set_defaults(handler=user_errors(*INPUT_ERRORS)(_inspect))
+
+    heal_cli.register(subparsers)
 
 
 def _prune(args: argparse.Namespace) -> int:

@@ -1,0 +1,142 @@
+"""Self-data distillation: text the dense teacher writes itself, from prompts drawn from the user's data.
+
+Healing on the teacher's own samples keeps the student close to the teacher's distribution rather than the
+data's (Self-Data Distillation, in the seed papers). Prompts are the first `prompt_tokens` tokens of randomly
+drawn documents; for chat `.jsonl` the prompt is a conversation up to its first user turn and the teacher writes
+the assistant's answer. Results are cached under `$PRUNESEARCH_HOME/cache/selfdata`, keyed by the teacher's
+fingerprint, the data's fingerprint and the generation settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from prunesearch.home import home_dir
+
+from .calibration import CalibrationDoc, calibration_fingerprint
+
+SELF_DATA_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class SelfDataSettings:
+    tokens: int  # generated tokens wanted in all
+    seed: int = 0
+    prompt_tokens: int = 32
+    max_new_tokens: int = 224
+    batch: int = 8
+
+
+def cache_path(teacher_fingerprint: str, docs: list[CalibrationDoc], settings: SelfDataSettings) -> Path:
+    key = json.dumps(
+        [SELF_DATA_FORMAT, teacher_fingerprint, calibration_fingerprint(docs), asdict(settings)], sort_keys=True
+    )
+    return home_dir() / "cache" / "selfdata" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.jsonl"
+
+
+def self_data_docs(
+    teacher,
+    tokenizer,
+    data_path: Path,
+    docs: list[CalibrationDoc],
+    settings: SelfDataSettings,
+    *,
+    teacher_fingerprint: str,
+) -> tuple[list[CalibrationDoc], bool]:
+    """`settings.tokens` tokens of teacher-written documents, from the cache when present. Returns (docs, cached)."""
+    path = cache_path(teacher_fingerprint, docs, settings)
+    if path.is_file():
+        return _read(path), True
+    prompts = _prompts(tokenizer, data_path, docs, settings)
+    texts = _generate(teacher, tokenizer, prompts, settings)
+    _write(path, texts)
+    return [CalibrationDoc(text=t, coverage_text=t) for t in texts], False
+
+
+def _prompts(tokenizer, data_path: Path, docs: list[CalibrationDoc], settings: SelfDataSettings) -> list[list[int]]:
+    """Token ids of every candidate prompt (chat: up to the first user turn; text: a document's opening)."""
+    chats = _chat_prompts(data_path)
+    if chats:
+        return [_render_prompt(tokenizer, messages) for messages in chats]
+    encoded = (tokenizer.encode(doc.text, add_special_tokens=False) for doc in docs)
+    return [ids[: settings.prompt_tokens] for ids in encoded if len(ids) >= 2]
+
+
+def _chat_prompts(data_path: Path) -> list[list[dict]]:
+    if data_path.suffix.lower() != ".jsonl":
+        return []
+    prompts = []
+    for line in data_path.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line) if line.strip() else {}
+        messages = record.get("messages") or []
+        first_user = next((i for i, m in enumerate(messages) if m.get("role") == "user"), None)
+        if first_user is not None:
+            prompts.append(messages[: first_user + 1])
+    return prompts
+
+
+def _render_prompt(tokenizer, messages: list[dict]) -> list[int]:
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    else:  # the same plain rendering as calibration.py, opened for the assistant's turn
+        text = "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+@torch.inference_mode()
+def _generate(teacher, tokenizer, prompts: list[list[int]], settings: SelfDataSettings) -> list[str]:
+    rng = random.Random(settings.seed)
+    device = next(teacher.parameters()).device
+    texts, produced = [], 0
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(settings.seed)
+        while produced < settings.tokens:
+            batch = [rng.choice(prompts) for _ in range(settings.batch)]
+            new_texts, new_tokens = _generate_batch(teacher, tokenizer, batch, settings, device)
+            texts.extend(new_texts)
+            produced += max(new_tokens, 1)  # a batch that stops at once still moves towards the end
+    return texts
+
+
+def _generate_batch(teacher, tokenizer, prompts: list[list[int]], settings, device) -> tuple[list[str], int]:
+    """Sample continuations of left-padded prompts; returns the full texts and the count of new tokens."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    out = teacher.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        do_sample=True,
+        top_k=0,
+        top_p=1.0,
+        temperature=1.0,
+        max_new_tokens=settings.max_new_tokens,
+        pad_token_id=pad,
+    )
+    texts, count = [], 0
+    for prompt, row in zip(prompts, out[:, width:].tolist(), strict=True):
+        if tokenizer.eos_token_id in row:
+            row = row[: row.index(tokenizer.eos_token_id)]
+        count += len(row)
+        texts.append(tokenizer.decode(prompt + row, skip_special_tokens=True))
+    return texts, count
+
+
+def _read(path: Path) -> list[CalibrationDoc]:
+    texts = [json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines() if line]
+    return [CalibrationDoc(text=t, coverage_text=t) for t in texts]
+
+
+def _write(path: Path, texts: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+    os.replace(tmp, path)
