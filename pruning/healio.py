@@ -13,6 +13,8 @@ from typing import Any
 import torch
 import transformers
 
+from prunesearch.choices import TORCH_DTYPE_NAMES, DType, TextFormat
+
 from .calibration import load_calibration
 from .evaluate import perplexity
 from .export import PLAN_FILE, PROVENANCE_FILE, load_base_model
@@ -83,7 +85,7 @@ def check_vocab_sizes(student, teacher, token_map: list[int] | None) -> None:
 
 def eval_text(path: Path, chars: int) -> str:
     """The first `chars` characters of an evaluation file (.txt as is; .jsonl documents joined by blank lines)."""
-    if path.suffix.lower() == ".txt":
+    if path.suffix.lower() == TextFormat.TXT:
         if not path.is_file():
             raise HealInputError(f"{path}: evaluation file not found")
         return path.read_text(encoding="utf-8")[:chars]
@@ -103,11 +105,12 @@ def perplexities(model, tokenizer, texts: dict[str, str]) -> dict[str, dict[str,
     return results
 
 
-def stored_dtype(student_dir: Path) -> str:
-    """The dtype the unhealed checkpoint was written in (config.json), as a `DTYPES` name."""
+def stored_dtype(student_dir: Path) -> DType:
+    """The dtype the unhealed checkpoint was written in (config.json); fp32 when it names none we know."""
     config = json.loads((student_dir / "config.json").read_text())
     name = str(config.get("dtype") or config.get("torch_dtype") or "float32")
-    return {"bfloat16": "bf16", "float16": "fp16"}.get(name, "fp32")
+    by_torch_name = {torch_name: dtype for dtype, torch_name in TORCH_DTYPE_NAMES.items()}
+    return by_torch_name.get(name, DType.FP32)
 
 
 def write_healed(model, student_dir: Path, out_dir: Path, dtype: torch.dtype, heal_record: dict[str, Any]) -> None:

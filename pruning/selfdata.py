@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from prunesearch.choices import TextFormat
 from prunesearch.home import home_dir
 
 from .calibration import CalibrationDoc, calibration_fingerprint
@@ -70,7 +71,7 @@ def _prompts(tokenizer, data_path: Path, docs: list[CalibrationDoc], settings: S
 
 
 def _chat_prompts(data_path: Path) -> list[list[dict]]:
-    if data_path.suffix.lower() != ".jsonl":
+    if data_path.suffix.lower() != TextFormat.JSONL:
         return []
     prompts = []
     for line in data_path.read_text(encoding="utf-8").splitlines():

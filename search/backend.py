@@ -11,6 +11,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import optuna
 
+from prunesearch.choices import DType
+
 from .callbacks import SearchCallbacks
 from .results import SearchProgress, export_trial, pareto_front, trial_page
 from .spec import SearchSpec
@@ -37,7 +39,7 @@ class SearchBackend(Protocol):
         """Started trials (by number) from `offset`, at most `limit`, and how many there are in all."""
         ...
 
-    def export_trial(self, study_name: str, trial: int, out_dir: Path, *, dtype: str = "fp32") -> dict[str, Any]:
+    def export_trial(self, study_name: str, trial: int, out_dir: Path, *, dtype: str = DType.FP32) -> dict[str, Any]:
         """Write a finished trial's pruned checkpoint to `out_dir`; a summary of what was written."""
         ...
 
@@ -82,7 +84,7 @@ class OptunaBackend:
     def trial_page(self, study_name: str, offset: int = 0, limit: int = 50) -> tuple[list[dict[str, Any]], int]:
         return trial_page(self.storage, study_name, offset, limit)
 
-    def export_trial(self, study_name: str, trial: int, out_dir: Path, *, dtype: str = "fp32") -> dict[str, Any]:
+    def export_trial(self, study_name: str, trial: int, out_dir: Path, *, dtype: str = DType.FP32) -> dict[str, Any]:
         return export_trial(self.storage, study_name, trial, out_dir, dtype=dtype)
 
     def delete_study(self, study_name: str) -> None:

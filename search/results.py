@@ -11,6 +11,7 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from prunesearch.choices import DType
 from prunesearch.pruning.plan import PrunePlan
 
 from . import pareto
@@ -172,7 +173,7 @@ def export_trial(
     trial: int,
     out_dir: str | Path,
     *,
-    dtype: str = "fp32",
+    dtype: str = DType.FP32,
     device: str = "cpu",
 ) -> dict[str, Any]:
     """Materialise a trial's plan as a checkpoint, with the importance settings the search used."""
