@@ -59,6 +59,7 @@ def heal(
     settings.validate()
     student_dir, teacher_dir, data, out_dir = (Path(p) for p in (student_dir, teacher_dir, data, out_dir))
     device = check_device(settings.device)
+    healio.check_out_dir(out_dir)
     models = _load_models(student_dir, teacher_dir, device)
     out_dtype = parse_dtype(settings.dtype or healio.stored_dtype(student_dir))
     texts = {str(p): healio.eval_text(Path(p), settings.eval_chars) for p in eval_files}

@@ -35,6 +35,20 @@ def check_export(student_dir: Path) -> None:
         raise HealInputError(f"{student_dir} is not a prunesearch export (no {PLAN_FILE}); prune it first")
 
 
+def check_out_dir(out_dir: Path) -> None:
+    """`out_dir` may be replaced: it is absent, empty, or an earlier prunesearch checkpoint (it has a plan).
+    Anything else is refused, since the heal moves an existing output aside and deletes it."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise HealInputError(f"--out {out_dir} is a file, not a directory")
+    if any(out_dir.iterdir()) and not (out_dir / PLAN_FILE).is_file():
+        raise HealInputError(
+            f"--out {out_dir} is a non-empty directory that is not a prunesearch checkpoint (no {PLAN_FILE}); "
+            "the heal would replace it, so name a new or empty directory"
+        )
+
+
 def check_model_dir(path: Path) -> None:
     if not (path / "config.json").is_file():
         raise HealInputError(f"{path} is not a model directory (no config.json)")

@@ -271,3 +271,13 @@ def test_heal_on_cuda_under_bf16_autocast(method, students, tmp_path, prunesearc
     result = heal(students["mixed"], TINY, CALIB, tmp_path / "out", settings, eval_files=[CALIB])
     assert result.steps == 4 and math.isfinite(result.final_loss)
     assert (tmp_path / "out" / "model.safetensors").is_file() and result.eval[str(CALIB)]["after"]["token_ppl"] > 1
+
+
+def test_heal_refuses_to_replace_a_folder_that_is_not_a_checkpoint(students, tmp_path, capsys, prunesearch_home):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    common = ["--data", str(CALIB), "--steps", "1", "--seq-len", "64"]
+    err = _heal_error(capsys, "--model", str(students["uniform"]), "--teacher", str(TINY), *common, "--out", str(out))
+    assert "not a prunesearch checkpoint" in err
+    assert (out / "notes.txt").read_text() == "keep me" and sorted(p.name for p in out.iterdir()) == ["notes.txt"]
