@@ -68,7 +68,7 @@ def heal(
 
     run = prepare_run(settings, models.student, models.teacher, models.token_map, blocks, device)
     folder = work_dir(out_dir.resolve())
-    fingerprint = _run_fingerprint(settings, fingerprints)
+    fingerprint = _run_fingerprint(settings, fingerprints, sorted(texts))
     state = load_state(folder, fingerprint, run.student, run.optimizer, run.scheduler)
     resumed_from = state.step if state else 0
     if state is None:  # LoRA's B starts at zero, so the wrapped student is still the unhealed function
@@ -127,10 +127,12 @@ def _training_data(models: _Models, data: Path, settings: HealSettings) -> tuple
     return blocks, fingerprints
 
 
-def _run_fingerprint(settings: HealSettings, fingerprints: dict[str, str]) -> str:
-    """What a resumed run must share with the saved one (not where it runs or how often it saves)."""
-    shaping = {k: v for k, v in asdict(settings).items() if k not in ("device", "checkpoint_every", "eval_chars")}
-    return hashlib.sha256(json.dumps([shaping, fingerprints], sort_keys=True, default=str).encode()).hexdigest()
+def _run_fingerprint(settings: HealSettings, fingerprints: dict[str, str], eval_names: list[str]) -> str:
+    """What a resumed run must share with the saved one (not where it runs or how often it saves). The
+    evaluation files and `eval_chars` count too: the saved state holds the perplexities before the heal."""
+    shaping = {k: v for k, v in asdict(settings).items() if k not in ("device", "checkpoint_every")}
+    identity = [shaping, fingerprints, eval_names]
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _result(settings: HealSettings, state: HealState, out_dir: Path, resumed_from: int, after: dict) -> HealResult:

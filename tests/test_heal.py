@@ -181,6 +181,11 @@ def test_killed_heal_resumes_at_its_saved_step(method, students, tmp_path, prune
 
     with pytest.raises(HealStateError, match="other models, data or settings"):
         heal(students["mixed"], TINY, CALIB, out, replace(settings, lr=1e-3))
+    # the saved state holds the perplexities before the heal: other evaluation files cannot resume it
+    with pytest.raises(HealStateError, match="other models, data or settings"):
+        heal(students["mixed"], TINY, CALIB, out, settings, eval_files=[CALIB])
+    with pytest.raises(HealStateError, match="other models, data or settings"):
+        heal(students["mixed"], TINY, CALIB, out, replace(settings, eval_chars=4_000))
 
     steps_seen = []
     resumed = heal(students["mixed"], TINY, CALIB, out, settings, progress=lambda r: steps_seen.append(r.step))
