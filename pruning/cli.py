@@ -14,12 +14,14 @@ from . import heal_cli
 from .architectures import UnsupportedArchitectureError
 from .calibration import CalibrationError
 from .export import check_device
+from .importance import CriterionError, get_criterion
 from .pipeline import CalibrationSettings, describe_config, prune_checkpoint
 from .plan import PlanError, PrunePlan
 from .vocab import VocabTrimError
 
-# The domain errors that mean "the input is wrong": the plan, the calibration file, the architecture.
-INPUT_ERRORS = (PlanError, CalibrationError, UnsupportedArchitectureError, VocabTrimError)
+# The domain errors that mean "the input is wrong": the plan, the calibration file, the criterion,
+# the architecture.
+INPUT_ERRORS = (PlanError, CalibrationError, CriterionError, UnsupportedArchitectureError, VocabTrimError)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -51,6 +53,8 @@ def _prune(args: argparse.Namespace) -> int:
         check_device(args.device)
     except ValueError as exc:
         raise CLIError(str(exc)) from exc
+    if args.criterion and get_criterion(args.criterion).needs_calibration and args.calibration is None:
+        raise CLIError(f"--criterion {args.criterion} needs calibration data; pass --calibration or use magnitude")
     output_dir(args.out)
     settings = CalibrationSettings(path=args.calibration, seq_len=args.seq_len, max_tokens=args.calibration_tokens)
     summary = prune_checkpoint(

@@ -21,6 +21,10 @@ from .modules import AttentionParts, MlpParts, attention_parts, decoder_layers, 
 from .stats import ActivationStats
 
 
+class CriterionError(ValueError):
+    """An unknown criterion, or one that needs calibration data asked for without any."""
+
+
 @dataclass
 class ImportanceScores:
     """Per-layer scores (higher = keep), and the channel means FLAP's bias compensation needs."""
@@ -98,7 +102,7 @@ def get_criterion(name: str) -> Criterion:
     try:
         return CRITERIA[CriterionName(name)]
     except ValueError:
-        raise ValueError(f"unknown criterion {name!r}; choose one of {', '.join(CRITERIA)}") from None
+        raise CriterionError(f"unknown criterion {name!r}; choose one of {', '.join(CRITERIA)}") from None
 
 
 @torch.no_grad()
@@ -106,7 +110,7 @@ def compute_importance(model, criterion: str, stats: ActivationStats | None = No
     """Score every KV group and MLP channel of `model` (a dense, unpruned model) by `criterion`."""
     chosen = get_criterion(criterion)
     if chosen.needs_calibration and stats is None:
-        raise ValueError(f"criterion {criterion!r} needs calibration data; pass --calibration or use magnitude")
+        raise CriterionError(f"criterion {criterion!r} needs calibration data; pass --calibration or use magnitude")
     spec = spec_of(model)
     kv_groups, channels = [], []
     for index, layer in enumerate(decoder_layers(model)):

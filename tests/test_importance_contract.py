@@ -7,7 +7,7 @@ import torch
 
 from prunesearch.choices import CriterionName
 from prunesearch.pruning.architectures import model_shape
-from prunesearch.pruning.importance import CRITERIA, Criterion, compute_importance, get_criterion
+from prunesearch.pruning.importance import CRITERIA, Criterion, CriterionError, compute_importance, get_criterion
 from prunesearch.pruning.modules import attention_parts, decoder_layers, mlp_parts, spec_of
 from prunesearch.pruning.stats import collect_activation_stats
 
@@ -80,12 +80,12 @@ def test_a_group_and_a_channel_without_weights_score_lowest(name, arch):
 def test_calibration_is_required_exactly_when_declared(name):
     model = tiny_model("llama")
     if get_criterion(name).needs_calibration:
-        with pytest.raises(ValueError, match="needs calibration data"):
+        with pytest.raises(CriterionError, match="needs calibration data"):
             compute_importance(model, name)
     else:
         assert compute_importance(model, name).criterion == name
 
 
 def test_unknown_criterion_is_a_clear_error():
-    with pytest.raises(ValueError, match="unknown criterion 'taylor'; choose one of flap, wanda, magnitude"):
+    with pytest.raises(CriterionError, match="unknown criterion 'taylor'; choose one of flap, wanda, magnitude"):
         compute_importance(tiny_model("llama"), "taylor")

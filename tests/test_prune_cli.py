@@ -227,6 +227,16 @@ def test_bad_model_or_device_exit_2(capsys, tmp_path, extra, message):
     assert code == 2 and message in err
 
 
+@pytest.mark.parametrize("criterion", ["wanda", "flap"])
+def test_criterion_that_needs_calibration_without_it_exits_2_before_loading(capsys, tmp_path, criterion):
+    out = tmp_path / "o"
+    argv = ["prune", "--model", str(LLAMA_DOCS), "--plan", str(EXAMPLE_PLAN), "--out", str(out)]
+    code, err = _run(capsys, *argv, "--criterion", criterion)
+    assert code == 2 and "Traceback" not in err
+    assert f"--criterion {criterion} needs calibration data" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()  # refused before the output folder is made or the model loads
+
+
 def test_padded_vocabulary_trims_to_the_tokenizer(capsys, tmp_path, prunesearch_home):
     """A model whose embedding is padded beyond its tokenizer (as Qwen2's is) can keep exactly the tokenizer's
     tokens: the padding rows go, the token ids stay."""
