@@ -13,15 +13,15 @@ from prunesearch.cliutil import CLIError, output_dir, print_json, read_text, use
 from . import heal_cli
 from .architectures import UnsupportedArchitectureError
 from .calibration import CalibrationError
-from .export import check_device
+from .export import DeviceError, check_device
 from .importance import CriterionError, get_criterion
 from .pipeline import CalibrationSettings, describe_config, prune_checkpoint
 from .plan import PlanError, PrunePlan
 from .vocab import VocabTrimError
 
-# The domain errors that mean "the input is wrong": the plan, the calibration file, the criterion,
+# The domain errors that mean "the input is wrong": the plan, the calibration file, the criterion, the device,
 # the architecture.
-INPUT_ERRORS = (PlanError, CalibrationError, CriterionError, UnsupportedArchitectureError, VocabTrimError)
+INPUT_ERRORS = (PlanError, CalibrationError, CriterionError, DeviceError, UnsupportedArchitectureError, VocabTrimError)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -49,10 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _prune(args: argparse.Namespace) -> int:
     plan = PrunePlan.from_json(read_text(args.plan, "plan file"))
     _check_model_dir(args.model)
-    try:
-        check_device(args.device)
-    except ValueError as exc:
-        raise CLIError(str(exc)) from exc
+    check_device(args.device)
     if args.criterion and get_criterion(args.criterion).needs_calibration and args.calibration is None:
         raise CLIError(f"--criterion {args.criterion} needs calibration data; pass --calibration or use magnitude")
     output_dir(args.out)

@@ -24,6 +24,10 @@ TOKEN_MAP_FILE = "token_map.json"
 DTYPES: dict[DType, torch.dtype] = {dtype: getattr(torch, name) for dtype, name in TORCH_DTYPE_NAMES.items()}
 
 
+class DeviceError(ValueError):
+    """A device that torch does not know, or one this machine does not have."""
+
+
 def parse_dtype(name: str) -> torch.dtype:
     try:
         return DTYPES[name]
@@ -36,9 +40,9 @@ def check_device(device: str) -> torch.device:
     try:
         resolved = torch.device(device)
     except RuntimeError as exc:
-        raise ValueError(f"unknown device {device!r}: {exc}") from None
+        raise DeviceError(f"unknown device {device!r}: {exc}") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but no CUDA GPU is available here")
+        raise DeviceError(f"device {device!r} requested but no CUDA GPU is available here")
     return resolved
 
 

@@ -9,14 +9,16 @@ from prunesearch.choices import DType, HealMethod, values
 from prunesearch.cliutil import CLIError, print_json, user_errors
 
 from .calibration import CalibrationError
+from .export import DeviceError
 from .heal import HealProgress, HealSettings, heal
 from .healdata import HealDataError
 from .healio import HealInputError
 from .healsettings import EVAL_CHARS, HealError
 from .healstate import HealStateError
 
-# The heal's input errors: bad settings, not an export, mismatched tokenizers, too little data, a foreign state.
-INPUT_ERRORS = (HealError, HealInputError, HealDataError, HealStateError, CalibrationError)
+# The heal's input errors: bad settings, not an export, mismatched tokenizers, too little data, a foreign state,
+# a device this machine lacks.
+INPUT_ERRORS = (HealError, HealInputError, HealDataError, HealStateError, CalibrationError, DeviceError)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

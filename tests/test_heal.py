@@ -286,3 +286,10 @@ def test_heal_refuses_to_replace_a_folder_that_is_not_a_checkpoint(students, tmp
     err = _heal_error(capsys, "--model", str(students["uniform"]), "--teacher", str(TINY), *common, "--out", str(out))
     assert "not a prunesearch checkpoint" in err
     assert (out / "notes.txt").read_text() == "keep me" and sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_a_device_this_machine_lacks_exits_2(students, tmp_path, capsys, prunesearch_home):
+    device, message = ("npu", "unknown device") if torch.cuda.is_available() else ("cuda", "no CUDA GPU is available")
+    argv = ["--model", str(students["uniform"]), "--teacher", str(TINY), "--data", str(CALIB), "--steps", "1"]
+    err = _heal_error(capsys, *argv, "--out", str(tmp_path / "out"), "--device", device)
+    assert message in err and not (tmp_path / "out").exists()
