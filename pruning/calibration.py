@@ -53,7 +53,10 @@ def load_calibration(path: str | Path, tokenizer: Any = None) -> list[Calibratio
         )
     if not path.is_file():
         raise CalibrationError(f"{path}: calibration file not found")
-    content = path.read_text(encoding="utf-8")
+    try:
+        content = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise CalibrationError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     docs = _parse_txt(content) if suffix == TextFormat.TXT else _parse_jsonl(content, path, tokenizer)
     if not docs:
         raise CalibrationError(f"{path}: calibration file holds no documents")

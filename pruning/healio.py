@@ -102,7 +102,12 @@ def eval_text(path: Path, chars: int) -> str:
     if path.suffix.lower() == TextFormat.TXT:
         if not path.is_file():
             raise HealInputError(f"{path}: evaluation file not found")
-        return path.read_text(encoding="utf-8")[:chars]
+        try:
+            return path.read_text(encoding="utf-8")[:chars]
+        except UnicodeDecodeError as exc:
+            raise HealInputError(
+                f"{path}: evaluation file is not UTF-8 text ({exc.reason} at byte {exc.start})"
+            ) from None
     return "\n\n".join(doc.text for doc in load_calibration(path))[:chars]
 
 

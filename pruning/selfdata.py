@@ -22,6 +22,7 @@ from prunesearch.choices import TextFormat
 from prunesearch.home import home_dir
 
 from .calibration import CalibrationDoc, calibration_fingerprint
+from .healdata import HealDataError
 
 SELF_DATA_FORMAT = 1
 
@@ -56,6 +57,8 @@ def self_data_docs(
     if path.is_file():
         return _read(path), True
     prompts = _prompts(tokenizer, data_path, docs, settings)
+    if not prompts:
+        raise HealDataError(f"{data_path}: no document gives a self-data prompt (each needs at least 2 tokens)")
     texts = _generate(teacher, tokenizer, prompts, settings)
     _write(path, texts)
     return [CalibrationDoc(text=t, coverage_text=t) for t in texts], False

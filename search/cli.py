@@ -58,6 +58,18 @@ def add_local_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="local: the checkpoint directory to write")
 
 
+def storage_url(url: str) -> str:
+    """An Optuna storage URL the user named, checked as SQLAlchemy parses it (before any study opens)."""
+    from sqlalchemy.engine import make_url  # only when a URL is given: every command imports this module
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        make_url(url)
+    except ArgumentError as exc:
+        raise CLIError(f"--storage {url!r} is not a database URL (e.g. sqlite:///study.db): {exc}") from None
+    return url
+
+
 def _spec_from_args(args: argparse.Namespace) -> SearchSpec:
     base = read_json(args.spec, "job spec") if args.spec else {}
     if not isinstance(base, dict):
@@ -81,7 +93,7 @@ def _search(args: argparse.Namespace) -> int:
     if not (Path(spec.model) / "config.json").is_file():
         raise CLIError(f"{spec.model} is not a model directory (no config.json)")
     output_dir(args.out)
-    storage = args.storage or f"sqlite:///{(args.out / 'study.db').resolve()}"
+    storage = storage_url(args.storage) if args.storage else f"sqlite:///{(args.out / 'study.db').resolve()}"
     study_name = args.study or args.out.resolve().name
     progress = run_search(spec, storage=storage, study_name=study_name, progress_bar=True, shared=args.shared)
     front = list(progress.front)
@@ -112,11 +124,13 @@ def export_local(args: argparse.Namespace) -> int:
     missing = [flag for flag in ("storage", "study", "out") if getattr(args, flag) is None]
     if missing:
         raise CLIError(f"a local export needs {', '.join('--' + m for m in missing)} (or give a service job id)")
+    storage = storage_url(args.storage)
+    output_dir(args.out)
     try:
-        summary = export_trial(args.storage, args.study, args.trial, args.out, dtype=args.dtype)
+        summary = export_trial(storage, args.study, args.trial, args.out, dtype=args.dtype)
     except KeyError:
         raise  # a bug; an unknown study or trial is a plain `LookupError` (`UnknownTrialError`)
-    except (LookupError, PlanError, UnsupportedArchitectureError) as exc:
+    except (LookupError, PlanError, UnsupportedArchitectureError, CalibrationError) as exc:
         raise CLIError(one_line(exc)) from None
     print_json(summary)
     return 0

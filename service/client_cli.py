@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from prunesearch.choices import FINAL_JOB_STATUSES, ExportStatus, JobStatus
-from prunesearch.cliutil import CLIError, print_json, read_json
+from prunesearch.cliutil import CLIError, output_dir, print_json, read_json
 
 from .client import Client, ServiceError, default_server
 
@@ -119,4 +119,5 @@ def _export(client: Client, args: argparse.Namespace) -> None:
 
 
 def _download(client: Client, args: argparse.Namespace) -> None:
+    output_dir(args.out)  # a file in the way is the user's mistake, found before the download starts
     print_json(client.download(args.export_id, args.out))

@@ -293,3 +293,21 @@ def test_a_device_this_machine_lacks_exits_2(students, tmp_path, capsys, prunese
     argv = ["--model", str(students["uniform"]), "--teacher", str(TINY), "--data", str(CALIB), "--steps", "1"]
     err = _heal_error(capsys, *argv, "--out", str(tmp_path / "out"), "--device", device)
     assert message in err and not (tmp_path / "out").exists()
+
+
+def test_evaluation_file_that_is_not_utf8_exits_2(students, tmp_path, capsys, prunesearch_home):
+    latin1 = tmp_path / "eval.txt"
+    latin1.write_bytes("caf\u00e9\n".encode("latin-1") * 50)
+    argv = ["--model", str(students["uniform"]), "--teacher", str(TINY), "--data", str(CALIB), "--steps", "1"]
+    err = _heal_error(capsys, *argv, "--seq-len", "64", "--out", str(tmp_path / "out"), "--eval", str(latin1))
+    assert "not UTF-8 text" in err and str(latin1) in err
+
+
+def test_self_data_without_a_usable_prompt_exits_2(students, tmp_path, capsys, prunesearch_home):
+    tokenizer = transformers.AutoTokenizer.from_pretrained(TINY)
+    one_token_docs = tmp_path / "tiny.txt"
+    one_token_docs.write_text("\n\n".join(["a"] * 40))
+    assert len(tokenizer.encode("a", add_special_tokens=False)) == 1  # so no document gives a prompt
+    argv = ["--model", str(students["uniform"]), "--teacher", str(TINY), "--data", str(one_token_docs)]
+    err = _heal_error(capsys, *argv, "--steps", "1", "--self-data", "64", "--out", str(tmp_path / "out"))
+    assert "no document gives a self-data prompt" in err

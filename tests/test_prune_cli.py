@@ -198,6 +198,17 @@ def test_bad_calibration_file_is_a_clear_error(capsys, tmp_path):
     assert code == 2 and ".csv" in err
 
 
+@pytest.mark.parametrize("suffix", [".txt", ".jsonl"])
+def test_calibration_that_is_not_utf8_exits_2(capsys, tmp_path, suffix):
+    latin1 = tmp_path / f"calib{suffix}"
+    latin1.write_bytes("caf\u00e9 cr\u00e8me\n".encode("latin-1") * 50)
+    argv = ["prune", "--model", str(LLAMA_DOCS), "--plan", str(EXAMPLE_PLAN), "--out", str(tmp_path / "o")]
+    code, err = _run(capsys, *argv, "--calibration", str(latin1))
+    last = err.strip().splitlines()[-1]  # stderr may also hold transformers' loading bars
+    assert code == 2 and "Traceback" not in err and last.startswith("prunesearch prune: error:")
+    assert "not UTF-8 text" in last and str(latin1) in last
+
+
 def test_console_script_runs_as_a_subprocess():
     result = subprocess.run(
         [sys.executable, "-m", "prunesearch.cli", "inspect", "--model", str(LLAMA_DOCS)],

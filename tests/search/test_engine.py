@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -193,13 +194,15 @@ def test_samplers_are_seeded_and_reproducible(calibration, tmp_path, sampler, pr
 
 def test_cli_search_then_export(calibration, tmp_path, capsys, prunesearch_home):
     out = tmp_path / "run"
+    own_calibration = tmp_path / "calib.txt"  # removed below: an export must then fail as a user error
+    shutil.copyfile(calibration, own_calibration)
     code = main(
         [
             "search",
             "--model",
             str(LLAMA_DOCS),
             "--calibration",
-            str(calibration),
+            str(own_calibration),
             "--trials",
             "10",
             "--sampler",
@@ -256,6 +259,31 @@ def test_cli_search_then_export(calibration, tmp_path, capsys, prunesearch_home)
         ]
     )
     assert code == 2 and "trial 999 is not a finished trial" in capsys.readouterr().err
+
+    local = ["export", "--storage", summary["storage"], "--study", summary["study"], "--trial", str(chosen)]
+    in_the_way = tmp_path / "a-file"
+    in_the_way.write_text("")
+    code = main([*local, "--out", str(in_the_way)])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot be used as a directory" in err and "Traceback" not in err
+    own_calibration.unlink()
+    code = main([*local, "--out", str(tmp_path / "moved")])
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]  # stderr may also hold transformers' loading bars
+    assert code == 2 and "Traceback" not in err and last.startswith("prunesearch export: error:")
+    assert "calibration file not found" in last
+
+
+@pytest.mark.parametrize("command", ["search", "export"])
+def test_cli_storage_must_be_a_database_url(command, calibration, tmp_path, capsys):
+    if command == "search":
+        argv = ["search", "--model", str(LLAMA_DOCS), "--calibration", str(calibration), "--out", str(tmp_path)]
+    else:
+        argv = ["export", "--study", "s", "--trial", "0", "--out", str(tmp_path / "ckpt")]
+    code = main([*argv, "--storage", "not-a-url"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--storage 'not-a-url' is not a database URL" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "ckpt").exists()
 
 
 def test_cli_search_rejects_a_bad_budget(calibration, tmp_path, capsys):

@@ -73,3 +73,13 @@ def test_demo_command(tmp_path, capsys):
     assert "latency_ms" in out and "checkpoint:" in out
     checkpoint = Path(out.split("checkpoint: ")[1].split(" (")[0])
     assert (checkpoint / "config.json").is_file()
+
+
+def test_download_into_a_file_exits_2_before_any_request(tmp_path, capsys):
+    in_the_way = tmp_path / "ckpt"
+    in_the_way.write_text("not a folder")
+    # port 9 (discard) has no service: the check must come before any request
+    code = main(["download", "some-export", "-o", str(in_the_way), "--server", "http://127.0.0.1:9"])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot be used as a directory" in err and "Traceback" not in err
+    assert in_the_way.read_text() == "not a folder"
