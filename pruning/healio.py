@@ -138,6 +138,15 @@ def write_healed(model, student_dir: Path, out_dir: Path, dtype: torch.dtype, he
     out_dir = out_dir.resolve()
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write_checkpoint(model, student_dir, tmp, dtype, heal_record)
+    except BaseException:  # a failed save or a Ctrl-C leaves no half-written folder beside --out
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _replace_dir(tmp, out_dir)
+
+
+def _write_checkpoint(model, student_dir: Path, tmp: Path, dtype: torch.dtype, heal_record: dict[str, Any]) -> None:
     shutil.copytree(student_dir, tmp)
     for pattern in _WEIGHT_PATTERNS:
         for path in tmp.glob(pattern):
@@ -150,7 +159,6 @@ def write_healed(model, student_dir: Path, out_dir: Path, dtype: torch.dtype, he
             shutil.copyfile(student_dir / name, tmp / name)
     _set_config_dtype(tmp / "config.json", dtype)
     _add_heal_provenance(tmp / PROVENANCE_FILE, heal_record)
-    _replace_dir(tmp, out_dir)
 
 
 def _set_config_dtype(path: Path, dtype: torch.dtype) -> None:

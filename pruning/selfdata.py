@@ -142,5 +142,9 @@ def _read(path: Path) -> list[CalibrationDoc]:
 def _write(path: Path, texts: list[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:  # a failed write leaves no partial file in the cache
+        tmp.unlink(missing_ok=True)
+        raise

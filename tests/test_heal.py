@@ -311,3 +311,35 @@ def test_self_data_without_a_usable_prompt_exits_2(students, tmp_path, capsys, p
     argv = ["--model", str(students["uniform"]), "--teacher", str(TINY), "--data", str(one_token_docs)]
     err = _heal_error(capsys, *argv, "--steps", "1", "--self-data", "64", "--out", str(tmp_path / "out"))
     assert "no document gives a self-data prompt" in err
+
+
+class _FailingSave:
+    """A model whose save fails half-way (a full disk), after writing one file."""
+
+    def to(self, dtype):
+        return self
+
+    def save_pretrained(self, folder):
+        (Path(folder) / "model.safetensors").write_bytes(b"partial")
+        raise OSError("No space left on device")
+
+
+def test_a_failed_save_leaves_no_debris_beside_out(students, tmp_path):
+    from prunesearch.pruning import healio
+
+    out = tmp_path / "healed"
+    with pytest.raises(OSError, match="No space left"):
+        healio.write_healed(_FailingSave(), students["uniform"], out, torch.float32, {})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_self_data_write_leaves_no_partial_cache_file(tmp_path, monkeypatch):
+    from prunesearch.pruning import selfdata
+
+    def fail(*args):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(selfdata.os, "replace", fail)
+    with pytest.raises(OSError, match="No space left"):
+        selfdata._write(tmp_path / "cache" / "x.jsonl", ["some text"])
+    assert list((tmp_path / "cache").iterdir()) == []
