@@ -15,7 +15,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from prunesearch.choices import HealMethod
 
-from .architectures import get_spec
+from . import modules
 from .distill import LogitHead, distill_loss
 from .healdata import BlockOrder
 from .healsettings import HealProgress, HealSettings
@@ -61,7 +61,7 @@ def prepare_run(
         blocks=blocks,
         order=BlockOrder(len(blocks), settings.batch, settings.seed),
         to_teacher_ids=to_teacher,
-        teacher_head=LogitHead.restricted(teacher.get_output_embeddings(), token_map),
+        teacher_head=LogitHead.restricted(modules.lm_head(teacher), token_map),
         device=device,
         optimizer=optimizer,
         scheduler=scheduler,
@@ -72,7 +72,7 @@ def with_lora(student, rank: int):
     """PEFT LoRA adapters on every projection the plan kept (removed sublayers have no modules to match)."""
     from peft import LoraConfig, get_peft_model
 
-    spec = get_spec(student.config.model_type)
+    spec = modules.spec_of(student)
     config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=list(spec.linear_names))
     return get_peft_model(student, config)
 
@@ -118,12 +118,13 @@ def _train_step(run: TrainingRun, step: int) -> float:
 
 def _micro_batch_loss(run: TrainingRun, ids: torch.Tensor) -> torch.Tensor:
     teacher_ids = run.to_teacher_ids[ids] if run.to_teacher_ids is not None else ids
+    student = modules.unwrap_peft(run.student)  # LoRA's adapters live in the wrapped model's own modules
     with torch.no_grad():
-        teacher_hidden = run.teacher.get_decoder()(input_ids=teacher_ids, use_cache=False).last_hidden_state
-    student_hidden = run.student.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state
+        teacher_hidden = modules.decoder(run.teacher)(input_ids=teacher_ids, use_cache=False).last_hidden_state
+    student_hidden = modules.decoder(student)(input_ids=ids, use_cache=False).last_hidden_state
     return distill_loss(
         student_hidden[:, :-1],
-        LogitHead.of(run.student.get_output_embeddings()),
+        LogitHead.of(modules.lm_head(student)),
         teacher_hidden[:, :-1],
         run.teacher_head,
         ids[:, 1:],

@@ -31,6 +31,12 @@ class MlpParts:
     output: nn.Linear
 
 
+def unwrap_peft(model: nn.Module) -> nn.Module:
+    """The transformers model inside a PEFT wrapper (its adapters stay injected in it); any other model as is."""
+    base = getattr(model, "get_base_model", None)  # PeftModel's; transformers models have no such method
+    return base() if callable(base) else model
+
+
 def spec_of(model: nn.Module) -> ArchitectureSpec:
     """The registry entry of a transformers model (a clear error for unsupported ones)."""
     return get_spec(model.config.model_type)

@@ -19,6 +19,7 @@ from prunesearch.pruning.heal import HealSettings, heal, loss_curve
 from prunesearch.pruning.healloop import with_lora
 from prunesearch.pruning.healstate import HealStateError, work_dir
 from prunesearch.pruning.modeling import load_pruned
+from prunesearch.pruning.modules import decoder, unwrap_peft
 from prunesearch.pruning.pipeline import CalibrationSettings, prune_checkpoint
 from prunesearch.pruning.plan import PrunePlan
 
@@ -111,6 +112,9 @@ def test_lora_merge_does_not_change_the_function(students):
     wrapped = with_lora(student, rank=4)
     adapters = [p for n, p in wrapped.named_parameters() if "lora_B" in n]
     assert adapters and all(p.requires_grad for p in adapters)
+    # the accessors read the wrapped model, whose projections now carry the adapters
+    assert unwrap_peft(wrapped) is student and unwrap_peft(student) is student
+    assert any("lora_B" in name for name, _ in decoder(unwrap_peft(wrapped)).named_parameters())
     with torch.no_grad():  # B starts at zero; make the adapters do something
         for p in adapters:
             p.normal_(0, 0.05)
