@@ -36,6 +36,7 @@ class CalibrationDoc:
 
     text: str  # what the model reads (for chat: the whole conversation rendered)
     coverage_text: str  # what counts for vocabulary coverage (for chat: assistant turns only; else == text)
+    messages: list[dict[str, str]] | None = None  # chat: the conversation as read (self-data draws prompts from it)
 
 
 def load_calibration(path: str | Path, tokenizer: Any = None) -> list[CalibrationDoc]:
@@ -95,7 +96,8 @@ def _record_to_doc(record: Any, where: str, tokenizer: Any) -> CalibrationDoc:
     if "messages" in record:
         messages = _check_messages(record["messages"], where)
         assistant = [m["content"] for m in messages if m["role"] == "assistant"]
-        return CalibrationDoc(text=_render_chat(messages, tokenizer), coverage_text="\n".join(assistant))
+        text = render_chat(messages, tokenizer)
+        return CalibrationDoc(text=text, coverage_text="\n".join(assistant), messages=messages)
     raise CalibrationError(f"{where}: object has neither 'text' nor 'messages'")
 
 
@@ -109,10 +111,13 @@ def _check_messages(messages: Any, where: str) -> list[dict[str, str]]:
     return messages
 
 
-def _render_chat(messages: list[dict[str, str]], tokenizer: Any) -> str:
+def render_chat(messages: list[dict[str, str]], tokenizer: Any, *, add_generation_prompt: bool = False) -> str:
+    """A conversation as text: the tokenizer's chat template when it has one, else `role: content` lines.
+    `add_generation_prompt` opens an assistant turn after it (a prompt for the model to answer)."""
     if tokenizer is not None and getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, tokenize=False)
-    return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    text = "\n".join(f"{m['role']}: {m['content']}" for m in messages)
+    return text + "\nassistant:" if add_generation_prompt else text
 
 
 def calibration_fingerprint(docs: Sequence[CalibrationDoc]) -> str:

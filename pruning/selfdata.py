@@ -18,10 +18,9 @@ from pathlib import Path
 
 import torch
 
-from prunesearch.choices import TextFormat
 from prunesearch.home import home_dir
 
-from .calibration import CalibrationDoc, calibration_fingerprint
+from .calibration import CalibrationDoc, calibration_fingerprint, render_chat
 from .healdata import HealDataError
 
 SELF_DATA_FORMAT = 1
@@ -56,7 +55,7 @@ def self_data_docs(
     path = cache_path(teacher_fingerprint, docs, settings)
     if path.is_file():
         return _read(path), True
-    prompts = _prompts(tokenizer, data_path, docs, settings)
+    prompts = _prompts(tokenizer, docs, settings)
     if not prompts:
         raise HealDataError(f"{data_path}: no document gives a self-data prompt (each needs at least 2 tokens)")
     texts = _generate(teacher, tokenizer, prompts, settings)
@@ -64,34 +63,19 @@ def self_data_docs(
     return [CalibrationDoc(text=t, coverage_text=t) for t in texts], False
 
 
-def _prompts(tokenizer, data_path: Path, docs: list[CalibrationDoc], settings: SelfDataSettings) -> list[list[int]]:
+def _prompts(tokenizer, docs: list[CalibrationDoc], settings: SelfDataSettings) -> list[list[int]]:
     """Token ids of every candidate prompt (chat: up to the first user turn; text: a document's opening)."""
-    chats = _chat_prompts(data_path)
+    chats = [prompt for doc in docs if (prompt := _up_to_first_user_turn(doc.messages))]
     if chats:
-        return [_render_prompt(tokenizer, messages) for messages in chats]
+        texts = (render_chat(messages, tokenizer, add_generation_prompt=True) for messages in chats)
+        return [tokenizer.encode(text, add_special_tokens=False) for text in texts]
     encoded = (tokenizer.encode(doc.text, add_special_tokens=False) for doc in docs)
     return [ids[: settings.prompt_tokens] for ids in encoded if len(ids) >= 2]
 
 
-def _chat_prompts(data_path: Path) -> list[list[dict]]:
-    if data_path.suffix.lower() != TextFormat.JSONL:
-        return []
-    prompts = []
-    for line in data_path.read_text(encoding="utf-8").splitlines():
-        record = json.loads(line) if line.strip() else {}
-        messages = record.get("messages") or []
-        first_user = next((i for i, m in enumerate(messages) if m.get("role") == "user"), None)
-        if first_user is not None:
-            prompts.append(messages[: first_user + 1])
-    return prompts
-
-
-def _render_prompt(tokenizer, messages: list[dict]) -> list[int]:
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    else:  # the same plain rendering as calibration.py, opened for the assistant's turn
-        text = "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
-    return tokenizer.encode(text, add_special_tokens=False)
+def _up_to_first_user_turn(messages: list[dict[str, str]] | None) -> list[dict[str, str]]:
+    first_user = next((i for i, m in enumerate(messages or []) if m["role"] == "user"), None)
+    return messages[: first_user + 1] if first_user is not None else []
 
 
 @torch.inference_mode()

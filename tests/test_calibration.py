@@ -15,6 +15,7 @@ from prunesearch.pruning.calibration import (
     CalibrationError,
     calibration_fingerprint,
     load_calibration,
+    render_chat,
     token_blocks,
 )
 
@@ -86,6 +87,21 @@ def test_chat_with_template(tmp_path):
     (doc,) = load_calibration(_jsonl(tmp_path, [{"messages": CHAT[1:3]}]), tok)
     assert doc.text == "<user>What is a list?<|endoftext|><assistant>A mutable sequence.<|endoftext|>"
     assert doc.coverage_text == "A mutable sequence."
+
+
+def test_chat_docs_keep_their_messages_and_text_docs_none(tmp_path):
+    (chat,) = load_calibration(_jsonl(tmp_path, [{"messages": CHAT}]))
+    (text,) = load_calibration(_jsonl(tmp_path, [{"text": "alpha"}], name="text.jsonl"))
+    assert chat.messages == CHAT and text.messages is None
+
+
+def test_render_chat_opens_the_assistant_turn_when_asked(tokenizer):
+    assert render_chat(CHAT[1:2], None, add_generation_prompt=True) == "user: What is a list?\nassistant:"
+    assert render_chat(CHAT[1:2], tokenizer) == "user: What is a list?"
+    tok = AutoTokenizer.from_pretrained(MODEL_DIR)
+    tok.chat_template = TEMPLATE + "{% if add_generation_prompt %}<assistant>{% endif %}"
+    assert render_chat(CHAT[1:2], tok, add_generation_prompt=True) == "<user>What is a list?<|endoftext|><assistant>"
+    assert render_chat(CHAT[1:2], tok) == "<user>What is a list?<|endoftext|>"
 
 
 def test_missing_file(tmp_path):
