@@ -15,7 +15,7 @@ from .architectures import UnsupportedArchitectureError
 from .calibration import CalibrationError
 from .export import DeviceError, check_device
 from .importance import CriterionError, get_criterion
-from .pipeline import CalibrationSettings, describe_config, prune_checkpoint
+from .pipeline import ImportanceCalibration, describe_config, prune_checkpoint
 from .plan import PlanError, PrunePlan
 from .vocab import VocabTrimError
 
@@ -53,7 +53,7 @@ def _prune(args: argparse.Namespace) -> int:
     if args.criterion and get_criterion(args.criterion).needs_calibration and args.calibration is None:
         raise CLIError(f"--criterion {args.criterion} needs calibration data; pass --calibration or use magnitude")
     output_dir(args.out)
-    settings = CalibrationSettings(path=args.calibration, seq_len=args.seq_len, max_tokens=args.calibration_tokens)
+    settings = ImportanceCalibration(path=args.calibration, seq_len=args.seq_len, max_tokens=args.calibration_tokens)
     summary = prune_checkpoint(
         args.model,
         plan,

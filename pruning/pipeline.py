@@ -24,8 +24,9 @@ from .vocab import select_kept_tokens, token_frequencies, trim_tokenizer
 
 
 @dataclass(frozen=True)
-class CalibrationSettings:
-    """How much calibration text the importance pass reads."""
+class ImportanceCalibration:
+    """The calibration file one importance pass reads, and how much of it. (A search's `CalibrationSampling` is
+    the spec's JSON form of the amount; `search.results.export_trial` turns it into this.)"""
 
     path: Path | None = None
     seq_len: int = 256
@@ -92,7 +93,7 @@ def prune_checkpoint(
     out_dir: str | Path,
     *,
     criterion: str | None = None,
-    calibration: CalibrationSettings = CalibrationSettings(),
+    calibration: ImportanceCalibration = ImportanceCalibration(),
     dtype: str = DType.FP32,
     device: str = "cpu",
 ) -> dict[str, Any]:

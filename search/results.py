@@ -179,11 +179,13 @@ def export_trial(
     """Materialise a trial's plan as a checkpoint, with the importance settings the search used."""
     study = load_study(storage, study_name)
     plan = trial_plan(study, trial)
-    from prunesearch.pruning.pipeline import CalibrationSettings, prune_checkpoint  # torch: only to export
+    from prunesearch.pruning.pipeline import ImportanceCalibration, prune_checkpoint  # torch: only to export
 
     spec = study_spec(study)
     settings = spec.calibration_settings
-    calibration = CalibrationSettings(path=Path(spec.calibration), seq_len=settings.seq_len, max_tokens=settings.tokens)
+    calibration = ImportanceCalibration(
+        path=Path(spec.calibration), seq_len=settings.seq_len, max_tokens=settings.tokens
+    )
     summary = prune_checkpoint(
         spec.model,
         plan,

@@ -20,7 +20,7 @@ from prunesearch.pruning.healloop import with_lora
 from prunesearch.pruning.healstate import HealStateError, work_dir
 from prunesearch.pruning.modeling import load_pruned
 from prunesearch.pruning.modules import decoder, unwrap_peft
-from prunesearch.pruning.pipeline import CalibrationSettings, prune_checkpoint
+from prunesearch.pruning.pipeline import ImportanceCalibration, prune_checkpoint
 from prunesearch.pruning.plan import PrunePlan
 
 from .factories import LLAMA_DOCS, TINY_CONFIGS
@@ -48,7 +48,7 @@ def students(tmp_path_factory) -> dict[str, Path]:
                 TINY,
                 PrunePlan.from_dict({"version": 1, **plan}),
                 root / name,
-                calibration=CalibrationSettings(path=CALIB, seq_len=64, max_tokens=4096),
+                calibration=ImportanceCalibration(path=CALIB, seq_len=64, max_tokens=4096),
             )
     return {name: root / name for name in PLANS}
 
