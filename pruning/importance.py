@@ -11,7 +11,7 @@ head or an MLP channel removes exactly those columns; head scores are summed ove
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
 
@@ -45,9 +45,9 @@ class ImportanceScores:
 class Criterion(Protocol):
     """Scores the input channels of one dense layer's output projections (o_proj, down_proj)."""
 
-    name: CriterionName
-    needs_calibration: bool  # reads `ActivationStats`
-    compensates_bias: bool  # surgery moves removed channels' mean contribution into the output bias
+    name: ClassVar[CriterionName]
+    needs_calibration: ClassVar[bool]  # reads `ActivationStats`
+    compensates_bias: ClassVar[bool]  # surgery moves removed channels' mean contribution into the output bias
 
     def column_scores(
         self, attn: AttentionParts, mlp: MlpParts, stats: ActivationStats | None, index: int
@@ -56,38 +56,35 @@ class Criterion(Protocol):
         ...
 
 
-@dataclass(frozen=True)
 class Magnitude:
     """L2 norms of all weights attached to a channel; no calibration."""
 
-    name: CriterionName = CriterionName.MAGNITUDE
-    needs_calibration: bool = False
-    compensates_bias: bool = False
+    name: ClassVar[CriterionName] = CriterionName.MAGNITUDE
+    needs_calibration: ClassVar[bool] = False
+    compensates_bias: ClassVar[bool] = False
 
     def column_scores(self, attn, mlp, stats, index):
         return _magnitude_attention(attn), _magnitude_mlp(mlp)
 
 
-@dataclass(frozen=True)
 class Wanda:
     """Structured Wanda: sum_i |W_out[i, j]| * ||X_j||_2."""
 
-    name: CriterionName = CriterionName.WANDA
-    needs_calibration: bool = True
-    compensates_bias: bool = False
+    name: ClassVar[CriterionName] = CriterionName.WANDA
+    needs_calibration: ClassVar[bool] = True
+    compensates_bias: ClassVar[bool] = False
 
     def column_scores(self, attn, mlp, stats, index):
         attn_scores = _weight(attn.o_proj).abs().sum(0) * stats.norm("attn", index)
         return attn_scores, _weight(mlp.output).abs().sum(0) * stats.norm("mlp", index)
 
 
-@dataclass(frozen=True)
 class Flap:
     """FLAP fluctuation: sum_i W_out[i, j]^2 * Var(X_j), with bias compensation."""
 
-    name: CriterionName = CriterionName.FLAP
-    needs_calibration: bool = True
-    compensates_bias: bool = True
+    name: ClassVar[CriterionName] = CriterionName.FLAP
+    needs_calibration: ClassVar[bool] = True
+    compensates_bias: ClassVar[bool] = True
 
     def column_scores(self, attn, mlp, stats, index):
         attn_scores = _weight(attn.o_proj).pow(2).sum(0) * stats.variance("attn", index)

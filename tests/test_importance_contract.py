@@ -31,6 +31,9 @@ def test_implements_the_protocol(name):
     criterion = get_criterion(name)
     assert isinstance(criterion, Criterion)
     assert get_criterion(str(name)) is criterion
+    # the table's facts belong to the class: an instance cannot be made to claim otherwise
+    with pytest.raises(TypeError):
+        type(criterion)(needs_calibration=not criterion.needs_calibration)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
