@@ -37,7 +37,7 @@ class PhaseCost:
     def roofline_s(self, compute_eff: float, bandwidth_eff: float) -> float:
         """The roofline part of the model's prediction (`roofline.roofline_seconds`), averaged over contexts."""
         rates = (self.peak_flops_per_s * compute_eff, self.peak_bytes_per_s * bandwidth_eff)
-        return float(roofline_seconds(self.arrays, *rates)[0].mean())
+        return float(roofline_seconds(self.arrays, *rates).mean())
 
 
 @dataclass(frozen=True)
