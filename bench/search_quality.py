@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch_pruning_baseline as tpb
 
+from prunesearch.choices import Sampler, values
 from prunesearch.pruning.evaluate import perplexity
 from prunesearch.pruning.importance import CRITERIA, compute_importance
 from prunesearch.pruning.plan import LayerPlan, PrunePlan
@@ -66,7 +67,7 @@ def make_spec(args, sampler: str, trials: int, tokens: int) -> SearchSpec:
 
 def timed_search(args, workdir: Path) -> tuple[SearchContext, str, dict]:
     """The search from a cold start: an empty PRUNESEARCH_HOME, so the calibration pass is timed too."""
-    spec = make_spec(args, "tpe", args.trials, args.calibration_tokens)
+    spec = make_spec(args, Sampler.TPE, args.trials, args.calibration_tokens)
     os.environ["PRUNESEARCH_HOME"] = tempfile.mkdtemp(prefix="home-", dir=workdir)
     started = time.perf_counter()
     context = SearchContext(spec)
@@ -224,7 +225,7 @@ def sampler_runs(args, workdir: Path, seed: int) -> dict[str, list[tuple[float, 
     """(KL, latency fraction, feasible, baseline) of every trial of one run per sampler."""
     points = {}
     trials = max(args.hv_trials)
-    for sampler in ("tpe", "nsga2", "random"):
+    for sampler in values(Sampler):
         spec = make_spec(args, sampler, trials, args.hv_tokens).model_copy(update={"seed": seed})
         storage = f"sqlite:///{workdir / f'hv-{sampler}-{seed}.db'}"
         started = time.perf_counter()
@@ -249,7 +250,7 @@ def sampler_hypervolumes(args, workdir: Path) -> dict:
     baseline_kl = [kl for points in runs.values() for run in points.values() for kl, _, ok, base in run if ok and base]
     q_ref = max(baseline_kl) * 1.1
     result: dict = {"reference_kl": q_ref, "calibration_tokens": args.hv_tokens, "seeds": args.hv_seeds}
-    for sampler in ("tpe", "nsga2", "random"):
+    for sampler in values(Sampler):
         per_seed = {n: [_hypervolume(runs[seed][sampler][:n], q_ref) for seed in args.hv_seeds] for n in args.hv_trials}
         result[sampler] = {n: round(float(np.mean(values)), 4) for n, values in per_seed.items()}
         result[sampler]["per_seed"] = per_seed

@@ -66,7 +66,7 @@ def _heal(args: argparse.Namespace) -> int:
         gradient_checkpointing=args.gradient_checkpointing,
         self_data_tokens=args.self_data,
         seed=args.seed,
-        dtype=args.dtype,
+        dtype=DType(args.dtype) if args.dtype else None,
         device=args.device,
         checkpoint_every=args.checkpoint_every,
         eval_chars=args.eval_chars,

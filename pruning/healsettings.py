@@ -7,7 +7,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from prunesearch.choices import HealMethod
+from prunesearch.choices import DType, HealMethod, values
 
 DEFAULT_LR = {HealMethod.FULL: 1e-4, HealMethod.LORA: 1e-3}
 DEFAULT_TOKENS = 1_000_000
@@ -39,7 +39,7 @@ class HealSettings:
     gradient_checkpointing: bool = False
     self_data_tokens: int = 0
     seed: int = 0
-    dtype: str | None = None  # of the healed checkpoint; None: the unhealed checkpoint's
+    dtype: DType | None = None  # of the healed checkpoint; None: the unhealed checkpoint's
     device: str = "cpu"
     checkpoint_every: int = 0  # steps between saved states; 0: never
     eval_chars: int = EVAL_CHARS
@@ -58,6 +58,8 @@ class HealSettings:
         problems += [
             f"{n} must not be negative" for n in ("self_data_tokens", "checkpoint_every") if getattr(self, n) < 0
         ]
+        if self.dtype is not None and self.dtype not in values(DType):
+            problems.append(f"dtype must be one of {', '.join(values(DType))}")
         if not 0.0 <= self.ce_weight <= 1.0:
             problems.append("ce_weight must lie in [0, 1]")
         if self.seq_len < 2:

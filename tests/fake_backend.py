@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from prunesearch.choices import DType
 from prunesearch.search.backend import SearchCallbacks, SearchProgress
 from prunesearch.search.pareto import non_dominated
 from prunesearch.search.spec import SearchSpec
@@ -88,7 +89,7 @@ class FakeBackend:
             started = [dict(t) for t in self._study(study_name) if t["state"] != "waiting"]
         return started[offset : offset + limit], len(started)
 
-    def export_trial(self, study_name: str, trial: int, out_dir: Path, *, dtype: str = "fp32") -> dict[str, Any]:
+    def export_trial(self, study_name: str, trial: int, out_dir: Path, *, dtype: str = DType.FP32) -> dict[str, Any]:
         with self.lock:
             trials = {t["trial"]: t for t in self._study(study_name)}
         if trials.get(trial, {}).get("state") != "complete":

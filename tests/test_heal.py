@@ -347,3 +347,12 @@ def test_a_failed_self_data_write_leaves_no_partial_cache_file(tmp_path, monkeyp
     with pytest.raises(OSError, match="No space left"):
         selfdata._write(tmp_path / "cache" / "x.jsonl", ["some text"])
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_settings_name_the_healed_dtype_by_the_shared_enum():
+    from prunesearch.choices import DType
+    from prunesearch.pruning.healsettings import HealError
+
+    HealSettings(dtype=DType.BF16).validate()
+    with pytest.raises(HealError, match="dtype must be one of fp32, bf16, fp16"):
+        HealSettings(dtype="fp8").validate()
