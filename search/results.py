@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,12 +132,13 @@ def trial_record(trial: FrozenTrial) -> dict[str, Any]:
 
 def front_record(trial: FrozenTrial) -> dict[str, Any]:
     """A Pareto front member as callers see it: {trial, plan, metrics, baseline}."""
-    return {
+    record = {
         "trial": trial.number,
         "plan": trial.user_attrs["plan"],
         "metrics": trial.user_attrs["metrics"],
         "baseline": trial.user_attrs.get("baseline"),
     }
+    return copy.deepcopy(record)  # the trial's user_attrs are the storage's cached dicts (read without a copy)
 
 
 def pareto_front(storage: str | optuna.storages.BaseStorage, study_name: str) -> list[dict[str, Any]]:

@@ -76,3 +76,16 @@ def test_non_dominated_is_optunas_best_trials():
     values = np.array([t.values for t in study.trials])
     mine = {t.number for t, keep in zip(study.trials, non_dominated(values), strict=True) if keep}
     assert mine == {t.number for t in study.best_trials}
+
+
+def test_front_records_are_copies_of_the_stored_trials():
+    from prunesearch.search.results import front_record, front_trials
+
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    attrs = {"plan": {"layers": [{"heads": 2, "ffn": 8}]}, "metrics": {"kl": 0.5}, "feasible": True}
+    study.add_trial(optuna.trial.create_trial(values=[0.5, 0.5], user_attrs=attrs))
+    record = front_record(front_trials(study)[0])
+    record["plan"]["layers"][0]["heads"] = 99
+    record["metrics"]["kl"] = 7.0
+    stored = front_trials(study)[0].user_attrs
+    assert stored["plan"]["layers"][0]["heads"] == 2 and stored["metrics"]["kl"] == 0.5
