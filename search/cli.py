@@ -18,7 +18,7 @@ from prunesearch.pruning.calibration import CalibrationError
 from prunesearch.pruning.plan import PlanError
 
 from .plot import plot_front
-from .results import export_trial, hypervolume_history, load_study
+from .results import UnknownStudyError, UnknownTrialError, export_trial, hypervolume_history, load_study
 from .spec import Objectives, SearchSpec
 
 # The domain errors that mean "the input is wrong": the calibration file, the hardware, the model's architecture.
@@ -128,9 +128,7 @@ def export_local(args: argparse.Namespace) -> int:
     output_dir(args.out)
     try:
         summary = export_trial(storage, args.study, args.trial, args.out, dtype=args.dtype)
-    except KeyError:
-        raise  # a bug; an unknown study or trial is a plain `LookupError` (`UnknownTrialError`)
-    except (LookupError, PlanError, UnsupportedArchitectureError, CalibrationError) as exc:
+    except (UnknownStudyError, UnknownTrialError, PlanError, UnsupportedArchitectureError, CalibrationError) as exc:
         raise CLIError(one_line(exc)) from None
     print_json(summary)
     return 0

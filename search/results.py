@@ -45,6 +45,10 @@ class SearchProgress:
         return {key: getattr(self, key) for key in keys}
 
 
+class UnknownStudyError(LookupError):
+    """The storage has no study of that name."""
+
+
 class UnknownTrialError(LookupError):
     """The study has no finished trial of that number."""
 
@@ -55,7 +59,7 @@ def load_study(storage: str | optuna.storages.BaseStorage, study_name: str) -> o
         return optuna.load_study(study_name=study_name, storage=resolve(storage))
     except KeyError:
         where = storage if isinstance(storage, str) else getattr(storage, "url", type(storage).__name__)
-        raise LookupError(f"no study named {study_name!r} in {where}") from None
+        raise UnknownStudyError(f"no study named {study_name!r} in {where}") from None
 
 
 def study_spec(study: optuna.Study) -> SearchSpec:

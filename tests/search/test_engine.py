@@ -274,6 +274,13 @@ def test_cli_search_then_export(calibration, tmp_path, capsys, prunesearch_home)
     assert "calibration file not found" in last
 
 
+def test_cli_export_of_an_unknown_study_exits_2(tmp_path, capsys):
+    storage = f"sqlite:///{tmp_path / 'empty.db'}"
+    code = main(["export", "--storage", storage, "--study", "nope", "--trial", "0", "--out", str(tmp_path / "ckpt")])
+    err = capsys.readouterr().err
+    assert code == 2 and "no study named 'nope'" in err and len(err.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("command", ["search", "export"])
 def test_cli_storage_must_be_a_database_url(command, calibration, tmp_path, capsys):
     if command == "search":
