@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ def save_state(folder: Path, state: HealState, model, optimizer, scheduler) -> N
     """Write the state to a temporary file, then rename it over the last one (a kill leaves either intact)."""
     folder.mkdir(parents=True, exist_ok=True)
     payload = {
-        "meta": state.__dict__,
+        "meta": asdict(state),
         "model": {k: v for k, v in model.state_dict().items() if k in _trainable_names(model)},
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
@@ -57,7 +57,7 @@ def load_state(folder: Path, fingerprint: str, model, optimizer, scheduler) -> H
     path = folder / STATE_FILE
     if not path.is_file():
         return None
-    payload = torch.load(path, map_location="cpu", weights_only=False)
+    payload = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data, never code
     state = HealState(**payload["meta"])
     if state.fingerprint != fingerprint:
         raise HealStateError(
