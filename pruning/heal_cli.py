@@ -10,10 +10,9 @@ from prunesearch.cliutil import CLIError, print_json, user_errors
 
 from .calibration import CalibrationError
 from .export import DeviceError
-from .heal import HealProgress, HealSettings, heal
 from .healdata import HealDataError
 from .healio import HealInputError
-from .healsettings import EVAL_CHARS, HealError
+from .healsettings import EVAL_CHARS, HealError, HealProgress, HealSettings
 from .healstate import HealStateError
 
 # The heal's input errors: bad settings, not an export, mismatched tokenizers, too little data, a foreign state,
@@ -71,6 +70,8 @@ def _heal(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every,
         eval_chars=args.eval_chars,
     )
+    from .heal import heal  # the training stack (peft through transformers' trainer utils) loads only to heal
+
     with _ProgressBar() as bar:
         result = heal(args.model, args.teacher, args.data, args.out, settings, eval_files=args.eval, progress=bar)
     print_json(result.to_dict())

@@ -356,3 +356,12 @@ def test_settings_name_the_healed_dtype_by_the_shared_enum():
     HealSettings(dtype=DType.BF16).validate()
     with pytest.raises(HealError, match="dtype must be one of fp32, bf16, fp16"):
         HealSettings(dtype="fp8").validate()
+
+
+def test_the_cli_loads_the_training_stack_only_to_heal():
+    import subprocess
+    import sys
+
+    code = "import sys, prunesearch.cli; print(sorted({'peft', 'prunesearch.pruning.heal'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.strip() == "[]"
