@@ -43,28 +43,30 @@ class ExportTask:
 
 
 class ExportFiles:
-    """Where an attempt writes. The checkpoint folder, its archive and the unhealed trial are the attempt's own;
+    """Where an attempt writes. The checkpoint folder and its archive are the attempt's own. The unhealed trial,
     the healed folder and the heal's work folder beside it (its resumable state, `<healed>.heal-work`) are named
-    by the export alone, so an attempt that takes over from a dead worker resumes the heal at the dead worker's
-    last saved step."""
+    by the export alone: an attempt that takes over from a dead worker resumes the heal at the dead worker's last
+    saved step, which needs the same student (the heal's fingerprint of a model includes the folder it was
+    loaded from) and the same work folder."""
 
     def __init__(self, root: Path, export_id: str, attempt: int) -> None:
         root = root.resolve()  # the heal names its work folder after the resolved output path
-        self.root, self.export_id = root, export_id
+        self.root = root
         self.out_dir = root / f"{export_id}-{attempt}"
         self.archive = self.out_dir.with_suffix(".tar")
-        self.student = root / f"{export_id}-{attempt}.student"
+        self.student = root / f"{export_id}.student"
         self.healed = root / f"{export_id}.healed"
 
     def remove_attempt(self) -> None:
-        """This attempt's own files."""
-        for folder in (self.out_dir, self.student):
-            shutil.rmtree(folder, ignore_errors=True)
+        """This attempt's checkpoint folder and archive."""
+        shutil.rmtree(self.out_dir, ignore_errors=True)
         self.archive.unlink(missing_ok=True)
 
-    def remove_heal(self) -> None:
-        """The healed folder, the heal's work folder and any half-written temporary beside them."""
-        for path in [self.healed, *self.root.glob(f"{self.healed.name}.*"), *self.root.glob(f".{self.healed.name}.*")]:
+    def remove_shared(self) -> None:
+        """The unhealed trial, the healed folder, the heal's work folder and any half-written temporary beside
+        them: only the attempt that owns the export may, once it has recorded the outcome."""
+        leftovers = [*self.root.glob(f"{self.healed.name}.*"), *self.root.glob(f".{self.healed.name}.*")]
+        for path in [self.student, self.healed, *leftovers]:
             shutil.rmtree(path, ignore_errors=True)
 
 
@@ -80,7 +82,8 @@ def run_export(export_id: str, settings: Settings, *, backend: SearchBackend, at
     progress = ExportProgress(url, export_id, attempt)
     try:
         with Heartbeat.for_export(url, export_id, attempt, settings.heartbeat_s):
-            files.remove_attempt()
+            for earlier in range(1, attempt + 1):  # what workers that died on this export left (not the heal state)
+                ExportFiles(settings.export_root, export_id, earlier).remove_attempt()
             summary = _write_checkpoint(task, files, backend, progress)
             progress.phase("archiving")
             size, digest = write_archive(files.out_dir, files.archive)
@@ -92,15 +95,14 @@ def run_export(export_id: str, settings: Settings, *, backend: SearchBackend, at
     except Exception as exc:
         log.exception("export %s failed", export_id)
         fields = dict(status=ExportStatus.FAILED, error=f"{type(exc).__name__}: {exc}"[:2000])
-    finally:
-        shutil.rmtree(files.student, ignore_errors=True)
     recorded = fields is not None and _finish(url, export_id, attempt, fields)
-    if not recorded:  # a later attempt owns the export, and the heal's state with it
+    if not recorded:  # a later attempt owns the export, with the unhealed trial and the heal's state
         log.warning("export %s: attempt %d lost the export to a later one; its output is dropped", export_id, attempt)
         files.remove_attempt()
-    elif fields["status"] == ExportStatus.FAILED:
+        return
+    if fields["status"] == ExportStatus.FAILED:
         files.remove_attempt()
-        files.remove_heal()
+    files.remove_shared()
 
 
 def _read_task(url: str, export_id: str) -> ExportTask:
@@ -121,6 +123,7 @@ def _write_checkpoint(task: ExportTask, files: ExportFiles, backend: SearchBacke
     if task.heal is None:
         return backend.export_trial(task.study, task.trial, files.out_dir, dtype=task.dtype)
     # The student trains in fp32; the heal writes the healed checkpoint in the export's dtype.
+    shutil.rmtree(files.student, ignore_errors=True)  # a dead attempt's, perhaps half written
     summary = backend.export_trial(task.study, task.trial, files.student, dtype="fp32")
     result = _heal(task, files, progress)
     os.replace(files.healed, files.out_dir)
