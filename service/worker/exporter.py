@@ -89,8 +89,7 @@ def run_export(export_id: str, settings: Settings, *, backend: SearchBackend, at
             size, digest = write_archive(files.out_dir, files.archive)
         outcome = dict(path=str(files.archive), size=size, sha256=digest, summary=_jsonable(summary))
         fields = dict(status=ExportStatus.SUCCEEDED, **outcome)
-    except ExportTakenOver:
-        log.warning("export %s: attempt %d was taken over by a later one; it stops", export_id, attempt)
+    except ExportTakenOver:  # seen while writing progress: stop now rather than heal on for nothing
         fields = None
     except Exception as exc:
         log.exception("export %s failed", export_id)
