@@ -150,8 +150,11 @@ def leave_job(session: Session, *, job_id: str, error: str | None = None, requeu
     return job
 
 
-def create_export(session: Session, *, job_id: str, trial: int, dtype: str) -> Export:
-    export = Export(job_id=job_id, trial=trial, dtype=dtype)
+def create_export(
+    session: Session, *, job_id: str, trial: int, dtype: str, heal: dict[str, Any] | None = None
+) -> Export:
+    """Insert a queued export; `heal`: the heal options (paths resolved), None for a plain export."""
+    export = Export(job_id=job_id, trial=trial, dtype=dtype, heal=heal)
     session.add(export)
     session.flush()
     return export
@@ -194,6 +197,16 @@ def export_heartbeat(session: Session, *, export_id: str, attempt: int) -> None:
     session.execute(
         update(Export).where(Export.id == export_id, Export.attempts == attempt).values(heartbeat_at=utcnow())
     )
+
+
+def record_export_progress(session: Session, *, export_id: str, attempt: int, progress: dict[str, Any]) -> bool:
+    """Store where `attempt` is (and renew its lease); False when a later attempt took the export over."""
+    result = session.execute(
+        update(Export)
+        .where(Export.id == export_id, Export.attempts == attempt, Export.status == ExportStatus.RUNNING)
+        .values(progress=progress, heartbeat_at=utcnow())
+    )
+    return result.rowcount == 1
 
 
 def finish_export(session: Session, *, export_id: str, attempt: int, **fields: Any) -> bool:
