@@ -3,11 +3,14 @@ once and recorded on the study, a killed stage resumes with the rest, and no tem
 
 from __future__ import annotations
 
+import contextlib
+import json
 import tempfile
 from pathlib import Path
 
 import pytest
 
+from prunesearch.cli import main
 from prunesearch.pruning.export import read_token_map
 from prunesearch.pruning.modeling import load_pruned
 from prunesearch.search import healstage
@@ -119,3 +122,40 @@ def test_stage_heals_the_candidates_once_and_a_killed_stage_resumes(scratch, tmp
     before = len(healed_calls)
     run_search(spec, storage=storage, study_name="s", context=context)
     assert len(healed_calls) == before  # everything healed: nothing runs again
+
+
+def _cli(tmp_path, *extra: str, heal: bool = True) -> list[str]:
+    spec = tmp_path / "job.json"
+    body = {"calibration_settings": {"seq_len": 64}} | ({"heal": {"seq_len": 32, "batch": 2}} if heal else {})
+    spec.write_text(json.dumps(body))
+    argv = ["search", "--model", str(TINY), "--calibration", str(TINY / "calib.txt"), "--trials", "10"]
+    return [*argv, "--sampler", "random", "--calibration-tokens", "512", "--spec", str(spec), *extra]
+
+
+def test_cli_heals_and_writes_both_fronts(scratch, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = _cli(tmp_path, "--heal-top-k", "2", "--heal-tokens", "128", "--heal-method", "lora", "--out", str(out))
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    pareto = json.loads((out / "pareto.json").read_text())
+    assert set(pareto) == {"front", "healed_front"} and pareto["front"] and pareto["healed_front"]
+    assert [r["trial"] for r in pareto["healed_front"]] == [r["trial"] for r in summary["healed_front"]]
+    first = pareto["healed_front"][0]
+    assert first["healed"]["method"] == "lora" and first["healed"]["tokens"] == 128
+    assert summary["healed_front"][0]["healed_kl"] == pytest.approx(first["healed"]["healed_kl"], abs=1e-5)
+    assert (out / "pareto.png").stat().st_size > 1000
+    assert not list(scratch.iterdir())
+
+
+def test_cli_heal_flags_are_checked(tmp_path, capsys):
+    for extra, message in (
+        (["--heal-tokens", "128"], "--heal-tokens and --heal-method need --heal-top-k"),
+        (["--heal-top-k", "0"], "heal.top_k"),
+        (["--heal-top-k", "2", "--heal-method", "sgd"], "invalid choice"),
+    ):
+        with pytest.raises(SystemExit) if "sgd" in extra else contextlib.nullcontext():
+            code = main(_cli(tmp_path, *extra, "--out", str(tmp_path / "x"), heal=False))
+            assert code == 2
+        err = capsys.readouterr().err
+        assert message in err
+    assert not (tmp_path / "x").exists()
