@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from prunesearch.choices import CriterionName, HealMethod, Sampler
 from prunesearch.profilers.latency import Workload
@@ -120,15 +120,12 @@ class SearchSpec(_Strict):
     timeout_s: float | None = Field(None, gt=0)
     seed: int = 0
     baselines: bool = True
-    heal: HealSpec | None = Field(None, description="heal the best candidates after the search (default: off)")
-
-    @model_serializer(mode="wrap")
-    def _drop_heal_when_off(self, handler: SerializerFunctionWrapHandler) -> dict:
-        # A spec without heal dumps exactly as before the field existed (stored specs, studies, job views).
-        data = handler(self)
-        if data.get("heal") is None:
-            data.pop("heal", None)
-        return data
+    # A spec without heal dumps exactly as before the field existed (stored specs, studies, job views).
+    heal: HealSpec | None = Field(
+        None,
+        description="heal the best candidates after the search (default: off)",
+        exclude_if=lambda value: value is None,
+    )
 
     def latency_budget_ms(self, dense_ms: float) -> float | None:
         """The latency budget in milliseconds, given the dense model's latency."""
