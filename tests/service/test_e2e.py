@@ -148,3 +148,34 @@ def test_a_dead_workers_running_trial_is_failed_and_run_again(settings, processe
     assert abandoned and all(t.state == TrialState.FAIL for t in abandoned)
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     assert sum(t.state.is_finished() and not t.user_attrs.get("abandoned") for t in trials) == 12
+
+
+def _search_and_heal(settings, processes, tmp_path) -> None:
+    api, client = _client(settings)
+    heal = {"top_k": 2, "tokens": 128, "seq_len": 32, "batch": 2}
+    with api:
+        processes.worker(settings, "--max-idle", "60", log=tmp_path / "worker.log")
+        job = client.submit(job_body(n_trials=6, heal=heal))
+        done = _finished(api, job["id"])
+        assert done["status"] == "succeeded", (done, (tmp_path / "worker.log").read_text()[-3000:])
+        status = done["heal"]
+        assert len(status["candidates"]) == 2 and status["healed"] == status["candidates"]
+        assert status["current"] is None
+        pareto = client.pareto(job["id"])
+        healed = pareto["healed_front"]
+        assert healed and {r["trial"] for r in healed} <= set(status["candidates"])
+        front = {r["trial"]: r for r in pareto["front"]}
+        for record in healed:
+            assert record["metrics"] == front[record["trial"]]["metrics"]  # joined to its proxy point
+            assert record["healed"]["healed_kl"] >= 0 and record["healed"]["steps"] == 2  # 128 tokens, 2 x 32 a step
+        plain = client.submit(job_body(n_trials=2))
+        finished = _finished(api, plain["id"])
+        assert "heal" not in finished and client.pareto(plain["id"])["healed_front"] == []
+
+
+def test_heal_stage_end_to_end_on_sqlite(settings, processes, tmp_path):
+    _search_and_heal(settings, processes, tmp_path)
+
+
+def test_heal_stage_end_to_end_on_postgresql(pg_settings, processes, tmp_path):
+    _search_and_heal(pg_settings, processes, tmp_path)

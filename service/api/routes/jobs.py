@@ -69,8 +69,10 @@ def read_job(url: str, job_id: str, backend: SearchBackend) -> bytes | None:
 
 
 def _heal_status(job: Job, backend: SearchBackend) -> dict | None:
-    """Where a healing job's heal stage stands (read from its study; None before the stage starts)."""
-    if job.started_at is None:
+    """Where a healing job's heal stage stands (read from its study; None before the stage starts). Read only
+    once a trial is recorded: the study's tables exist by then (a read racing the worker's first creation of
+    Optuna's tables could collide with it)."""
+    if job.trials_done <= 0:
         return None
     try:
         return backend.heal_status(job.study_name)
