@@ -72,6 +72,7 @@ def run_heal_stage(
         finally:
             study.set_user_attr(PROGRESS_ATTR, None)
         study.set_user_attr(result_key(number), record)
+        log.info("healed trial %d of %s: %s", number, study.study_name, record.get("error") or "ok")
         healed.append(number)
     return healed
 

@@ -7,16 +7,19 @@ import contextlib
 import json
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
+import optuna
 import pytest
 
 from prunesearch.cli import main
 from prunesearch.pruning.export import read_token_map
 from prunesearch.pruning.modeling import load_pruned
 from prunesearch.search import healstage
+from prunesearch.search.callbacks import SearchCallbacks
 from prunesearch.search.context import SearchContext
 from prunesearch.search.engine import run_search
-from prunesearch.search.healselect import CANDIDATES_ATTR, pick_candidates, result_key
+from prunesearch.search.healselect import CANDIDATES_ATTR, claim_key, pick_candidates, result_key
 from prunesearch.search.results import (
     export_trial,
     front_record,
@@ -159,3 +162,21 @@ def test_cli_heal_flags_are_checked(tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err
     assert not (tmp_path / "x").exists()
+
+
+def test_claims_keep_live_workers_apart_and_a_lone_worker_takes_over(tmp_path):
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'c.db'}", study_name="c")
+    assert healstage._claim(study, 3, "a", recover=False)
+    assert healstage._claim(study, 3, "a", recover=False)  # its own claim
+    assert not healstage._claim(study, 3, "b", recover=False)  # another live worker's
+    assert healstage._claim(study, 3, "b", recover=True)  # alone: a's claim is a dead worker's
+    assert study.user_attrs[claim_key(3)] == "b"
+
+
+def test_stage_waits_while_trials_run_elsewhere(tmp_path):
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'r.db'}", study_name="r")
+    study.ask()  # another worker's trial, still running
+    context = SimpleNamespace(spec=_spec())
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'r.db'}")
+    assert healstage.run_heal_stage(study, storage, context, SearchCallbacks(), recover=False) == []
+    assert CANDIDATES_ATTR not in study.user_attrs  # not even the candidates are picked yet
