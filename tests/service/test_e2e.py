@@ -179,3 +179,21 @@ def test_heal_stage_end_to_end_on_sqlite(settings, processes, tmp_path):
 
 def test_heal_stage_end_to_end_on_postgresql(pg_settings, processes, tmp_path):
     _search_and_heal(pg_settings, processes, tmp_path)
+
+
+def test_two_workers_heal_each_candidate_once(pg_settings, processes, tmp_path):
+    """With parallelism 2 the stage runs after every trial has finished, each candidate is healed once, and
+    the job succeeds only once they are all healed."""
+    api, client = _client(pg_settings)
+    heal = {"top_k": 3, "tokens": 128, "seq_len": 32, "batch": 2}
+    with api:
+        job = client.submit(job_body(n_trials=10, parallelism=2, heal=heal))
+        for i in range(2):
+            processes.worker(pg_settings, "--max-idle", "60", log=tmp_path / f"worker{i}.log")
+        done = _finished(api, job["id"])
+        assert done["status"] == "succeeded" and done["trials_done"] == 10
+        assert len(done["heal"]["candidates"]) == 3 and done["heal"]["healed"] == done["heal"]["candidates"]
+        assert client.pareto(job["id"])["healed_front"]
+    logs = "".join((tmp_path / f"worker{i}.log").read_text() for i in range(2))
+    for trial in done["heal"]["candidates"]:
+        assert logs.count(f"healed trial {trial} of ") == 1, logs[-3000:]
