@@ -18,7 +18,7 @@ from prunesearch.pruning.calibration import CalibrationError
 from prunesearch.pruning.plan import PlanError
 
 from .plot import plot_front
-from .results import export_trial, healed_front_of, hypervolume_history, load_study
+from .results import export_trial, heal_status, healed_front_of, hypervolume_history, load_study
 from .spec import Objectives, SearchSpec
 
 # The domain errors that mean "the input is wrong": the calibration file, the hardware, the model's architecture.
@@ -111,7 +111,11 @@ def _search(args: argparse.Namespace) -> int:
             "plot": str(args.out / "pareto.png"),
             "front": [{"trial": x["trial"], "baseline": x["baseline"], **_short(x["metrics"])} for x in front],
         }
-        | ({"healed_front": [_healed_short(x) for x in healed]} if spec.heal else {})
+        | (
+            {"healed_front": [_healed_short(x) for x in healed], "heal": heal_status(storage, study_name)}
+            if spec.heal
+            else {}
+        )
     )
     return 0
 

@@ -216,10 +216,15 @@ def healed_front(storage: str | optuna.storages.BaseStorage, study_name: str) ->
 
 def heal_status(storage: str | optuna.storages.BaseStorage, study_name: str) -> dict[str, Any] | None:
     """Where the heal stage stands: {candidates, healed (trial numbers done), current (trial, step, total_steps,
-    loss) or None}; None before the stage picked its candidates (or for a search that does not heal)."""
+    loss) or None, errors ({trial: why} for heals that could not run)}; None before the stage picked its
+    candidates (or for a search that does not heal)."""
     attrs = load_study(storage, study_name).user_attrs
     candidates = attrs.get(healselect.CANDIDATES_ATTR)
     if candidates is None:
         return None
     done = [n for n in candidates if healselect.result_key(n) in attrs]
-    return {"candidates": candidates, "healed": done, "current": attrs.get(healselect.PROGRESS_ATTR)}
+    errors = {
+        str(n): attrs[healselect.result_key(n)]["error"] for n in done if "error" in attrs[healselect.result_key(n)]
+    }
+    current = attrs.get(healselect.PROGRESS_ATTR)
+    return {"candidates": candidates, "healed": done, "current": current, "errors": errors}

@@ -44,7 +44,7 @@ class JobPublic(BaseModel):
     spec: dict[str, Any]
     heal: dict[str, Any] | None = Field(
         None,
-        description="jobs that heal: {candidates, healed, current: {trial, step, total_steps, loss}}",
+        description="jobs that heal: {candidates, healed, current: {trial, step, total_steps, loss}, errors}",
         exclude_if=lambda value: value is None,  # a job that does not heal reads exactly as before
     )
 

@@ -107,7 +107,7 @@ class FakeBackend:
             return None
         candidates = self.heal_candidates[study_name]
         healed = [n for n in candidates if n in self.heals.get(study_name, {})]
-        return {"candidates": candidates, "healed": healed, "current": None}
+        return {"candidates": candidates, "healed": healed, "current": None, "errors": {}}
 
     def trial_page(self, study_name: str, offset: int = 0, limit: int = 50) -> tuple[list[dict[str, Any]], int]:
         with self.lock:

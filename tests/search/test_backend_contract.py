@@ -122,7 +122,7 @@ def test_healed_front_is_the_non_dominated_healed_trials_and_status_counts_them(
     assert [x["trial"] for x in healed] == HEALED_FRONT_ORDER
     assert healed[1]["healed"]["healed_kl"] == 0.05 and healed[1]["metrics"] == {"kl": 0.3, "latency_ms": 3.0}
     assert healed[0]["plan"] == {"trial": 4} and healed[0]["baseline"] is None
-    assert backend.heal_status("s") == {"candidates": [4, 1, 6], "healed": [4, 1, 6], "current": None}
+    assert backend.heal_status("s") == {"candidates": [4, 1, 6], "healed": [4, 1, 6], "current": None, "errors": {}}
     assert backend.healed_front("other") == []
     for read in (backend.healed_front, backend.heal_status):
         with pytest.raises(LookupError, match="nope"):

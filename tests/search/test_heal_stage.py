@@ -78,6 +78,12 @@ def test_healed_scores_use_the_proxys_definitions(scratch, tmp_path):
     assert "heal" not in study.user_attrs["prunesearch_spec"]  # a search without heal stores the spec as before
     assert heal_status(storage, "s") is None and healed_front(storage, "s") == []
 
+    # a heal the calibration text cannot feed is recorded as an error, not retried, and leaves no folder
+    too_big = _spec(heal={"top_k": 1, "tokens": 1 << 20, "seq_len": 8192, "batch": 128})
+    record = healstage.heal_candidate(optuna.storages.RDBStorage(storage), study, SimpleNamespace(spec=too_big), 1)
+    assert record["trial"] == 1 and "HealDataError" in record["error"] and "healed_kl" not in record
+    assert not list(scratch.iterdir())
+
 
 def test_stage_heals_the_candidates_once_and_a_killed_stage_resumes(scratch, tmp_path, monkeypatch):
     spec = _spec()
@@ -102,7 +108,7 @@ def test_stage_heals_the_candidates_once_and_a_killed_stage_resumes(scratch, tmp
     fastest = min((r for r in front if r["baseline"] != "dense"), key=lambda r: r["metrics"]["latency_ms"])
     assert fastest["trial"] in candidates
     first = healed_calls[0]
-    assert heal_status(storage, "s") == {"candidates": candidates, "healed": [first], "current": None}
+    assert heal_status(storage, "s") == {"candidates": candidates, "healed": [first], "current": None, "errors": {}}
     assert not list(scratch.iterdir())  # the interrupted heal's folder is gone too
 
     monkeypatch.setattr(healstage, "heal_candidate", lambda *a, **k: healed_calls.append(a[3]) or real(*a, **k))
