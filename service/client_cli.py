@@ -11,7 +11,10 @@ from prunesearch.cliutil import CLIError, print_json, read_json
 
 from .client import Client, ServiceError, default_server
 
-TABLE_METRICS = ("kl", "ppl", "latency_ms", "latency_fraction", "params", "memory_bytes", "vocab_coverage")
+TABLE_METRICS = (
+    *("kl", "ppl", "healed_kl", "healed_ppl"),
+    *("latency_ms", "latency_fraction", "params", "memory_bytes", "vocab_coverage"),
+)
 # `--heal-X` flags of the remote export: each is the heal option X of `POST /v1/jobs/{id}/exports` (the server checks
 # the values; `prunesearch heal --help` explains them).
 HEAL_FLAGS: dict[str, type] = {
@@ -152,6 +155,14 @@ def _pareto(client: Client, args: argparse.Namespace) -> None:
     print(format_front(result["front"]))
     count, done, hv = len(result["front"]), result["trials_done"], result["hypervolume"]
     print(f"{count} plans after {done} trials; hypervolume {hv}")
+    healed = result.get("healed_front") or []
+    if healed:
+        print("\nhealed front (ranked by healed quality: pick winners here)")
+        print(format_front([row | {"metrics": row["metrics"] | _healed_scores(row)} for row in healed]))
+
+
+def _healed_scores(row: dict) -> dict:
+    return {k: v for k, v in row.get("healed", {}).items() if k in ("healed_kl", "healed_ppl")}
 
 
 def format_front(front: list[dict]) -> str:

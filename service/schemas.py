@@ -43,11 +43,16 @@ class JobPublic(BaseModel):
     finished_at: datetime | None
     eta_s: float | None = Field(description="seconds left at the rate so far (running jobs only)")
     spec: dict[str, Any]
+    heal: dict[str, Any] | None = Field(
+        None,
+        description="jobs that heal: {candidates, healed, current: {trial, step, total_steps, loss}, errors}",
+        exclude_if=lambda value: value is None,  # a job that does not heal reads exactly as before
+    )
 
     @classmethod
-    def of(cls, job: Job) -> JobPublic:
-        fields = {name: getattr(job, name) for name in cls.model_fields if name != "eta_s"}
-        return cls(**fields, eta_s=eta_seconds(job))
+    def of(cls, job: Job, heal: dict[str, Any] | None = None) -> JobPublic:
+        fields = {name: getattr(job, name) for name in cls.model_fields if name not in ("eta_s", "heal")}
+        return cls(**fields, eta_s=eta_seconds(job), heal=heal)
 
 
 T = TypeVar("T")
@@ -65,6 +70,10 @@ class ParetoPublic(BaseModel):
     trials_done: int
     hypervolume: float | None
     front: list[dict[str, Any]]
+    healed_front: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="jobs that heal: the healed trials not dominated by (healed quality, latency); pick from here",
+    )
 
 
 # The most training tokens one export may heal on (a bound on the worker time one request can take).
