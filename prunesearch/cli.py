@@ -43,7 +43,11 @@ def _register_export(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _export(args: argparse.Namespace) -> int | None:
-    return client_cli.export_remote(args) if args.job_id else search_cli.export_local(args)
+    if args.job_id:
+        return client_cli.export_remote(args)
+    if client_cli.heal_options(args):
+        raise CLIError("--heal-* options need a service job id; heal a local export with `prunesearch heal`")
+    return search_cli.export_local(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,7 +14,7 @@ import optuna
 from prunesearch.choices import DType
 
 from .callbacks import SearchCallbacks
-from .results import SearchProgress, export_trial, pareto_front, trial_page
+from .results import SearchProgress, export_trial, heal_status, healed_front, pareto_front, trial_page
 from .spec import SearchSpec
 from .storage import rdb_storage
 
@@ -33,6 +33,15 @@ class SearchBackend(Protocol):
 
     def front(self, study_name: str) -> list[dict[str, Any]]:
         """The feasible non-dominated trials as {trial, plan, metrics, baseline}, fastest first."""
+        ...
+
+    def healed_front(self, study_name: str) -> list[dict[str, Any]]:
+        """The heal stage's front: non-dominated healed trials by (healed quality, latency), fastest first, as
+        {trial, plan, metrics, baseline, healed}; empty when nothing is healed."""
+        ...
+
+    def heal_status(self, study_name: str) -> dict[str, Any] | None:
+        """{candidates, healed, current} of the heal stage; None before it picked its candidates."""
         ...
 
     def trial_page(self, study_name: str, offset: int = 0, limit: int = 50) -> tuple[list[dict[str, Any]], int]:
@@ -80,6 +89,12 @@ class OptunaBackend:
 
     def front(self, study_name: str) -> list[dict[str, Any]]:
         return pareto_front(self.storage, study_name)
+
+    def healed_front(self, study_name: str) -> list[dict[str, Any]]:
+        return healed_front(self.storage, study_name)
+
+    def heal_status(self, study_name: str) -> dict[str, Any] | None:
+        return heal_status(self.storage, study_name)
 
     def trial_page(self, study_name: str, offset: int = 0, limit: int = 50) -> tuple[list[dict[str, Any]], int]:
         return trial_page(self.storage, study_name, offset, limit)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from prunesearch.choices import Sampler, values
+from prunesearch.choices import HealMethod, Sampler, values
 from prunesearch.cliutil import CLIError, one_line, output_dir, print_json, read_json, user_errors, validation_message
 from prunesearch.profilers.calibrate import LatencyFitMissingError
 from prunesearch.profilers.hardware import HardwareError
@@ -18,7 +18,15 @@ from prunesearch.pruning.calibration import CalibrationError
 from prunesearch.pruning.plan import PlanError
 
 from .plot import plot_front
-from .results import UnknownStudyError, UnknownTrialError, export_trial, hypervolume_history, load_study
+from .results import (
+    UnknownStudyError,
+    UnknownTrialError,
+    export_trial,
+    heal_status,
+    healed_front_of,
+    hypervolume_history,
+    load_study,
+)
 from .spec import Objectives, SearchSpec
 
 # The domain errors that mean "the input is wrong": the calibration file, the hardware, the model's architecture.
@@ -46,6 +54,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     search.add_argument("--spec", type=Path, help="a full job spec JSON; flags given explicitly override it")
     search.add_argument("--seed", type=int, default=0)
     search.add_argument("--calibration-tokens", type=int, default=16_384)
+    search.add_argument(
+        "--heal-top-k", type=int, help="after the search, heal this many front candidates and rank them healed"
+    )
+    search.add_argument("--heal-tokens", type=int, help="training tokens per healed candidate (with --heal-top-k)")
+    search.add_argument("--heal-method", choices=values(HealMethod), help="full or lora (with --heal-top-k)")
     search.add_argument("--out", required=True, type=Path)
     search.set_defaults(handler=user_errors(*INPUT_ERRORS)(_search))
 
@@ -80,6 +93,11 @@ def _spec_from_args(args: argparse.Namespace) -> SearchSpec:
     base.setdefault("calibration_settings", {})["tokens"] = args.calibration_tokens
     if args.latency_budget is not None:
         base.setdefault("constraints", {})["latency_budget_fraction"] = args.latency_budget
+    heal = {"top_k": args.heal_top_k, "tokens": args.heal_tokens, "method": args.heal_method}
+    if any(v is not None for v in heal.values()):
+        if args.heal_top_k is None and not base.get("heal"):
+            raise CLIError("--heal-tokens and --heal-method need --heal-top-k")
+        base["heal"] = (base.get("heal") or {}) | {k: v for k, v in heal.items() if v is not None}
     try:
         return SearchSpec.model_validate(base)
     except ValidationError as exc:
@@ -97,8 +115,11 @@ def _search(args: argparse.Namespace) -> int:
     study_name = args.study or args.out.resolve().name
     progress = run_search(spec, storage=storage, study_name=study_name, progress_bar=True, shared=args.shared)
     front = list(progress.front)
-    (args.out / "pareto.json").write_text(json.dumps(front, indent=2) + "\n")
     study = load_study(storage, study_name)
+    healed = healed_front_of(study) if spec.heal else []
+    # without heal, pareto.json is the proxy front as before; with it, both fronts
+    pareto = {"front": front, "healed_front": healed} if spec.heal else front
+    (args.out / "pareto.json").write_text(json.dumps(pareto, indent=2) + "\n")
     plot_front(study, args.out / "pareto.png")
     (args.out / "convergence.json").write_text(json.dumps(hypervolume_history(study), indent=2) + "\n")
     print_json(
@@ -110,6 +131,11 @@ def _search(args: argparse.Namespace) -> int:
             "plot": str(args.out / "pareto.png"),
             "front": [{"trial": x["trial"], "baseline": x["baseline"], **_short(x["metrics"])} for x in front],
         }
+        | (
+            {"healed_front": [_healed_short(x) for x in healed], "heal": heal_status(storage, study_name)}
+            if spec.heal
+            else {}
+        )
     )
     return 0
 
@@ -117,6 +143,11 @@ def _search(args: argparse.Namespace) -> int:
 def _short(metrics: dict) -> dict:
     keys = ("kl", "ppl", "latency_ms", "latency_fraction", "params")
     return {k: round(metrics[k], 5) if isinstance(metrics[k], float) else metrics[k] for k in keys if k in metrics}
+
+
+def _healed_short(record: dict) -> dict:
+    healed = {k: round(v, 5) for k, v in record["healed"].items() if k in ("healed_kl", "healed_ppl")}
+    return {"trial": record["trial"], "baseline": record["baseline"], **_short(record["metrics"]), **healed}
 
 
 def export_local(args: argparse.Namespace) -> int:

@@ -194,10 +194,12 @@ def run_search(
     bar = tqdm(total=spec.n_trials, desc="trials", disable=not progress_bar)
     progress = progress_of(study, spec.n_trials)
     bar.update(progress.trials_done)
+    stopped = False
     for _ in range(spec.n_trials):
         timed_out = deadline is not None and time.monotonic() > deadline
         # the study's own count is checked before the caller's quota: a caller's counter can lag it
-        if callbacks.should_stop() or timed_out or not (below_n_trials() and callbacks.claim()):
+        stopped = callbacks.should_stop()
+        if stopped or timed_out or not (below_n_trials() and callbacks.claim()):
             break
         _run_trial(study, context)
         progress = progress_of(study, spec.n_trials)
@@ -205,4 +207,8 @@ def run_search(
         bar.set_postfix(front=progress.front_size, hv=f"{progress.hypervolume or 0:.4g}")
         callbacks.on_trial(progress)
     bar.close()
+    if spec.heal is not None and not stopped:
+        from .healstage import run_heal_stage  # the heal's training code: only for jobs that heal
+
+        run_heal_stage(study, storage, context, callbacks, recover=recover if recover is not None else not shared)
     return progress

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from prunesearch.pruning.importance import ImportanceScores
-from prunesearch.pruning.modules import decoder, lm_head
+from prunesearch.pruning.modules import decoder, embedding, lm_head
 from prunesearch.pruning.plan import PrunePlan
 from prunesearch.pruning.surgery import apply_plan
 
@@ -131,6 +131,48 @@ class CandidateEvaluator:
         ppl = math.exp(nll / nll_count) if nll_count else math.inf
         # KL >= 0; the cached-entropy form can land a hair below zero in fp32 when the candidate equals the teacher
         return Quality(kl=max(kl / positions, 0.0), ppl=ppl)
+
+    @torch.inference_mode()
+    def evaluate_model(self, model, token_map: Sequence[int] | None = None) -> Quality:
+        """KL and perplexity of a materialised model (an exported or healed checkpoint) on the same blocks and
+        by the same definitions as `evaluate`, so its scores compare with the proxy's.
+
+        `token_map` (new id -> dense id) for a trimmed vocabulary: as `evaluate` does for a candidate, the
+        model reads every calibration token (the dense embedding row for one the trim dropped, its own for a
+        kept one) and its LM head scores the kept tokens only."""
+        model = model.to(self.device).eval()
+        stack = decoder(model)
+        if token_map is None:
+            inputs, head = (lambda batch: {"input_ids": batch}), _LogitHead(lm_head(model), None)
+        else:
+            kept = torch.tensor(list(token_map), device=self.device)
+            table = embedding(self.model).weight.detach().clone()
+            table[kept] = embedding(model).weight.to(table.dtype)
+            head = _widened(lm_head(model), kept, table.shape[0])
+            inputs = lambda batch: {"inputs_embeds": F.embedding(batch, table)}  # noqa: E731
+        sums = _Sums(self.device)
+        for index, batch in enumerate(self.blocks.split(self.batch_size)):
+            hidden = stack(**inputs(batch), use_cache=False).last_hidden_state[:, :-1]
+            head.accumulate(sums, hidden, self._teacher(index), batch[:, 1:])
+        return _quality(sums)
+
+
+def _quality(sums: _Sums) -> Quality:
+    kl, nll, nll_count, positions = (float(x) for x in (sums.kl, sums.nll, sums.nll_count, sums.positions))
+    ppl = math.exp(nll / nll_count) if nll_count else math.inf
+    # KL >= 0; the cached-entropy form can land a hair below zero in fp32 when the candidate equals the teacher
+    return Quality(kl=max(kl / positions, 0.0), ppl=ppl)
+
+
+def _widened(head: torch.nn.Linear, kept: torch.Tensor, vocab_size: int) -> _LogitHead:
+    """A trimmed model's LM head, its rows placed at their dense ids, restricted to those ids."""
+    wide = torch.nn.Linear(head.in_features, vocab_size, bias=head.bias is not None, device=kept.device)
+    wide.weight.zero_()
+    wide.weight[kept] = head.weight.to(wide.weight.dtype)
+    if head.bias is not None:
+        wide.bias.zero_()
+        wide.bias[kept] = head.bias.to(wide.bias.dtype)
+    return _LogitHead(wide, kept)
 
 
 class _LogitHead:

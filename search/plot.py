@@ -6,7 +6,8 @@ from pathlib import Path
 
 import optuna
 
-from .results import front_trials
+from .healselect import healed_records
+from .results import front_trials, healed_front_of
 
 
 def _point(trial: optuna.trial.FrozenTrial, quality: str) -> tuple[float, float] | None:
@@ -33,6 +34,7 @@ def plot_front(study: optuna.Study, path: Path, quality: str | None = None) -> P
     if front:
         ax.step(*zip(*front, strict=True), where="post", c="#d1495b", lw=1.5, label="Pareto front")
         ax.scatter(*zip(*front, strict=True), s=24, c="#d1495b", zorder=3)
+    _draw_healed(ax, study, {t.number: p for t, p in scored}, quality)
     for trial, (x, y) in scored:
         if trial.user_attrs.get("baseline"):
             ax.annotate(trial.user_attrs["baseline"], (x, y), fontsize=6, alpha=0.8)
@@ -47,3 +49,19 @@ def plot_front(study: optuna.Study, path: Path, quality: str | None = None) -> P
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def _draw_healed(ax, study: optuna.Study, points: dict[int, tuple[float, float]], quality: str) -> None:
+    """Each healed candidate as a diamond joined to its one-shot point, and the healed front as a step line."""
+    key = f"healed_{quality}"
+    healed = [
+        (points[h["trial"]], h[key]) for h in healed_records(study.user_attrs) if key in h and h["trial"] in points
+    ]
+    for i, ((x, y), y_healed) in enumerate(healed):
+        ax.plot([x, x], [y, y_healed], c="#2e8b57", lw=0.8, ls=":", label="heal" if i == 0 else None)
+    if healed:
+        xs, ys = zip(*((x, y_healed) for (x, _), y_healed in healed), strict=True)
+        ax.scatter(xs, ys, s=30, marker="D", c="#2e8b57", zorder=4, label="healed")
+    front = sorted((points[r["trial"]][0], r["healed"][key]) for r in healed_front_of(study) if r["trial"] in points)
+    if front:
+        ax.step(*zip(*front, strict=True), where="post", c="#2e8b57", lw=1.5, label="healed front")

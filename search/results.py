@@ -15,7 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 from prunesearch.choices import DType
 from prunesearch.pruning.plan import PrunePlan
 
-from . import pareto
+from . import healselect, pareto
 from .spec import SearchSpec
 from .storage import resolve
 
@@ -202,3 +202,38 @@ def export_trial(
         device=device,
     )
     return summary | {"trial": trial, "study": study_name}
+
+
+def healed_front_of(study: optuna.Study) -> list[dict[str, Any]]:
+    """The heal stage's front: the non-dominated healed trials by (healed quality, latency), fastest first, as
+    {trial, plan, metrics, baseline, healed} (`healed`: the heal's record: healed_kl, healed_ppl, settings)."""
+    attrs = study.user_attrs
+    healed = healselect.healed_records(attrs)
+    if not healed:
+        return []
+    quality = study_spec(study).objectives.quality if SPEC_ATTR in attrs else "kl"
+    numbers = {h["trial"] for h in healed}
+    trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.number in numbers]
+    records = {t.number: front_record(t) for t in trials if "plan" in t.user_attrs}
+    return healselect.healed_front(records, healed, quality)
+
+
+def healed_front(storage: str | optuna.storages.BaseStorage, study_name: str) -> list[dict[str, Any]]:
+    """`healed_front_of` the named study (LookupError if there is none)."""
+    return healed_front_of(load_study(storage, study_name))
+
+
+def heal_status(storage: str | optuna.storages.BaseStorage, study_name: str) -> dict[str, Any] | None:
+    """Where the heal stage stands: {candidates, healed (trial numbers done), current (trial, step, total_steps,
+    loss) or None, errors ({trial: why} for heals that could not run)}; None before the stage picked its
+    candidates (or for a search that does not heal)."""
+    attrs = load_study(storage, study_name).user_attrs
+    candidates = attrs.get(healselect.CANDIDATES_ATTR)
+    if candidates is None:
+        return None
+    done = [n for n in candidates if healselect.result_key(n) in attrs]
+    errors = {
+        str(n): attrs[healselect.result_key(n)]["error"] for n in done if "error" in attrs[healselect.result_key(n)]
+    }
+    current = attrs.get(healselect.PROGRESS_ATTR)
+    return {"candidates": candidates, "healed": done, "current": current, "errors": errors}

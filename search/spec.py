@@ -6,10 +6,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from prunesearch.choices import CriterionName, Sampler
+from prunesearch.choices import CriterionName, HealMethod, Sampler
 from prunesearch.profilers.latency import Workload
+from prunesearch.pruning.healsettings import HealSettings
 
-__all__ = ["SearchSpec", "Workload"]
+__all__ = ["HealSpec", "SearchSpec", "Workload"]
+
+# The heal stage's knobs default to `prunesearch heal`'s own (one definition, `pruning/healsettings.py`).
+_HEAL_DEFAULTS = HealSettings()
 
 
 class _Strict(BaseModel):
@@ -75,6 +79,31 @@ class CalibrationSampling(_Strict):
     criterion: CriterionName = CriterionName.FLAP
 
 
+class HealSpec(_Strict):
+    """Heal-aware selection: after the trials, heal up to `top_k` Pareto candidates spread over the latency
+    range for `tokens` tokens each (distillation from the dense model on the calibration text), and score them
+    again with the search's own KL and perplexity."""
+
+    top_k: int = Field(4, ge=1, le=64, description="how many front candidates to heal")
+    tokens: int = Field(200_000, ge=64, le=100_000_000, description="training tokens per candidate")
+    method: HealMethod = HealMethod.FULL
+    lr: float | None = Field(None, gt=0, le=1, description="peak learning rate (default: the method's)")
+    seq_len: int = Field(_HEAL_DEFAULTS.seq_len, ge=8, le=32_768)
+    batch: int = Field(_HEAL_DEFAULTS.batch, ge=1, le=1024)
+
+    @model_validator(mode="after")
+    def _one_step(self) -> HealSpec:
+        if self.tokens < self.seq_len * self.batch:
+            raise ValueError(f"heal tokens ({self.tokens}) must cover one step of batch x seq_len tokens")
+        return self
+
+    def settings(self, seed: int) -> HealSettings:
+        """The `prunesearch heal` settings of one candidate's heal."""
+        return HealSettings(
+            method=self.method, tokens=self.tokens, lr=self.lr, seq_len=self.seq_len, batch=self.batch, seed=seed
+        )
+
+
 class SearchSpec(_Strict):
     """Everything a search needs. `model` and `calibration` are local paths (the service resolves ids first)."""
 
@@ -91,6 +120,12 @@ class SearchSpec(_Strict):
     timeout_s: float | None = Field(None, gt=0)
     seed: int = 0
     baselines: bool = True
+    # A spec without heal dumps exactly as before the field existed (stored specs, studies, job views).
+    heal: HealSpec | None = Field(
+        None,
+        description="heal the best candidates after the search (default: off)",
+        exclude_if=lambda value: value is None,
+    )
 
     def latency_budget_ms(self, dense_ms: float) -> float | None:
         """The latency budget in milliseconds, given the dense model's latency."""

@@ -14,7 +14,11 @@ DEFAULT_SERVER = "http://127.0.0.1:8000"
 
 
 class ServiceError(RuntimeError):
-    """The server refused a request; the message is the server's."""
+    """The server refused a request; the message is the server's, `status` its HTTP code (None: unreachable)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def default_server() -> str:
@@ -33,7 +37,7 @@ class Client:
         except httpx.HTTPError as exc:
             raise ServiceError(f"cannot reach {self.http.base_url}: {exc}") from None
         if response.status_code >= 400:
-            raise ServiceError(f"{response.status_code}: {_message(response)}")
+            raise ServiceError(f"{response.status_code}: {_message(response)}", response.status_code)
         return response.json() if response.content else None
 
     def submit(self, spec: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
@@ -46,8 +50,10 @@ class Client:
     def pareto(self, job_id: str) -> dict[str, Any]:
         return self._call("GET", f"/v1/jobs/{job_id}/pareto")
 
-    def export(self, job_id: str, trial: int, dtype: str) -> dict[str, Any]:
-        return self._call("POST", f"/v1/jobs/{job_id}/exports", json={"trial": trial, "dtype": dtype})
+    def export(self, job_id: str, trial: int, dtype: str, heal: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Queue an export of `trial`; `heal`: heal options (`HealOptions` fields), None for no heal."""
+        body = {"trial": trial, "dtype": dtype} | ({"heal": heal} if heal is not None else {})
+        return self._call("POST", f"/v1/jobs/{job_id}/exports", json=body)
 
     def export_status(self, export_id: str) -> dict[str, Any]:
         return self._call("GET", f"/v1/exports/{export_id}")

@@ -6,12 +6,29 @@ import argparse
 import time
 from pathlib import Path
 
-from prunesearch.choices import FINAL_JOB_STATUSES, ExportStatus, JobStatus
+from prunesearch.choices import FINAL_JOB_STATUSES, ExportStatus, HealMethod, JobStatus, values
 from prunesearch.cliutil import CLIError, output_dir, print_json, read_json
 
 from .client import Client, ServiceError, default_server
 
-TABLE_METRICS = ("kl", "ppl", "latency_ms", "latency_fraction", "params", "memory_bytes", "vocab_coverage")
+TABLE_METRICS = (
+    *("kl", "ppl", "healed_kl", "healed_ppl"),
+    *("latency_ms", "latency_fraction", "params", "memory_bytes", "vocab_coverage"),
+)
+# `--heal-X` flags of the remote export: each is the heal option X of `POST /v1/jobs/{id}/exports` (the server checks
+# the values; `prunesearch heal --help` explains them).
+HEAL_FLAGS: dict[str, type] = {
+    "tokens": int,
+    "steps": int,
+    "lr": float,
+    "lora_rank": int,
+    "seq_len": int,
+    "batch": int,
+    "ce_weight": float,
+    "temperature": float,
+    "data": str,
+}
+ACTIVE_EXPORT = (ExportStatus.QUEUED, ExportStatus.RUNNING)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,8 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = _add(subparsers, "submit", "submit a search job (a JSON spec file)", _submit)
     p.add_argument("spec", type=Path)
     p.add_argument("--idempotency-key", default=None)
-    p = _add(subparsers, "status", "show a job (with --watch, a progress bar until it finishes)", _status)
-    p.add_argument("job_id")
+    p = _add(subparsers, "status", "show a job or an export (with --watch, a progress bar until it finishes)", _status)
+    p.add_argument("job_id", metavar="ID", help="a job id or an export id")
     p.add_argument("--watch", action="store_true")
     p.add_argument("--interval", type=float, default=1.0)
     p = _add(subparsers, "pareto", "print a job's Pareto front as a table", _pareto)
@@ -35,11 +52,24 @@ def add_remote_export_arguments(parser: argparse.ArgumentParser) -> None:
     form): the service writes the trial's checkpoint."""
     parser.add_argument("--server", default=default_server(), help="service URL (default: $PRUNESEARCH_SERVER)")
     parser.add_argument("--wait", action="store_true", help="remote: wait until the export has finished")
+    heal = parser.add_argument_group("heal (remote)", "heal the checkpoint by distillation from the job's model")
+    for name, kind in HEAL_FLAGS.items():
+        heal.add_argument(f"--heal-{name.replace('_', '-')}", dest=f"heal_{name}", type=kind, default=None)
+    heal.add_argument("--heal-method", dest="heal_method", choices=values(HealMethod), default=None)
+    heal.add_argument("--heal-eval", dest="heal_eval", nargs="+", default=None, help="dataset ids or allowed files")
 
 
-def export_remote(args: argparse.Namespace) -> None:
-    """Ask the service at `--server` to export `--trial` of job `job_id` (and with `--wait`, wait for it)."""
-    _guarded(_export, args)
+def heal_options(args: argparse.Namespace) -> dict | None:
+    """The heal options the `--heal-*` flags give; None when none is given (no heal)."""
+    names = [*HEAL_FLAGS, "method", "eval"]
+    options = {name: getattr(args, f"heal_{name}") for name in names if getattr(args, f"heal_{name}") is not None}
+    return options or None
+
+
+def export_remote(args: argparse.Namespace) -> int:
+    """Ask the service at `--server` to export `--trial` of job `job_id`, healed when `--heal-*` flags are given
+    (and with `--wait`, wait for it, showing its progress); 1 when the export failed."""
+    return _guarded(_export, args)
 
 
 def _add(subparsers, name: str, help_text: str, handler) -> argparse.ArgumentParser:
@@ -63,11 +93,29 @@ def _submit(client: Client, args: argparse.Namespace) -> None:
 
 
 def _status(client: Client, args: argparse.Namespace) -> int:
-    job = client.job(args.job_id)
+    try:
+        job = client.job(args.job_id)
+    except ServiceError as exc:
+        if exc.status != 404:
+            raise
+        return _export_status(client, args)
     if args.watch:
         job = watch(client, job, args.interval)
     print_json({k: v for k, v in job.items() if k != "spec"})
     return 1 if job["status"] == JobStatus.FAILED else 0
+
+
+def _export_status(client: Client, args: argparse.Namespace) -> int:
+    try:
+        export = client.export_status(args.job_id)
+    except ServiceError as exc:
+        if exc.status == 404:
+            raise ServiceError(f"404: no job or export {args.job_id}", 404) from None
+        raise
+    if args.watch:
+        export = watch_export(client, export, args.interval)
+    print_json(export)
+    return 1 if export["status"] == ExportStatus.FAILED else 0
 
 
 def watch(client: Client, job: dict, interval: float) -> dict:
@@ -84,11 +132,37 @@ def watch(client: Client, job: dict, interval: float) -> dict:
             job = client.job(job["id"])
 
 
+def watch_export(client: Client, export: dict, interval: float) -> dict:
+    """A tqdm bar of the export's phase, and of heal steps with the loss while it heals, until it is final."""
+    from tqdm import tqdm
+
+    with tqdm(desc=export["id"][:8], unit="step") as bar:
+        while True:
+            progress = export.get("progress") or {}
+            if progress.get("total") and bar.total != progress["total"]:
+                bar.reset(total=progress["total"])
+            bar.update((progress.get("step") or 0) - bar.n)
+            loss = progress.get("loss")
+            bar.set_postfix(status=export["status"], phase=progress.get("phase"), loss=f"{loss:.4g}" if loss else "-")
+            if export["status"] not in ACTIVE_EXPORT:
+                return export
+            time.sleep(interval)
+            export = client.export_status(export["id"])
+
+
 def _pareto(client: Client, args: argparse.Namespace) -> None:
     result = client.pareto(args.job_id)
     print(format_front(result["front"]))
     count, done, hv = len(result["front"]), result["trials_done"], result["hypervolume"]
     print(f"{count} plans after {done} trials; hypervolume {hv}")
+    healed = result.get("healed_front") or []
+    if healed:
+        print("\nhealed front (ranked by healed quality: pick winners here)")
+        print(format_front([row | {"metrics": row["metrics"] | _healed_scores(row)} for row in healed]))
+
+
+def _healed_scores(row: dict) -> dict:
+    return {k: v for k, v in row.get("healed", {}).items() if k in ("healed_kl", "healed_ppl")}
 
 
 def format_front(front: list[dict]) -> str:
@@ -110,12 +184,12 @@ def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def _export(client: Client, args: argparse.Namespace) -> None:
-    export = client.export(args.job_id, args.trial, args.dtype)
-    while args.wait and export["status"] in (ExportStatus.QUEUED, ExportStatus.RUNNING):
-        time.sleep(1.0)
-        export = client.export_status(export["id"])
+def _export(client: Client, args: argparse.Namespace) -> int:
+    export = client.export(args.job_id, args.trial, args.dtype, heal=heal_options(args))
+    if args.wait:
+        export = watch_export(client, export, interval=1.0)
     print_json(export)
+    return 1 if export["status"] == ExportStatus.FAILED else 0
 
 
 def _download(client: Client, args: argparse.Namespace) -> None:

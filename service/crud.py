@@ -126,10 +126,12 @@ def latest_snapshot(session: Session, *, job_id: str) -> ParetoSnapshot | None:
     return session.scalar(query.order_by(ParetoSnapshot.trials_done.desc(), ParetoSnapshot.id.desc()).limit(1))
 
 
-def leave_job(session: Session, *, job_id: str, error: str | None = None, requeue: bool = False) -> Job:
-    """The caller stops working on the job; the last worker out (or any, once all trials are done) settles
-    its final status. An error fails the job for everyone; a worker shutting down (`requeue`) leaves an
-    unfinished job queued for another worker."""
+def leave_job(
+    session: Session, *, job_id: str, error: str | None = None, requeue: bool = False, pending: bool = False
+) -> Job:
+    """The caller stops working on the job; the last worker out (or any, once all trials are done and nothing
+    is `pending`, such as candidates of the heal stage left to heal) settles its final status. An error fails
+    the job for everyone; a worker shutting down (`requeue`) leaves an unfinished job queued for another worker."""
     job = session.get(Job, job_id, with_for_update=True)
     assert job is not None
     job.active_workers = max(0, job.active_workers - 1)
@@ -137,7 +139,7 @@ def leave_job(session: Session, *, job_id: str, error: str | None = None, requeu
         return job
     if error is not None:
         job.status, job.error, job.cancel_requested = JobStatus.FAILED, error, True
-    elif job.trials_done >= job.n_trials:
+    elif job.trials_done >= job.n_trials and not pending:
         job.status = JobStatus.SUCCEEDED
     elif job.active_workers > 0:
         return job
@@ -150,8 +152,11 @@ def leave_job(session: Session, *, job_id: str, error: str | None = None, requeu
     return job
 
 
-def create_export(session: Session, *, job_id: str, trial: int, dtype: str) -> Export:
-    export = Export(job_id=job_id, trial=trial, dtype=dtype)
+def create_export(
+    session: Session, *, job_id: str, trial: int, dtype: str, heal: dict[str, Any] | None = None
+) -> Export:
+    """Insert a queued export; `heal`: the heal options (paths resolved), None for a plain export."""
+    export = Export(job_id=job_id, trial=trial, dtype=dtype, heal=heal)
     session.add(export)
     session.flush()
     return export
@@ -194,6 +199,16 @@ def export_heartbeat(session: Session, *, export_id: str, attempt: int) -> None:
     session.execute(
         update(Export).where(Export.id == export_id, Export.attempts == attempt).values(heartbeat_at=utcnow())
     )
+
+
+def record_export_progress(session: Session, *, export_id: str, attempt: int, progress: dict[str, Any]) -> bool:
+    """Store where `attempt` is (and renew its lease); False when a later attempt took the export over."""
+    result = session.execute(
+        update(Export)
+        .where(Export.id == export_id, Export.attempts == attempt, Export.status == ExportStatus.RUNNING)
+        .values(progress=progress, heartbeat_at=utcnow())
+    )
+    return result.rowcount == 1
 
 
 def finish_export(session: Session, *, export_id: str, attempt: int, **fields: Any) -> bool:

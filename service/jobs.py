@@ -27,13 +27,14 @@ def resolved_spec(body: JobCreate, settings: Settings, session: Session) -> dict
     check_hardware(body.hardware)
     dataset = crud.get_dataset(session, dataset_id=body.calibration) if is_id(body.calibration) else None
     spec = body.search_spec()
-    spec["model"] = _checked("model", lambda: resolve_model(body.model, settings))
+    spec["model"] = checked_path("model", lambda: resolve_model(body.model, settings))
     dataset_path = dataset.path if dataset else None
-    spec["calibration"] = _checked("calibration", lambda: resolve_calibration(body.calibration, settings, dataset_path))
+    calibration = body.calibration
+    spec["calibration"] = checked_path("calibration", lambda: resolve_calibration(calibration, settings, dataset_path))
     return spec
 
 
-def _checked(field: str, resolve) -> str:
+def checked_path(field: str, resolve) -> str:
     """Run a path resolution, turning filesystem errors on odd input (NUL bytes, huge names) into a 422."""
     try:
         return resolve()

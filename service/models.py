@@ -94,6 +94,8 @@ class Export(Base):
     heartbeat_at: Mapped[datetime | None]  # renewed while a worker writes it: its lease
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # only the latest may finish
     finished_at: Mapped[datetime | None]
+    heal: Mapped[dict[str, Any] | None]  # the heal asked for (`schemas.HealOptions`, paths resolved); None: no heal
+    progress: Mapped[dict[str, Any] | None]  # phase, and while healing step/total/loss/tokens_per_s
 
 
 class Dataset(Base):

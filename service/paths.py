@@ -42,8 +42,9 @@ def resolve_model(value: str, settings: Settings) -> str:
     raise PathRejected("model", f"model {value!r} not found under the allowed model roots (hub ids are disabled)")
 
 
-def resolve_calibration(value: str, settings: Settings, dataset_path: str | None) -> str:
-    """An uploaded dataset (its path, found by the caller) or a file under an allowed calibration root."""
+def resolve_calibration(value: str, settings: Settings, dataset_path: str | None, field: str = "calibration") -> str:
+    """An uploaded dataset (its path, found by the caller) or a file under an allowed calibration root; `field`
+    names the request field in errors (a job's calibration, a heal's data or evaluation text)."""
     if dataset_path is not None:
         return dataset_path
     candidate = Path(value).expanduser()
@@ -51,10 +52,10 @@ def resolve_calibration(value: str, settings: Settings, dataset_path: str | None
     if not candidate.is_absolute():
         local = [root / candidate for root in roots if (root / candidate).is_file()]
         if not local:
-            raise PathRejected("calibration", f"calibration {value!r} is neither a dataset id nor an allowed file")
+            raise PathRejected(field, f"{field} {value!r} is neither a dataset id nor an allowed file")
         candidate = local[0]
     if not within(candidate, roots):
-        raise PathRejected("calibration", f"calibration path {value!r} is outside the allowed calibration roots")
+        raise PathRejected(field, f"{field} path {value!r} is outside the allowed calibration roots")
     if not candidate.is_file():
-        raise PathRejected("calibration", f"calibration file {value!r} does not exist")
+        raise PathRejected(field, f"{field} file {value!r} does not exist")
     return str(candidate.resolve())

@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from prunesearch.choices import DType, ExportStatus, JobStatus
+from prunesearch.choices import DType, ExportStatus, HealMethod, JobStatus
+from prunesearch.pruning.healsettings import HealSettings
 from prunesearch.search.spec import SearchSpec
 
 from .models import Dataset, Export, Job
@@ -42,11 +43,16 @@ class JobPublic(BaseModel):
     finished_at: datetime | None
     eta_s: float | None = Field(description="seconds left at the rate so far (running jobs only)")
     spec: dict[str, Any]
+    heal: dict[str, Any] | None = Field(
+        None,
+        description="jobs that heal: {candidates, healed, current: {trial, step, total_steps, loss}, errors}",
+        exclude_if=lambda value: value is None,  # a job that does not heal reads exactly as before
+    )
 
     @classmethod
-    def of(cls, job: Job) -> JobPublic:
-        fields = {name: getattr(job, name) for name in cls.model_fields if name != "eta_s"}
-        return cls(**fields, eta_s=eta_seconds(job))
+    def of(cls, job: Job, heal: dict[str, Any] | None = None) -> JobPublic:
+        fields = {name: getattr(job, name) for name in cls.model_fields if name not in ("eta_s", "heal")}
+        return cls(**fields, eta_s=eta_seconds(job), heal=heal)
 
 
 T = TypeVar("T")
@@ -64,6 +70,55 @@ class ParetoPublic(BaseModel):
     trials_done: int
     hypervolume: float | None
     front: list[dict[str, Any]]
+    healed_front: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="jobs that heal: the healed trials not dominated by (healed quality, latency); pick from here",
+    )
+
+
+# The most training tokens one export may heal on (a bound on the worker time one request can take).
+MAX_HEAL_TOKENS = 1_000_000_000
+MAX_EVAL_FILES = 4
+
+
+class HealOptions(BaseModel):
+    """How an export heals the trial's checkpoint by distillation from the job's dense model (`prunesearch
+    heal`). The upper bounds are the service's; every other rule is `HealSettings.validate`'s, so the API and the
+    CLI accept the same settings."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    tokens: int | None = Field(None, le=MAX_HEAL_TOKENS, description="training tokens (default 1,000,000)")
+    steps: int | None = Field(None, le=1_000_000, description="optimizer steps, instead of tokens")
+    method: HealMethod = HealMethod.FULL
+    lr: float | None = Field(None, le=1.0, description="peak learning rate (default 1e-4 full, 1e-3 LoRA)")
+    lora_rank: int = Field(16, le=1024)
+    seq_len: int = Field(256, le=32_768)
+    batch: int = Field(8, le=4096)
+    ce_weight: float = Field(0.0, description="cross-entropy share of the loss, in [0, 1]")
+    temperature: float = Field(1.0, le=100.0)
+    data: str | None = Field(
+        None, max_length=4096, description="training text: a dataset id or an allowed file; default the job's"
+    )
+    eval: list[str] | None = Field(
+        None,
+        max_length=MAX_EVAL_FILES,
+        description="perplexity before and after on these (dataset ids or allowed files); default the job's text",
+    )
+
+    @model_validator(mode="after")
+    def _valid(self) -> HealOptions:
+        settings = self.settings()
+        settings.validate()  # a HealError is a ValueError: pydantic reports it as a 422 with its message
+        if settings.total_steps * settings.tokens_per_step > MAX_HEAL_TOKENS:
+            raise ValueError(f"a heal may train on at most {MAX_HEAL_TOKENS:,} tokens (steps x batch x seq_len)")
+        return self
+
+    def settings(self, **runtime) -> HealSettings:
+        """The library's settings for these options; `runtime` adds what the worker decides (device, dtype,
+        checkpoint_every)."""
+        fields = self.model_dump(exclude={"data", "eval"})
+        return HealSettings(**fields, **runtime)
 
 
 class ExportCreate(BaseModel):
@@ -71,6 +126,7 @@ class ExportCreate(BaseModel):
 
     trial: int = Field(ge=0)
     dtype: DType = DType.FP32
+    heal: HealOptions | None = Field(None, description="heal the checkpoint before archiving it (default: no)")
 
 
 class ExportPublic(BaseModel):
@@ -79,6 +135,10 @@ class ExportPublic(BaseModel):
     trial: int
     dtype: str
     status: ExportStatus
+    heal: dict[str, Any] | None = Field(description="the heal asked for (paths resolved), or null")
+    progress: dict[str, Any] | None = Field(
+        description="phase (exporting, healing, archiving); while healing: step, total, loss, tokens_per_s"
+    )
     size: int | None
     sha256: str | None
     summary: dict[str, Any] | None

@@ -13,6 +13,7 @@ import numpy as np
 
 from prunesearch.choices import DType
 from prunesearch.search.backend import SearchCallbacks, SearchProgress
+from prunesearch.search.healselect import healed_front
 from prunesearch.search.pareto import non_dominated
 from prunesearch.search.spec import SearchSpec
 
@@ -22,6 +23,8 @@ class FakeBackend:
 
     def __init__(self) -> None:
         self.studies: dict[str, list[dict[str, Any]]] = {}
+        self.heals: dict[str, dict[int, dict[str, Any]]] = {}  # study -> trial -> heal record
+        self.heal_candidates: dict[str, list[int]] = {}
         self.lock = threading.Lock()  # the API reads from its thread pool
 
     def add_trial(
@@ -43,6 +46,12 @@ class FakeBackend:
             record = {"trial": number, "state": state, "baseline": baseline, "feasible": feasible and bool(metrics)}
             trials.append(record | {"plan": plan, "metrics": metrics, "error": None})
             return number
+
+    def add_heal(self, study_name: str, trial: int, *, healed_kl: float) -> None:
+        """Record a healed score for `trial` (making it a candidate of the study's heal stage)."""
+        with self.lock:
+            self.heal_candidates.setdefault(study_name, []).append(trial)
+            self.heals.setdefault(study_name, {})[trial] = {"trial": trial, "healed_kl": healed_kl}
 
     def run(
         self,
@@ -83,6 +92,23 @@ class FakeBackend:
         front = [t for t, keep in zip(candidates, non_dominated(values), strict=True) if keep]
         front.sort(key=lambda t: t["metrics"]["latency_ms"])
         return [{key: t[key] for key in ("trial", "plan", "metrics", "baseline")} for t in front]
+
+    def _records(self, study_name: str) -> dict[int, dict[str, Any]]:
+        with self.lock:
+            trials = [t for t in self._study(study_name) if t["state"] == "complete"]
+        return {t["trial"]: {key: t[key] for key in ("trial", "plan", "metrics", "baseline")} for t in trials}
+
+    def healed_front(self, study_name: str) -> list[dict[str, Any]]:
+        records = self._records(study_name)
+        return healed_front(records, list(self.heals.get(study_name, {}).values()), "kl")
+
+    def heal_status(self, study_name: str) -> dict[str, Any] | None:
+        self._study(study_name)
+        if study_name not in self.heal_candidates:
+            return None
+        candidates = self.heal_candidates[study_name]
+        healed = [n for n in candidates if n in self.heals.get(study_name, {})]
+        return {"candidates": candidates, "healed": healed, "current": None, "errors": {}}
 
     def trial_page(self, study_name: str, offset: int = 0, limit: int = 50) -> tuple[list[dict[str, Any]], int]:
         with self.lock:

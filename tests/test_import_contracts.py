@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / ".ci" / "lint-imports"
 SOURCES = ("pyproject.toml", "README.md", "prunesearch", "pruning", "profilers", "search", "service", "migrations")
+# What profilers may read from pruning: plans and architecture data (the table and the classes built from it).
+PROFILERS_MAY_READ = {"__init__", "plan", "architectures", "modeling", "remote_modeling"}
 
-pytestmark = pytest.mark.skipif(shutil.which("lint-imports") is None, reason="import-linter is not installed")
+needs_linter = pytest.mark.skipif(shutil.which("lint-imports") is None, reason="import-linter is not installed")
 
 
 def _lint(tree: Path) -> subprocess.CompletedProcess[str]:
@@ -29,25 +32,51 @@ def _copy_sources(dest: Path) -> Path:
     return dest
 
 
+def _contract(name_start: str) -> dict:
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    return next(c for c in contracts if c["name"].startswith(name_start))
+
+
+@needs_linter
 def test_the_repository_keeps_every_contract():
     result = _lint(ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "0 broken" in result.stdout
 
 
-def test_an_upward_import_breaks_the_layers(tmp_path):
+@needs_linter
+@pytest.mark.parametrize(
+    ("module", "line", "complaint"),
+    [
+        (
+            "pruning/plan.py",
+            "from prunesearch.service import settings  # an upward import",
+            "prunesearch.pruning.plan -> prunesearch.service.settings",
+        ),
+        (
+            "search/pareto.py",
+            "import torch  # pure logic must not",
+            "prunesearch.search.pareto is not allowed to import torch",
+        ),
+        (
+            "profilers/measured.py",
+            "from prunesearch.pruning import surgery  # more than architecture data",
+            "is not allowed to import prunesearch.pruning.surgery",
+        ),
+    ],
+)
+def test_a_forbidden_import_breaks_a_contract(tmp_path, module, line, complaint):
     tree = _copy_sources(tmp_path)
-    plan = tree / "pruning" / "plan.py"
-    plan.write_text(plan.read_text() + "\nfrom prunesearch.service import settings  # an upward import\n")
+    path = tree / module
+    path.write_text(path.read_text() + f"\n{line}\n")
     result = _lint(tree)
     assert result.returncode != 0
-    assert "prunesearch.pruning.plan -> prunesearch.service.settings" in result.stdout
+    assert complaint in result.stdout
 
 
-def test_torch_in_pure_logic_breaks_its_contract(tmp_path):
-    tree = _copy_sources(tmp_path)
-    pareto = tree / "search" / "pareto.py"
-    pareto.write_text(pareto.read_text() + "\nimport torch  # pure logic must not\n")
-    result = _lint(tree)
-    assert result.returncode != 0
-    assert "prunesearch.search.pareto is not allowed to import torch" in result.stdout
+def test_every_pruning_module_is_either_readable_by_profilers_or_forbidden_to_them():
+    """The profilers contract is a deny-list; this makes it an allow-list: a new pruning module must be named."""
+    forbidden = set(_contract("Profilers read pruning")["forbidden_modules"])
+    for path in sorted((ROOT / "pruning").glob("*.py")):
+        module = f"prunesearch.pruning.{path.stem}"
+        assert (path.stem in PROFILERS_MAY_READ) != (module in forbidden), f"classify {module} in pyproject.toml"

@@ -1,53 +1,158 @@
-"""Materialise one trial as a checkpoint directory and a tar archive with its size and sha256."""
+"""Materialise one trial as a checkpoint directory and a tar archive with its size and sha256; when the export
+asks for a heal, the trial's checkpoint is healed by distillation from the job's dense model first."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import math
+import os
 import shutil
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from prunesearch.choices import ExportStatus
 from prunesearch.search.backend import SearchBackend
 from prunesearch.service import crud
 from prunesearch.service.db import session_scope
+from prunesearch.service.schemas import HealOptions
 from prunesearch.service.settings import Settings
 
+from .exportprogress import ExportProgress, ExportTakenOver
 from .heartbeat import Heartbeat
 
 log = logging.getLogger(__name__)
+
+# A heal saves its state about this many times over its run, so an attempt that takes over from a dead worker
+# redoes at most this fraction of it (1/20), at the price of that many writes of the trainable state.
+HEAL_CHECKPOINTS = 20
+
+
+@dataclass(frozen=True)
+class ExportTask:
+    """What one export writes, read from its row and its job's."""
+
+    study: str
+    trial: int
+    dtype: str
+    teacher: str  # the job's dense model: the heal's teacher
+    heal: dict[str, Any] | None  # `HealOptions` with paths resolved; None: no heal
+
+
+class ExportFiles:
+    """Where an attempt writes. The checkpoint folder and its archive are the attempt's own. The unhealed trial,
+    the healed folder and the heal's work folder beside it (its resumable state, `<healed>.heal-work`) are named
+    by the export alone: an attempt that takes over from a dead worker resumes the heal at the dead worker's last
+    saved step, which needs the same student (the heal's fingerprint of a model includes the folder it was
+    loaded from) and the same work folder."""
+
+    def __init__(self, root: Path, export_id: str, attempt: int) -> None:
+        root = root.resolve()  # the heal names its work folder after the resolved output path
+        self.root = root
+        self.out_dir = root / f"{export_id}-{attempt}"
+        self.archive = self.out_dir.with_suffix(".tar")
+        self.student = root / f"{export_id}.student"
+        self.healed = root / f"{export_id}.healed"
+
+    def remove_attempt(self) -> None:
+        """This attempt's checkpoint folder and archive."""
+        shutil.rmtree(self.out_dir, ignore_errors=True)
+        self.archive.unlink(missing_ok=True)
+
+    def remove_shared(self) -> None:
+        """The unhealed trial, the healed folder, the heal's work folder and any half-written temporary beside
+        them: only the attempt that owns the export may, once it has recorded the outcome."""
+        leftovers = [*self.root.glob(f"{self.healed.name}.*"), *self.root.glob(f".{self.healed.name}.*")]
+        for path in [self.student, self.healed, *leftovers]:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def run_export(export_id: str, settings: Settings, *, backend: SearchBackend, attempt: int = 1) -> None:
     """Write `<exports>/<id>-<attempt>/` and its `.tar`; record the outcome (an error message on failure).
 
     Each attempt writes its own files, and only the export's latest attempt may record them: a worker that lost
-    its lease (taken for dead) and finishes late changes nothing, and removes what it wrote."""
+    its lease (taken for dead) and finishes late changes nothing, and removes what it wrote. A failed export
+    leaves no files; a worker that dies leaves the heal's saved state for the next attempt."""
     url = settings.db_url
-    with session_scope(url) as session:
-        export = crud.get_export(session, export_id=export_id)
-        job = crud.get_job(session, job_id=export.job_id)
-        study, trial, dtype = job.study_name, export.trial, export.dtype
-    out_dir = settings.export_root / f"{export_id}-{attempt}"
-    archive = out_dir.with_suffix(".tar")
+    task = _read_task(url, export_id)
+    files = ExportFiles(settings.export_root, export_id, attempt)
+    progress = ExportProgress(url, export_id, attempt)
     try:
         with Heartbeat.for_export(url, export_id, attempt, settings.heartbeat_s):
-            shutil.rmtree(out_dir, ignore_errors=True)
-            summary = backend.export_trial(study, trial, out_dir, dtype=dtype)
-            size, digest = write_archive(out_dir, archive)
-        outcome = dict(path=str(archive), size=size, sha256=digest, summary=_jsonable(summary))
+            for earlier in range(1, attempt + 1):  # what workers that died on this export left (not the heal state)
+                ExportFiles(settings.export_root, export_id, earlier).remove_attempt()
+            summary = _write_checkpoint(task, files, backend, progress)
+            progress.phase("archiving")
+            size, digest = write_archive(files.out_dir, files.archive)
+        outcome = dict(path=str(files.archive), size=size, sha256=digest, summary=_jsonable(summary))
         fields = dict(status=ExportStatus.SUCCEEDED, **outcome)
+    except ExportTakenOver:  # seen while writing progress: stop now rather than heal on for nothing
+        fields = None
     except Exception as exc:
         log.exception("export %s failed", export_id)
         fields = dict(status=ExportStatus.FAILED, error=f"{type(exc).__name__}: {exc}"[:2000])
+    recorded = fields is not None and _finish(url, export_id, attempt, fields)
+    if not recorded:  # a later attempt owns the export, with the unhealed trial and the heal's state
+        log.warning("export %s: attempt %d lost the export to a later one; its output is dropped", export_id, attempt)
+        files.remove_attempt()
+        return
+    if fields["status"] == ExportStatus.FAILED:
+        files.remove_attempt()
+    files.remove_shared()
+
+
+def _read_task(url: str, export_id: str) -> ExportTask:
     with session_scope(url) as session:
-        recorded = crud.finish_export(session, export_id=export_id, attempt=attempt, **fields)
-    if not recorded:
-        log.warning("export %s: attempt %d was taken over by a later one; its output is dropped", export_id, attempt)
-        shutil.rmtree(out_dir, ignore_errors=True)
-        archive.unlink(missing_ok=True)
+        export = crud.get_export(session, export_id=export_id)
+        job = crud.get_job(session, job_id=export.job_id)
+        return ExportTask(job.study_name, export.trial, export.dtype, job.spec["model"], export.heal)
+
+
+def _finish(url: str, export_id: str, attempt: int, fields: dict[str, Any]) -> bool:
+    with session_scope(url) as session:
+        return crud.finish_export(session, export_id=export_id, attempt=attempt, **fields)
+
+
+def _write_checkpoint(task: ExportTask, files: ExportFiles, backend: SearchBackend, progress: ExportProgress) -> dict:
+    """The trial's checkpoint in `files.out_dir`, healed when the task says so; the summary to store."""
+    progress.phase("exporting")
+    if task.heal is None:
+        return backend.export_trial(task.study, task.trial, files.out_dir, dtype=task.dtype)
+    # The student trains in fp32; the heal writes the healed checkpoint in the export's dtype.
+    shutil.rmtree(files.student, ignore_errors=True)  # a dead attempt's, perhaps half written
+    summary = backend.export_trial(task.study, task.trial, files.student, dtype="fp32")
+    result = _heal(task, files, progress)
+    os.replace(files.healed, files.out_dir)
+    return summary | {"out": str(files.out_dir), "dtype": task.dtype, "heal": result | {"out_dir": str(files.out_dir)}}
+
+
+def _heal(task: ExportTask, files: ExportFiles, progress: ExportProgress) -> dict[str, Any]:
+    """Heal the attempt's unhealed trial into `files.healed` (resuming a dead attempt's saved state)."""
+    import torch  # only where a heal runs
+
+    from prunesearch.pruning.heal import heal
+
+    options = HealOptions.model_validate(task.heal)
+    total = options.settings().total_steps
+    settings = options.settings(
+        dtype=task.dtype,
+        device="cuda" if torch.cuda.is_available() else "cpu",
+        checkpoint_every=max(1, math.ceil(total / HEAL_CHECKPOINTS)),
+    )
+    progress.phase("healing", step=0, total=total)
+    result = heal(
+        files.student,
+        task.teacher,
+        options.data,
+        files.healed,
+        settings,
+        eval_files=options.eval or (),
+        progress=progress.heal_step,
+    )
+    return result.to_dict()
 
 
 def write_archive(directory: Path, archive: Path) -> tuple[int, str]:
@@ -67,5 +172,16 @@ def file_sha256(path: Path) -> str:
 
 
 def _jsonable(data: object) -> dict:
-    value = json.loads(json.dumps(data, default=str))
+    value = finite(json.loads(json.dumps(data, default=str)))
     return value if isinstance(value, dict) else {"summary": value}
+
+
+def finite(value: Any) -> Any:
+    """`value` with NaN and infinities as None: JSON columns (PostgreSQL's above all) store no NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite(v) for v in value]
+    return value

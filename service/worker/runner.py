@@ -49,17 +49,25 @@ def run_job(
         on_trial=on_trial,
     )
 
-    error = None
+    error, pending = None, False
     with Heartbeat.for_job(url, job_id, settings.heartbeat_s):
         try:
             progress = backend.run(spec, study, callbacks, shared=shared, recover=recover)
             record(url, job_id, progress)
+            pending = spec.heal is not None and heal_pending(backend, study)
         except Exception as exc:
             log.exception("job %s failed", job_id)
             error = f"{type(exc).__name__}: {exc}"[:2000]
     with session_scope(url, immediate=True) as session:
-        job = crud.leave_job(session, job_id=job_id, error=error, requeue=stopping.is_set())
+        job = crud.leave_job(session, job_id=job_id, error=error, requeue=stopping.is_set(), pending=pending)
         log.info("left job %s: %s, %d/%d trials", job_id, job.status, job.trials_done, job.n_trials)
+
+
+def heal_pending(backend: SearchBackend, study: str) -> bool:
+    """Whether the job's heal stage has candidates left (or has not picked them yet): the job stays running
+    until its last worker has healed them (the search runs the stage once its trials are all finished)."""
+    status = backend.heal_status(study)
+    return status is None or len(status["healed"]) < len(status["candidates"])
 
 
 def _stopped(url: str, job_id: str) -> bool:

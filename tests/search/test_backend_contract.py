@@ -14,6 +14,8 @@ import pytest
 from optuna.trial import TrialState, create_trial
 
 from prunesearch.search.backend import OptunaBackend, SearchBackend
+from prunesearch.search.healselect import CANDIDATES_ATTR as heal_candidates_attr
+from prunesearch.search.healselect import result_key
 from prunesearch.search.storage import forget_storages
 
 from ..fake_backend import FakeBackend
@@ -62,6 +64,22 @@ def _seed_optuna(backend: OptunaBackend, study_name: str, trials: list[Trial]) -
             study.enqueue_trial({})
 
 
+# Healed scores of three front members: 1 heals past 6 (dominating it), 4 stays the fastest.
+HEALED = {4: 0.2, 1: 0.05, 6: 0.1}
+HEALED_FRONT_ORDER = [4, 1]
+
+
+def _seed_heals(backend: SearchBackend, study_name: str) -> None:
+    if isinstance(backend, FakeBackend):
+        for trial, kl in HEALED.items():
+            backend.add_heal(study_name, trial, healed_kl=kl)
+        return
+    study = optuna.load_study(study_name=study_name, storage=backend.storage)
+    study.set_user_attr(heal_candidates_attr, list(HEALED))
+    for trial, kl in HEALED.items():
+        study.set_user_attr(result_key(trial), {"trial": trial, "healed_kl": kl})
+
+
 def _seed_fake(backend: FakeBackend, study_name: str, trials: list[Trial]) -> None:
     for t in trials:
         backend.add_trial(
@@ -95,6 +113,20 @@ def test_front_is_the_feasible_non_dominated_trials_fastest_first(backend):
     assert front[-1]["baseline"] == "dense" and front[0]["baseline"] is None
     assert front[0]["plan"] == {"trial": 4} and front[0]["metrics"] == {"kl": 0.5, "latency_ms": 2.0}
     assert [x["trial"] for x in backend.front("other")] == [1, 0]
+
+
+def test_healed_front_is_the_non_dominated_healed_trials_and_status_counts_them(backend):
+    assert backend.healed_front("s") == [] and backend.heal_status("s") is None
+    _seed_heals(backend, "s")
+    healed = backend.healed_front("s")
+    assert [x["trial"] for x in healed] == HEALED_FRONT_ORDER
+    assert healed[1]["healed"]["healed_kl"] == 0.05 and healed[1]["metrics"] == {"kl": 0.3, "latency_ms": 3.0}
+    assert healed[0]["plan"] == {"trial": 4} and healed[0]["baseline"] is None
+    assert backend.heal_status("s") == {"candidates": [4, 1, 6], "healed": [4, 1, 6], "current": None, "errors": {}}
+    assert backend.healed_front("other") == []
+    for read in (backend.healed_front, backend.heal_status):
+        with pytest.raises(LookupError, match="nope"):
+            read("nope")
 
 
 def test_trial_page_lists_started_trials_in_pages(backend):

@@ -3,14 +3,16 @@ jobs and exports through it and stores the front the search computed."""
 
 from __future__ import annotations
 
+import argparse
 import tarfile
 from dataclasses import replace
 
 import pytest
 from fastapi.testclient import TestClient
 
-from prunesearch.service import crud
+from prunesearch.service import client_cli, crud
 from prunesearch.service.api.main import create_app
+from prunesearch.service.client import Client
 from prunesearch.service.db import session_scope
 from prunesearch.service.worker.loop import Worker
 
@@ -96,3 +98,37 @@ def test_deleting_a_job_deletes_its_study(settings, fake, fake_api):
 def test_a_queued_job_has_no_trials_yet(fake_api):
     job = fake_api.post("/v1/jobs", json=job_body()).json()
     assert fake_api.get(f"/v1/jobs/{job['id']}/trials").json() == {"items": [], "total": 0, "offset": 0, "limit": 50}
+
+
+def test_a_healing_job_shows_its_heal_stage_and_healed_front(settings, fake_api, capsys):
+    heal = {"top_k": 2, "tokens": 4096, "seq_len": 32, "batch": 2}
+    job = fake_api.post("/v1/jobs", json=job_body(n_trials=5, heal=heal)).json()
+    assert job["spec"]["heal"]["top_k"] == 2
+
+    class Heals(FakeBackend):
+        """Heals the two fastest front members after its trials (as the search's heal stage would)."""
+
+        def run(self, spec, study_name, callbacks, **options):
+            progress = super().run(spec, study_name, callbacks, **options)
+            for i, record in enumerate(self.front(study_name)[: spec.heal.top_k]):
+                self.add_heal(study_name, record["trial"], healed_kl=0.01 * (i + 1))
+            return progress
+
+    backend = Heals()
+    with TestClient(create_app(settings, backend=backend)) as api:
+        _run_worker(settings, backend)
+        done = api.get(f"/v1/jobs/{job['id']}").json()
+        study = _study(settings, job["id"])
+        assert done["status"] == "succeeded"
+        assert done["heal"] == backend.heal_status(study) and len(done["heal"]["healed"]) == 2
+        pareto = api.get(f"/v1/jobs/{job['id']}/pareto").json()
+        assert pareto["healed_front"] == backend.healed_front(study) and pareto["healed_front"]
+        plain = api.post("/v1/jobs", json=job_body(n_trials=2)).json()
+        _run_worker(settings, backend)
+        assert "heal" not in api.get(f"/v1/jobs/{plain['id']}").json()
+        assert api.get(f"/v1/jobs/{plain['id']}/pareto").json()["healed_front"] == []
+        client = Client("http://testserver")
+        client.http = api
+        client_cli._pareto(client, argparse.Namespace(job_id=job["id"]))
+    table = capsys.readouterr().out
+    assert "healed front" in table and "healed_kl" in table

@@ -52,6 +52,23 @@ def test_last_worker_out_settles_the_status(settings):
     assert (job.status, job.trials_done, job.active_workers) == ("succeeded", 2, 0)
 
 
+def test_pending_heal_keeps_the_job_running_until_the_last_worker_leaves(settings):
+    """Trials all done but heal candidates left: a worker leaving does not settle the job while another is on
+    it; shutting down requeues it (for its heal stage); the last worker out with nothing pending settles it."""
+    job_id = _job(settings, n_trials=2, parallelism=2)
+    claim_job(settings.db_url, lease_s=60), claim_job(settings.db_url, lease_s=60)
+    with session_scope(settings.db_url) as s:
+        crud.record_progress(s, job_id=job_id, trials_done=2, front_size=2, hypervolume=0.2)
+        assert crud.leave_job(s, job_id=job_id, pending=True).status == "running"
+    with session_scope(settings.db_url) as s:
+        job = crud.leave_job(s, job_id=job_id, pending=True, requeue=True)
+    assert (job.status, job.active_workers, job.finished_at) == ("queued", 0, None)
+    assert claim_job(settings.db_url, lease_s=60) == (job_id, True)
+    with session_scope(settings.db_url) as s:
+        job = crud.leave_job(s, job_id=job_id, pending=False)
+    assert (job.status, job.trials_done) == ("succeeded", 2)
+
+
 def test_shutdown_requeues_and_errors_fail(settings):
     job_id = _job(settings, n_trials=5)
     claim_job(settings.db_url, lease_s=60)

@@ -148,3 +148,52 @@ def test_a_dead_workers_running_trial_is_failed_and_run_again(settings, processe
     assert abandoned and all(t.state == TrialState.FAIL for t in abandoned)
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     assert sum(t.state.is_finished() and not t.user_attrs.get("abandoned") for t in trials) == 12
+
+
+def _search_and_heal(settings, processes, tmp_path) -> None:
+    api, client = _client(settings)
+    heal = {"top_k": 2, "tokens": 128, "seq_len": 32, "batch": 2}
+    with api:
+        processes.worker(settings, "--max-idle", "60", log=tmp_path / "worker.log")
+        job = client.submit(job_body(n_trials=6, heal=heal))
+        done = _finished(api, job["id"])
+        assert done["status"] == "succeeded", (done, (tmp_path / "worker.log").read_text()[-3000:])
+        status = done["heal"]
+        assert len(status["candidates"]) == 2 and status["healed"] == status["candidates"]
+        assert status["current"] is None
+        pareto = client.pareto(job["id"])
+        healed = pareto["healed_front"]
+        assert healed and {r["trial"] for r in healed} <= set(status["candidates"])
+        front = {r["trial"]: r for r in pareto["front"]}
+        for record in healed:
+            assert record["metrics"] == front[record["trial"]]["metrics"]  # joined to its proxy point
+            assert record["healed"]["healed_kl"] >= 0 and record["healed"]["steps"] == 2  # 128 tokens, 2 x 32 a step
+        plain = client.submit(job_body(n_trials=2))
+        finished = _finished(api, plain["id"])
+        assert "heal" not in finished and client.pareto(plain["id"])["healed_front"] == []
+
+
+def test_heal_stage_end_to_end_on_sqlite(settings, processes, tmp_path):
+    _search_and_heal(settings, processes, tmp_path)
+
+
+def test_heal_stage_end_to_end_on_postgresql(pg_settings, processes, tmp_path):
+    _search_and_heal(pg_settings, processes, tmp_path)
+
+
+def test_two_workers_heal_each_candidate_once(pg_settings, processes, tmp_path):
+    """With parallelism 2 the stage runs after every trial has finished, each candidate is healed once, and
+    the job succeeds only once they are all healed."""
+    api, client = _client(pg_settings)
+    heal = {"top_k": 3, "tokens": 128, "seq_len": 32, "batch": 2}
+    with api:
+        job = client.submit(job_body(n_trials=10, parallelism=2, heal=heal))
+        for i in range(2):
+            processes.worker(pg_settings, "--max-idle", "60", log=tmp_path / f"worker{i}.log")
+        done = _finished(api, job["id"])
+        assert done["status"] == "succeeded" and done["trials_done"] == 10
+        assert len(done["heal"]["candidates"]) == 3 and done["heal"]["healed"] == done["heal"]["candidates"]
+        assert client.pareto(job["id"])["healed_front"]
+    logs = "".join((tmp_path / f"worker{i}.log").read_text() for i in range(2))
+    for trial in done["heal"]["candidates"]:
+        assert logs.count(f"healed trial {trial} of ") == 1, logs[-3000:]

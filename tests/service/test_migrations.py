@@ -8,7 +8,7 @@ import sqlalchemy as sa
 
 from prunesearch import migrations
 
-HEAD = "0002"
+HEAD = "0003"
 OURS = {"ps_jobs", "ps_pareto_snapshots", "ps_exports", "ps_datasets", migrations.VERSION_TABLE}
 
 
@@ -105,3 +105,42 @@ def test_the_service_passes_its_tables_and_they_match_the_migrations(tmp_path):
     command.check(migrations.alembic_config(url, Base.metadata))  # raises if a model and a migration differ
     with pytest.raises(CommandError, match="MetaData"):
         command.check(migrations.alembic_config(url))  # without the service's metadata there is nothing to compare
+
+
+def test_0003_adds_the_heal_and_progress_of_exports_and_takes_them_away(tmp_path):
+    url = f"sqlite:///{tmp_path / 'heal.db'}"
+    migrations.upgrade(url, "0002")
+    engine = sa.create_engine(url)
+
+    def export_columns() -> set[str]:
+        return {c["name"] for c in sa.inspect(engine).get_columns("ps_exports")}
+
+    try:
+        assert not {"heal", "progress"} & export_columns()
+        with engine.begin() as conn:
+            now = "2026-11-24 00:00:00"
+            conn.execute(
+                sa.text(
+                    "INSERT INTO ps_jobs (id, spec, status, n_trials, parallelism, trials_claimed, trials_done,"
+                    " front_size, active_workers, cancel_requested, created_at)"
+                    " VALUES ('j', '{}', 'succeeded', 1, 1, 1, 1, 0, 0, 0, :now)"
+                ),
+                {"now": now},
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO ps_exports (id, job_id, trial, dtype, status, created_at, attempts)"
+                    " VALUES ('e', 'j', 0, 'fp32', 'queued', :now, 0)"
+                ),
+                {"now": now},
+            )
+        migrations.upgrade(url)
+        assert {"heal", "progress"} <= export_columns()
+        with engine.connect() as conn:
+            row = conn.execute(sa.text("SELECT status, heal, progress FROM ps_exports WHERE id = 'e'")).one()
+        assert tuple(row) == ("queued", None, None)  # an export from before 0003 is a plain one
+        migrations.downgrade(url, "0002")
+        assert not {"heal", "progress"} & export_columns()
+        assert migrations.current(url) == "0002"
+    finally:
+        engine.dispose()

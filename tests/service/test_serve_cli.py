@@ -57,6 +57,17 @@ def test_serve_and_client_commands(tmp_path, processes, capsys):
     assert export["status"] == "succeeded"
     result = json.loads(_run(capsys, "download", export["id"], "-o", str(tmp_path / "ckpt"), "--server", server))
     assert result["sha256"] == export["sha256"] and (tmp_path / "ckpt" / "config.json").is_file()
+    heal_flags = ["--heal-tokens", "2048", "--heal-method", "lora", "--heal-seq-len", "64", "--heal-eval"]
+    argv = ["export", job_id, "--trial", str(trial), "--server", server, *heal_flags, "tiny-llama/calib.txt"]
+    queued = json.loads(_run(capsys, *argv))
+    assert (queued["heal"]["tokens"], queued["heal"]["method"], queued["heal"]["seq_len"]) == (2048, "lora", 64)
+    healed = json.loads(_run(capsys, "status", queued["id"], "--watch", "--interval", "0.3", "--server", server))
+    assert healed["status"] == "succeeded", healed["error"]
+    assert (healed["progress"]["step"], healed["progress"]["total"]) == (4, 4)  # 2048 tokens in blocks of 8 x 64
+    assert main(["export", "--trial", "0", "--heal-tokens", "100", "--out", str(tmp_path / "x")]) == 2
+    assert "need a service job id" in capsys.readouterr().err
+    assert main(["export", job_id, "--trial", "0", "--heal-tokens", "0", "--server", server]) == 2
+    assert "tokens must be positive" in capsys.readouterr().err
     assert main(["status", "nope", "--server", server]) == 2  # 404 is a one-line CLI error
     assert "404" in capsys.readouterr().err
     processes.stop_all()
@@ -73,6 +84,9 @@ def test_demo_command(tmp_path, capsys):
     assert "latency_ms" in out and "checkpoint:" in out
     checkpoint = Path(out.split("checkpoint: ")[1].split(" (")[0])
     assert (checkpoint / "config.json").is_file()
+    healed = Path(out.split("healed checkpoint: ")[1].split(" (")[0])
+    assert json.loads((healed / "provenance.json").read_text())["heals"][0]["tokens"] == 32_768
+    assert "perplexity on calib.txt:" in out and "before the heal" in out
 
 
 def test_download_into_a_file_exits_2_before_any_request(tmp_path, capsys):

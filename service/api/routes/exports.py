@@ -9,18 +9,23 @@ from fastapi.responses import FileResponse
 
 from prunesearch.choices import ExportStatus
 from prunesearch.service import crud
-from prunesearch.service.api.deps import ExportDep, JobDep, SessionDep
+from prunesearch.service.api.deps import ExportDep, JobDep, SessionDep, SettingsDep
+from prunesearch.service.exports import heal_record
 from prunesearch.service.schemas import ExportCreate, ExportPublic
 
 router = APIRouter(tags=["exports"])
 
 
 @router.post("/v1/jobs/{job_id}/exports", status_code=202, response_model=ExportPublic)
-def create_export(job: JobDep, body: ExportCreate, session: SessionDep, response: Response) -> ExportPublic:
-    """Queue an export of trial `body.trial`; a worker writes the checkpoint and its archive."""
+def create_export(
+    job: JobDep, body: ExportCreate, session: SessionDep, settings: SettingsDep, response: Response
+) -> ExportPublic:
+    """Queue an export of trial `body.trial`; a worker writes the checkpoint (healed first when `body.heal` says
+    so) and its archive."""
     if body.trial >= job.trials_claimed:
         raise HTTPException(409, f"job {job.id} has no trial {body.trial} yet ({job.trials_done} trials done)")
-    export = crud.create_export(session, job_id=job.id, trial=body.trial, dtype=body.dtype)
+    heal = heal_record(body.heal, job, settings, session)
+    export = crud.create_export(session, job_id=job.id, trial=body.trial, dtype=body.dtype, heal=heal)
     response.headers["Location"] = f"/v1/exports/{export.id}"
     return ExportPublic.of(export)
 

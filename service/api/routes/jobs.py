@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 from typing import Annotated
@@ -10,12 +11,13 @@ from fastapi import APIRouter, Header, HTTPException, Response
 from starlette.concurrency import run_in_threadpool
 
 from prunesearch.choices import JobStatus
+from prunesearch.search.backend import SearchBackend
 from prunesearch.service import crud
 from prunesearch.service.api.cache import TTLCache
 from prunesearch.service.api.deps import BackendDep, JobDep, LimitDep, OffsetDep, SessionDep, SettingsDep
 from prunesearch.service.db import session_scope
 from prunesearch.service.jobs import submit_job
-from prunesearch.service.models import is_id
+from prunesearch.service.models import Job, is_id
 from prunesearch.service.schemas import JobCreate, JobPublic, Page, ParetoPublic
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -46,21 +48,36 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-async def get_job(job_id: str, settings: SettingsDep) -> Response:
+async def get_job(job_id: str, settings: SettingsDep, backend: BackendDep) -> Response:
     """The hot polling path: served from a 0.25 s cache, else one thread-pool hop for the whole read."""
     body = JOB_VIEWS.get(job_id)
     if body is None:
-        body = await run_in_threadpool(read_job, settings.db_url, job_id) if is_id(job_id) else None
+        body = await run_in_threadpool(read_job, settings.db_url, job_id, backend) if is_id(job_id) else None
         if body is None:
             raise HTTPException(404, f"job {job_id} not found")
         JOB_VIEWS.put(job_id, body)
     return Response(body, media_type="application/json")
 
 
-def read_job(url: str, job_id: str) -> bytes | None:
+def read_job(url: str, job_id: str, backend: SearchBackend) -> bytes | None:
     with session_scope(url) as session:
         job = crud.get_job(session, job_id=job_id)
-        return None if job is None else JobPublic.of(job).model_dump_json().encode()
+        if job is None:
+            return None
+        heal = _heal_status(job, backend) if job.spec.get("heal") else None
+        return JobPublic.of(job, heal).model_dump_json().encode()
+
+
+def _heal_status(job: Job, backend: SearchBackend) -> dict | None:
+    """Where a healing job's heal stage stands (read from its study; None before the stage starts). Read only
+    once a trial is recorded: the study's tables exist by then (a read racing the worker's first creation of
+    Optuna's tables could collide with it)."""
+    if job.trials_done <= 0:
+        return None
+    try:
+        return backend.heal_status(job.study_name)
+    except LookupError:  # the study is not created yet
+        return None
 
 
 @router.get("/{job_id}/trials", response_model=Page[dict])
@@ -77,12 +94,23 @@ def list_trials(job: JobDep, backend: BackendDep, offset: OffsetDep = 0, limit: 
 
 
 @router.get("/{job_id}/pareto", response_model=ParetoPublic)
-def get_pareto(job: JobDep, session: SessionDep) -> ParetoPublic:
-    """The latest Pareto front the workers recorded (empty before the first trial)."""
+def get_pareto(job: JobDep, session: SessionDep, backend: BackendDep) -> ParetoPublic:
+    """The latest Pareto front the workers recorded (empty before the first trial), and for a job that heals,
+    the healed front (its healed candidates not dominated by healed quality and latency: pick winners there)."""
     snap = crud.latest_snapshot(session, job_id=job.id)
     if snap is None:
         return ParetoPublic(job_id=job.id, trials_done=0, hypervolume=None, front=[])
-    return ParetoPublic(job_id=job.id, trials_done=snap.trials_done, hypervolume=snap.hypervolume, front=snap.front)
+    healed = []
+    if job.spec.get("heal"):
+        with contextlib.suppress(LookupError):
+            healed = backend.healed_front(job.study_name)
+    return ParetoPublic(
+        job_id=job.id,
+        trials_done=snap.trials_done,
+        hypervolume=snap.hypervolume,
+        front=snap.front,
+        healed_front=healed,
+    )
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobPublic)

@@ -1,0 +1,78 @@
+"""Heal-aware selection, the pure part: which front candidates to heal, where the heal stage keeps its state in
+the study, and the healed Pareto front. No torch (the API reads the healed front).
+
+Optuna refuses user attributes on finished trials, so the stage's state lives in the study's user attributes,
+one key per trial: `heal:N` (the healed scores of trial N, written once, whole), `heal_claim:N` (which worker
+heals it) and `heal_progress` (the stage as a whole, for the service's job view).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from . import pareto
+
+RESULT_PREFIX = "heal:"
+CLAIM_PREFIX = "heal_claim:"
+PROGRESS_ATTR = "heal_progress"
+CANDIDATES_ATTR = "heal_candidates"
+# A dense model healed against itself stays dense: never a candidate.
+SKIPPED_BASELINES = ("dense",)
+
+
+def result_key(trial: int) -> str:
+    return f"{RESULT_PREFIX}{trial}"
+
+
+def claim_key(trial: int) -> str:
+    return f"{CLAIM_PREFIX}{trial}"
+
+
+def pick_candidates(front: Sequence[dict[str, Any]], top_k: int, quality: str) -> list[int]:
+    """Up to `top_k` trial numbers of `front` (records with `trial`, `metrics`, `baseline`) spread over its
+    latency range, fastest first: always the fastest and the best `quality`, the rest the members nearest
+    (by latency) to evenly spaced latency quantiles. Deterministic: ties go to the earlier trial."""
+    members = sorted(
+        (r for r in front if r.get("baseline") not in SKIPPED_BASELINES and quality in r["metrics"]),
+        key=lambda r: (r["metrics"]["latency_ms"], r["trial"]),
+    )
+    if len(members) <= top_k:
+        return [r["trial"] for r in members]
+    latency = np.array([r["metrics"]["latency_ms"] for r in members], dtype=float)
+    best = min(range(len(members)), key=lambda i: (members[i]["metrics"][quality], members[i]["trial"]))
+    chosen = [0] if top_k == 1 or best == 0 else [0, best]
+    for q in np.linspace(0.0, 1.0, top_k)[1:-1] if top_k > 2 else []:
+        if len(chosen) >= top_k:
+            break
+        target = np.quantile(latency, q)
+        free = [i for i in range(len(members)) if i not in chosen]
+        chosen.append(min(free, key=lambda i: (abs(latency[i] - target), i)))
+    # the best-quality member is the slowest on a plain 2-D front; fill any slot left (best was the fastest)
+    for i in reversed(range(len(members))):
+        if len(chosen) >= top_k:
+            break
+        if i not in chosen:
+            chosen.append(i)
+    return [members[i]["trial"] for i in sorted(chosen)]
+
+
+def healed_records(user_attrs: dict[str, Any]) -> list[dict[str, Any]]:
+    """The healed scores the stage stored in a study's user attributes, by trial number."""
+    records = [v for k, v in user_attrs.items() if k.startswith(RESULT_PREFIX) and isinstance(v, dict)]
+    return sorted(records, key=lambda r: r["trial"])
+
+
+def healed_front(front_by_trial: dict[int, dict[str, Any]], healed: Sequence[dict[str, Any]], quality: str):
+    """The non-dominated healed trials by (healed quality, latency), fastest first: each the trial's record
+    (`front_by_trial`: {trial, plan, metrics, baseline}) plus `healed` (its heal record)."""
+    key = f"healed_{quality}"
+    rows = [(front_by_trial[h["trial"]], h) for h in healed if h["trial"] in front_by_trial and key in h]
+    if not rows:
+        return []
+    values = np.array([[h[key], record["metrics"]["latency_ms"]] for record, h in rows], dtype=float)
+    keep = pareto.non_dominated(values)
+    kept = [record | {"healed": h} for (record, h), k in zip(rows, keep, strict=True) if k]
+    return sorted(kept, key=lambda r: (r["metrics"]["latency_ms"], r["trial"]))

@@ -1,0 +1,140 @@
+"""Heal-aware selection, the stage: after a search's trials, heal the chosen front candidates for a short budget
+and score each again with the search's own proxy (`CandidateEvaluator.evaluate_model`), so that healed and
+one-shot scores compare. One-shot and post-heal rankings disagree (Liu et al., "Rethinking the Value of Network
+Pruning"; NIRVANA), which is why winners are picked on the healed front.
+
+Each candidate is exported as `prunesearch export` writes it, healed by `prunesearch heal` (teacher: the job's
+dense model, data: its calibration text), in a temporary folder removed whatever happens. The result goes to
+the study in one write (`heal:N`), so a stage killed part-way resumes with the candidates not yet healed, and a
+duplicate heal (two workers racing for one claim) writes the same record again rather than a mix.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from prunesearch.pruning.export import read_token_map
+from prunesearch.pruning.healsettings import HealProgress
+from prunesearch.pruning.modeling import load_pruned
+
+from .callbacks import SearchCallbacks
+from .context import SearchContext
+from .healselect import CANDIDATES_ATTR, PROGRESS_ATTR, claim_key, pick_candidates, result_key
+from .results import export_trial, front_record, front_trials
+
+log = logging.getLogger(__name__)
+# Seconds between the stage's progress writes (and cancel checks) while a candidate heals.
+PROGRESS_EVERY_S = 2.0
+
+
+class _Stopped(Exception):
+    """Raised from the heal's progress hook when the search is told to stop."""
+
+
+def run_heal_stage(
+    study: optuna.Study,
+    storage: optuna.storages.BaseStorage,
+    context: SearchContext,
+    callbacks: SearchCallbacks,
+    *,
+    recover: bool,
+) -> list[int]:
+    """Heal the study's candidates that no one has healed yet; the trial numbers this call healed.
+
+    Runs only once no trial is running (other workers' trials still running: the last of them heals).
+    `recover`: no other worker is on the study, so claims left by others are a dead worker's and are ignored."""
+    heal = context.spec.heal
+    if heal is None or study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        return []
+    candidates = study.user_attrs.get(CANDIDATES_ATTR)
+    if candidates is None:
+        front = [front_record(t) for t in front_trials(study)]
+        candidates = pick_candidates(front, heal.top_k, context.spec.objectives.quality)
+        study.set_user_attr(CANDIDATES_ATTR, candidates)
+    owner, healed = uuid.uuid4().hex, []
+    for number in candidates:
+        if callbacks.should_stop():
+            break
+        if result_key(number) in study.user_attrs or not _claim(study, number, owner, recover):
+            continue
+        try:
+            record = heal_candidate(storage, study, context, number, _Reporter(study, number, callbacks))
+        except _Stopped:
+            break
+        finally:
+            study.set_user_attr(PROGRESS_ATTR, None)
+        study.set_user_attr(result_key(number), record)
+        log.info("healed trial %d of %s: %s", number, study.study_name, record.get("error") or "ok")
+        healed.append(number)
+    return healed
+
+
+def _claim(study: optuna.Study, number: int, owner: str, recover: bool) -> bool:
+    """Take candidate `number` unless another live worker holds it. Not atomic (Optuna has no compare-and-set):
+    two workers may both win a race, and both then write the same deterministic record."""
+    key = claim_key(number)
+    held = study.user_attrs.get(key)
+    if held not in (None, owner) and not recover:
+        return False
+    study.set_user_attr(key, owner)
+    return study.user_attrs.get(key) == owner
+
+
+class _Reporter:
+    """The heal's progress hook: every `PROGRESS_EVERY_S`, the step and loss to the study and a cancel check."""
+
+    def __init__(self, study: optuna.Study, number: int, callbacks: SearchCallbacks):
+        self.study, self.number, self.callbacks = study, number, callbacks
+        self.last = 0.0
+
+    def __call__(self, progress: HealProgress) -> None:
+        now = time.monotonic()
+        if now - self.last < PROGRESS_EVERY_S and progress.step < progress.total_steps:
+            return
+        self.last = now
+        current = {"trial": self.number, "step": progress.step, "total_steps": progress.total_steps}
+        self.study.set_user_attr(PROGRESS_ATTR, current | {"loss": round(progress.loss, 6)})
+        if self.callbacks.should_stop():
+            raise _Stopped
+
+
+def heal_candidate(
+    storage: optuna.storages.BaseStorage, study: optuna.Study, context: SearchContext, number: int, progress=None
+) -> dict[str, Any]:
+    """Export trial `number`, heal it, score it with the proxy: the record the stage stores (`error` instead of
+    scores when its heal cannot run, e.g. calibration text too small for one batch)."""
+    from prunesearch.pruning.heal import heal  # torch training code: only where the stage runs
+
+    spec = context.spec
+    settings = spec.heal.settings(seed=spec.seed)
+    record: dict[str, Any] = {"trial": number, "method": str(settings.method), "tokens_asked": settings.tokens}
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="prunesearch-heal-") as work:
+        pruned, healed = Path(work) / "pruned", Path(work) / "healed"
+        export_trial(storage, study.study_name, number, pruned)
+        try:
+            result = heal(pruned, spec.model, spec.calibration, healed, settings, progress=progress)
+        except ValueError as exc:  # bad input for a heal (HealError, HealDataError, ...): recorded, not retried
+            log.warning("heal of trial %d failed: %s", number, exc)
+            return record | {"error": f"{type(exc).__name__}: {exc}"}
+        quality = context.evaluator.evaluate_model(load_pruned(healed), read_token_map(healed))
+    return record | {
+        "healed_kl": quality.kl,
+        "healed_ppl": quality.ppl,
+        "steps": result.steps,
+        "tokens": result.tokens,
+        "lr": settings.learning_rate,
+        "seq_len": settings.seq_len,
+        "batch": settings.batch,
+        "final_loss": result.final_loss,
+        "heal_seconds": result.seconds,
+        "seconds": round(time.perf_counter() - started, 3),
+    }

@@ -1,0 +1,188 @@
+"""The heal stage on the bundled tiny Llama: healed scores use the proxy's definitions, candidates are healed
+once and recorded on the study, a killed stage resumes with the rest, and no temporary folder is left."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import optuna
+import pytest
+
+from prunesearch.cli import main
+from prunesearch.pruning.export import read_token_map
+from prunesearch.pruning.modeling import load_pruned
+from prunesearch.search import healstage
+from prunesearch.search.callbacks import SearchCallbacks
+from prunesearch.search.context import SearchContext
+from prunesearch.search.engine import run_search
+from prunesearch.search.healselect import CANDIDATES_ATTR, claim_key, pick_candidates, result_key
+from prunesearch.search.results import (
+    export_trial,
+    front_record,
+    front_trials,
+    heal_status,
+    healed_front,
+    load_study,
+    trial_plan,
+)
+from prunesearch.search.spec import SearchSpec
+
+TINY = Path(__file__).resolve().parents[2] / "examples" / "tiny-llama"
+
+
+def _spec(**overrides) -> SearchSpec:
+    body = {
+        "model": str(TINY),
+        "calibration": str(TINY / "calib.txt"),
+        "calibration_settings": {"tokens": 512, "seq_len": 64},
+        "space": {"vocab": True},
+        "sampler": "random",
+        "n_trials": 8,
+        "heal": {"top_k": 3, "tokens": 256, "seq_len": 32, "batch": 2},
+    }
+    return SearchSpec.model_validate(body | overrides)
+
+
+@pytest.fixture
+def scratch(tmp_path, monkeypatch, prunesearch_home) -> Path:
+    """Temporary folders go here, so the test sees any the stage leaves behind."""
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+def test_healed_scores_use_the_proxys_definitions(scratch, tmp_path):
+    """Scored as a materialised checkpoint, an unhealed export gets the KL and perplexity the search recorded
+    for its trial (full and trimmed vocabularies), so healed and proxy scores compare."""
+    spec = _spec(heal=None, n_trials=14)
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    context = SearchContext(spec)
+    run_search(spec, storage=storage, study_name="s", context=context)
+    study = load_study(storage, "s")
+    scored = [t for t in study.get_trials(deepcopy=False) if "kl" in t.user_attrs.get("metrics", {})]
+    trimmed = [t for t in scored if trial_plan(study, t.number).vocab is not None]
+    whole = [t for t in scored if trial_plan(study, t.number).vocab is None and t.user_attrs.get("baseline") != "dense"]
+    assert trimmed and whole
+    for trial in (trimmed[0], whole[0]):
+        out = tmp_path / f"t{trial.number}"
+        export_trial(storage, "s", trial.number, out)
+        quality = context.evaluator.evaluate_model(load_pruned(out), read_token_map(out))
+        assert (read_token_map(out) is None) == (trial in whole)
+        assert quality.kl == pytest.approx(trial.user_attrs["metrics"]["kl"], rel=1e-4)
+        assert quality.ppl == pytest.approx(trial.user_attrs["metrics"]["ppl"], rel=1e-4)
+    assert "heal" not in study.user_attrs["prunesearch_spec"]  # a search without heal stores the spec as before
+    assert heal_status(storage, "s") is None and healed_front(storage, "s") == []
+
+    # a heal the calibration text cannot feed is recorded as an error, not retried, and leaves no folder
+    too_big = _spec(heal={"top_k": 1, "tokens": 1 << 20, "seq_len": 8192, "batch": 128})
+    record = healstage.heal_candidate(optuna.storages.RDBStorage(storage), study, SimpleNamespace(spec=too_big), 1)
+    assert record["trial"] == 1 and "HealDataError" in record["error"] and "healed_kl" not in record
+    assert not list(scratch.iterdir())
+
+
+def test_stage_heals_the_candidates_once_and_a_killed_stage_resumes(scratch, tmp_path, monkeypatch):
+    spec = _spec()
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    context = SearchContext(spec)
+    healed_calls: list[int] = []
+    real = healstage.heal_candidate
+
+    def killed_on_the_second(storage_, study, context_, number, progress=None):
+        if len(healed_calls) == 1:
+            raise KeyboardInterrupt  # the worker dies while healing its second candidate
+        healed_calls.append(number)
+        return real(storage_, study, context_, number, progress)
+
+    monkeypatch.setattr(healstage, "heal_candidate", killed_on_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(spec, storage=storage, study_name="s", context=context)
+    study = load_study(storage, "s")
+    candidates = study.user_attrs[CANDIDATES_ATTR]
+    front = [front_record(t) for t in front_trials(study)]
+    assert candidates == pick_candidates(front, 3, "kl") and len(candidates) == 3
+    fastest = min((r for r in front if r["baseline"] != "dense"), key=lambda r: r["metrics"]["latency_ms"])
+    assert fastest["trial"] in candidates
+    first = healed_calls[0]
+    assert heal_status(storage, "s") == {"candidates": candidates, "healed": [first], "current": None, "errors": {}}
+    assert not list(scratch.iterdir())  # the interrupted heal's folder is gone too
+
+    monkeypatch.setattr(healstage, "heal_candidate", lambda *a, **k: healed_calls.append(a[3]) or real(*a, **k))
+    run_search(spec, storage=storage, study_name="s", context=context)  # the resumed worker: trials are done
+    assert sorted(healed_calls) == sorted(candidates) and healed_calls.count(first) == 1
+    assert len(load_study(storage, "s").trials) == len(study.trials)  # no trial ran again
+    attrs = load_study(storage, "s").user_attrs
+    for number in candidates:
+        record = attrs[result_key(number)]
+        proxy = next(t for t in study.trials if t.number == number).user_attrs["metrics"]
+        assert record["healed_kl"] >= 0 and record["healed_ppl"] > 1
+        assert record["healed_kl"] != pytest.approx(proxy["kl"], rel=1e-6)  # the heal changed the weights
+        assert record["steps"] == 4 and record["tokens"] == 256 and record["method"] == "full"
+    healed = healed_front(storage, "s")
+    assert healed and {r["trial"] for r in healed} <= set(candidates)
+    best = min(candidates, key=lambda n: attrs[result_key(n)]["healed_kl"])
+    assert best in {r["trial"] for r in healed}  # the best healed score is always on the healed front
+    assert heal_status(storage, "s")["healed"] == candidates
+    assert not list(scratch.iterdir())
+    before = len(healed_calls)
+    run_search(spec, storage=storage, study_name="s", context=context)
+    assert len(healed_calls) == before  # everything healed: nothing runs again
+
+
+def _cli(tmp_path, *extra: str, heal: bool = True) -> list[str]:
+    spec = tmp_path / "job.json"
+    body = {"calibration_settings": {"seq_len": 64}} | ({"heal": {"seq_len": 32, "batch": 2}} if heal else {})
+    spec.write_text(json.dumps(body))
+    argv = ["search", "--model", str(TINY), "--calibration", str(TINY / "calib.txt"), "--trials", "10"]
+    return [*argv, "--sampler", "random", "--calibration-tokens", "512", "--spec", str(spec), *extra]
+
+
+def test_cli_heals_and_writes_both_fronts(scratch, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = _cli(tmp_path, "--heal-top-k", "2", "--heal-tokens", "128", "--heal-method", "lora", "--out", str(out))
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    pareto = json.loads((out / "pareto.json").read_text())
+    assert set(pareto) == {"front", "healed_front"} and pareto["front"] and pareto["healed_front"]
+    assert [r["trial"] for r in pareto["healed_front"]] == [r["trial"] for r in summary["healed_front"]]
+    first = pareto["healed_front"][0]
+    assert first["healed"]["method"] == "lora" and first["healed"]["tokens"] == 128
+    assert summary["healed_front"][0]["healed_kl"] == pytest.approx(first["healed"]["healed_kl"], abs=1e-5)
+    assert (out / "pareto.png").stat().st_size > 1000
+    assert not list(scratch.iterdir())
+
+
+def test_cli_heal_flags_are_checked(tmp_path, capsys):
+    for extra, message in (
+        (["--heal-tokens", "128"], "--heal-tokens and --heal-method need --heal-top-k"),
+        (["--heal-top-k", "0"], "heal.top_k"),
+        (["--heal-top-k", "2", "--heal-method", "sgd"], "invalid choice"),
+    ):
+        with pytest.raises(SystemExit) if "sgd" in extra else contextlib.nullcontext():
+            code = main(_cli(tmp_path, *extra, "--out", str(tmp_path / "x"), heal=False))
+            assert code == 2
+        err = capsys.readouterr().err
+        assert message in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_claims_keep_live_workers_apart_and_a_lone_worker_takes_over(tmp_path):
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'c.db'}", study_name="c")
+    assert healstage._claim(study, 3, "a", recover=False)
+    assert healstage._claim(study, 3, "a", recover=False)  # its own claim
+    assert not healstage._claim(study, 3, "b", recover=False)  # another live worker's
+    assert healstage._claim(study, 3, "b", recover=True)  # alone: a's claim is a dead worker's
+    assert study.user_attrs[claim_key(3)] == "b"
+
+
+def test_stage_waits_while_trials_run_elsewhere(tmp_path):
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'r.db'}", study_name="r")
+    study.ask()  # another worker's trial, still running
+    context = SimpleNamespace(spec=_spec())
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'r.db'}")
+    assert healstage.run_heal_stage(study, storage, context, SearchCallbacks(), recover=False) == []
+    assert CANDIDATES_ATTR not in study.user_attrs  # not even the candidates are picked yet
