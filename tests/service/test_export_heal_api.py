@@ -63,6 +63,7 @@ def test_heal_data_and_eval_name_datasets_or_allowed_files(api, job):
         ({"method": "qlora"}, "'full' or 'lora'"),
         ({"tokens": MAX_HEAL_TOKENS + 1}, "less than or equal to"),
         ({"steps": 1_000_000, "batch": 4096}, "at most 1,000,000,000 tokens"),
+        ({"seq_len": 32_768, "batch": 4096}, "at most 1,048,576 tokens (batch x seq_len), not 134,217,728"),
         ({"dropout": 0.1}, "Extra inputs are not permitted"),
         ({"eval": ["a.txt"] * 5}, "at most 4 items"),
     ],
@@ -73,6 +74,24 @@ def test_bad_heal_options_get_422_with_a_message(api, job, heal, message):
     messages = " ".join(d["msg"] for d in response.json()["detail"])
     assert message in messages, messages
     assert all(d["loc"][:2] == ["body", "heal"] for d in response.json()["detail"])
+
+
+@pytest.mark.parametrize(
+    ("heal", "message"),
+    [
+        ({"top_k": 64, "tokens": 100_000_000}, "heal stage (top_k x tokens) may train on at most 1,000,000,000"),
+        ({"seq_len": 32_768, "batch": 64, "tokens": 2_097_152}, "at most 1,048,576 tokens (batch x seq_len)"),
+    ],
+)
+def test_a_jobs_heal_stage_beyond_the_bounds_gets_422(api, heal, message):
+    response = api.post("/v1/jobs", json=job_body(heal=heal))
+    assert response.status_code == 422
+    assert message in " ".join(d["msg"] for d in response.json()["detail"])
+
+
+def test_a_jobs_heal_stage_within_the_bounds_is_queued(api):
+    response = api.post("/v1/jobs", json=job_body(heal={"top_k": 10, "tokens": 100_000_000}))
+    assert response.status_code == 202, response.text
 
 
 @pytest.mark.parametrize(
