@@ -113,15 +113,14 @@ def _write_checkpoint(task: ExportTask, files: ExportFiles, backend: SearchBacke
 
 def _heal(task: ExportTask, files: ExportFiles, progress: ExportProgress) -> dict[str, Any]:
     """Heal the attempt's unhealed trial into `files.healed` (resuming a dead attempt's saved state)."""
-    import torch  # only where a heal runs
-
+    from prunesearch.pruning.export import default_device  # torch: only where a heal runs
     from prunesearch.pruning.heal import heal
 
     options = HealOptions.model_validate(task.heal)
     total = options.settings().total_steps
     settings = options.settings(
         dtype=task.dtype,
-        device="cuda" if torch.cuda.is_available() else "cpu",
+        device=default_device(),
         checkpoint_every=max(1, math.ceil(total / HEAL_CHECKPOINTS)),
     )
     progress.phase("healing", step=0, total=total)
