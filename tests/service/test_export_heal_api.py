@@ -3,11 +3,14 @@ refused with a 422 and a message when out of range or pointing outside the roots
 
 from __future__ import annotations
 
+import typing
+
 import pytest
 
+from prunesearch.service.client_cli import HEAL_FLAGS, format_number
 from prunesearch.service.db import session_scope
 from prunesearch.service.models import Job
-from prunesearch.service.schemas import MAX_HEAL_TOKENS
+from prunesearch.service.schemas import MAX_HEAL_TOKENS, HealOptions
 
 from .conftest import job_body
 
@@ -108,3 +111,15 @@ def test_heal_text_outside_the_roots_gets_422(api, job, heal, field):
     (detail,) = response.json()["detail"]
     assert detail["loc"] == ["body", field]
     assert "allowed" in detail["msg"] and detail["msg"].startswith(field)
+
+
+def test_the_clients_heal_flags_are_the_heal_options():
+    """`--heal-NAME` for every option (`method` and `eval` have flags of their own), of the option's type."""
+    assert {*HEAL_FLAGS, "method", "eval"} == set(HealOptions.model_fields)
+    for name, kind in HEAL_FLAGS.items():
+        annotation = HealOptions.model_fields[name].annotation
+        assert kind is annotation or kind in typing.get_args(annotation), (name, kind, annotation)
+
+
+def test_a_loss_of_zero_is_shown_as_a_number():
+    assert (format_number(0.0), format_number(None), format_number(1.23456, ".2f")) == ("0", "-", "1.23")
