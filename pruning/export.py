@@ -46,6 +46,11 @@ def check_device(device: str) -> torch.device:
     return resolved
 
 
+def default_device() -> str:
+    """The device work runs on when none is named: the GPU where there is one, else the CPU."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def load_base_model(path: str | Path, *, dtype: torch.dtype = torch.float32, device: str = "cpu"):
     """Load a dense base checkpoint and its tokenizer from a local directory (never from the network)."""
     check_device(device)

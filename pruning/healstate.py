@@ -47,7 +47,7 @@ def save_state(folder: Path, state: HealState, model, optimizer, scheduler) -> N
         "scheduler": scheduler.state_dict(),
         "rng": _rng_state(),
     }
-    tmp = folder / f"{STATE_FILE}.tmp"
+    tmp = folder / f"{STATE_FILE}.{os.getpid()}.tmp"  # two live attempts (one taken for dead) never share it
     torch.save(payload, tmp)
     os.replace(tmp, folder / STATE_FILE)
 

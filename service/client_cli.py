@@ -132,6 +132,11 @@ def watch(client: Client, job: dict, interval: float) -> dict:
             job = client.job(job["id"])
 
 
+def format_number(value: float | None, spec: str = ".4g") -> str:
+    """`value` formatted, or "-" where there is none (a loss of exactly 0.0 is a number)."""
+    return "-" if value is None else format(value, spec)
+
+
 def watch_export(client: Client, export: dict, interval: float) -> dict:
     """A tqdm bar of the export's phase, and of heal steps with the loss while it heals, until it is final."""
     from tqdm import tqdm
@@ -142,8 +147,9 @@ def watch_export(client: Client, export: dict, interval: float) -> dict:
             if progress.get("total") and bar.total != progress["total"]:
                 bar.reset(total=progress["total"])
             bar.update((progress.get("step") or 0) - bar.n)
-            loss = progress.get("loss")
-            bar.set_postfix(status=export["status"], phase=progress.get("phase"), loss=f"{loss:.4g}" if loss else "-")
+            bar.set_postfix(
+                status=export["status"], phase=progress.get("phase"), loss=format_number(progress.get("loss"))
+            )
             if export["status"] not in ACTIVE_EXPORT:
                 return export
             time.sleep(interval)

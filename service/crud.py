@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import Text, cast, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from prunesearch.choices import ExportStatus, JobStatus
@@ -170,14 +170,22 @@ def list_exports(session: Session, *, job_id: str) -> list[Export]:
     return list(session.scalars(select(Export).where(Export.job_id == job_id)).all())
 
 
-def claimable_exports(*, lease_s: float, for_update: bool):
-    """Queued exports, and running ones whose worker stopped renewing their lease (it died)."""
+def claimable_exports(*, lease_s: float, for_update: bool, healed: bool = True):
+    """Queued exports, and running ones whose worker stopped renewing their lease (it died); `healed=False`:
+    only those without a heal."""
     stale = utcnow() - timedelta(seconds=lease_s)
     silent = (Export.heartbeat_at < stale) | Export.heartbeat_at.is_(None)
     abandoned = (Export.status == ExportStatus.RUNNING) & silent
     query = select(Export).where((Export.status == ExportStatus.QUEUED) | abandoned)
+    if not healed:
+        query = query.where(no_heal())
     query = query.order_by(Export.created_at).limit(1)
     return query.with_for_update(skip_locked=True) if for_update else query
+
+
+def no_heal():
+    """Exports without a heal: the column holds SQL NULL, or JSON null (how the JSON type stores Python None)."""
+    return Export.heal.is_(None) | (cast(Export.heal, Text) == "null")
 
 
 # Workers an export may outlive (each died while writing it) before it fails for good.

@@ -13,15 +13,15 @@ import sys
 import time
 from pathlib import Path
 
-from prunesearch.choices import DType, ExportStatus, JobStatus
+from prunesearch.choices import DType, ExportStatus, HealMethod, JobStatus
 from prunesearch.cliutil import CLIError
 
 from .client import Client, ServiceError
-from .client_cli import format_front, watch, watch_export
+from .client_cli import format_front, format_number, watch, watch_export
 from .settings import BUNDLED_EXAMPLES
 
 # A few seconds of LoRA distillation on the tiny model: enough to see the perplexity move.
-DEMO_HEAL = {"tokens": 32_768, "seq_len": 64, "batch": 8, "method": "lora"}
+DEMO_HEAL = {"tokens": 32_768, "seq_len": 64, "batch": 8, "method": HealMethod.LORA}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -82,7 +82,8 @@ def run_demo(client: Client, trials: int, out: Path) -> None:
     print(f"healed checkpoint: {healed['dir']} ({heal['tokens']} tokens of {heal['method']} distillation)")
     for name, scores in heal["eval"].items():
         before, after = scores["before"]["token_ppl"], scores["after"]["token_ppl"]
-        print(f"perplexity on {Path(name).name}: {before:.2f} before the heal, {after:.2f} after")
+        before, after = format_number(before, ".2f"), format_number(after, ".2f")  # None: not finite
+        print(f"perplexity on {Path(name).name}: {before} before the heal, {after} after")
 
 
 def _export_and_download(client: Client, job_id: str, trial: int, out: Path, heal: dict | None = None) -> dict:

@@ -13,6 +13,23 @@ from prunesearch.search.spec import SearchSpec
 
 from .models import Dataset, Export, Job
 
+# The most training tokens one export, or one job's heal stage (all its candidates together), may heal on: a
+# bound on the worker time one request can take.
+MAX_HEAL_TOKENS = 1_000_000_000
+# The most tokens in one heal step (batch x seq_len): a bound on the memory one step takes.
+MAX_STEP_TOKENS = 1_048_576
+MAX_EVAL_FILES = 4
+
+
+def check_heal_size(tokens: int, step_tokens: int, what: str) -> None:
+    """Raise a ValueError (a 422 with its message) when a heal exceeds the service's bounds."""
+    if step_tokens > MAX_STEP_TOKENS:
+        raise ValueError(
+            f"a heal step may hold at most {MAX_STEP_TOKENS:,} tokens (batch x seq_len), not {step_tokens:,}"
+        )
+    if tokens > MAX_HEAL_TOKENS:
+        raise ValueError(f"{what} may train on at most {MAX_HEAL_TOKENS:,} tokens, not {tokens:,}")
+
 
 class JobCreate(SearchSpec):
     """A search spec plus how many workers may share it. `model` is a directory under an allowed root (or a
@@ -21,6 +38,13 @@ class JobCreate(SearchSpec):
 
     parallelism: int = Field(1, ge=1, le=64, description="how many workers may run trials of this job at once")
     owner: str | None = Field(None, max_length=200)
+
+    @model_validator(mode="after")
+    def _bounded_heal(self) -> JobCreate:
+        if self.heal is not None:
+            heal = self.heal
+            check_heal_size(heal.top_k * heal.tokens, heal.batch * heal.seq_len, "a job's heal stage (top_k x tokens)")
+        return self
 
     def search_spec(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude={"parallelism", "owner"})
@@ -76,11 +100,6 @@ class ParetoPublic(BaseModel):
     )
 
 
-# The most training tokens one export may heal on (a bound on the worker time one request can take).
-MAX_HEAL_TOKENS = 1_000_000_000
-MAX_EVAL_FILES = 4
-
-
 class HealOptions(BaseModel):
     """How an export heals the trial's checkpoint by distillation from the job's dense model (`prunesearch
     heal`). The upper bounds are the service's; every other rule is `HealSettings.validate`'s, so the API and the
@@ -110,8 +129,8 @@ class HealOptions(BaseModel):
     def _valid(self) -> HealOptions:
         settings = self.settings()
         settings.validate()  # a HealError is a ValueError: pydantic reports it as a 422 with its message
-        if settings.total_steps * settings.tokens_per_step > MAX_HEAL_TOKENS:
-            raise ValueError(f"a heal may train on at most {MAX_HEAL_TOKENS:,} tokens (steps x batch x seq_len)")
+        tokens = settings.total_steps * settings.tokens_per_step
+        check_heal_size(tokens, settings.tokens_per_step, "a heal (steps x batch x seq_len)")
         return self
 
     def settings(self, **runtime) -> HealSettings:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from safetensors.torch import load_file
 
 from prunesearch.choices import HealMethod
 from prunesearch.cli import main
+from prunesearch.pruning import healstate
 from prunesearch.pruning.heal import HealSettings, heal, loss_curve
 from prunesearch.pruning.healloop import with_lora
 from prunesearch.pruning.healstate import HealStateError, work_dir
@@ -365,3 +367,17 @@ def test_the_cli_loads_the_training_stack_only_to_heal():
     code = "import sys, prunesearch.cli; print(sorted({'peft', 'prunesearch.pruning.heal'} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_saved_state_goes_through_a_temporary_of_this_process_and_round_trips(tmp_path, monkeypatch):
+    """Two live attempts at one export (one taken for dead) share the work folder, never a temporary file."""
+    written: list[str] = []
+    save = torch.save
+    monkeypatch.setattr(healstate.torch, "save", lambda obj, path: (written.append(Path(path).name), save(obj, path)))
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _step: 1.0)
+    healstate.save_state(tmp_path, healstate.HealState("print", step=3), model, optimizer, scheduler)
+    assert written == [f"state.pt.{os.getpid()}.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.pt"]
+    assert healstate.load_state(tmp_path, "print", model, optimizer, scheduler).step == 3

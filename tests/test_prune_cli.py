@@ -12,7 +12,7 @@ import torch
 import transformers
 
 from prunesearch.cli import main
-from prunesearch.pruning.export import read_token_map
+from prunesearch.pruning.export import default_device, read_token_map
 from prunesearch.pruning.modeling import load_pruned
 from prunesearch.pruning.plan import PrunePlan
 
@@ -275,3 +275,9 @@ def test_padded_vocabulary_trims_to_the_tokenizer(capsys, tmp_path, prunesearch_
     assert summary["vocab"] == {"before": 8256, "after": 8192}
     assert read_token_map(tmp_path / "o") == list(range(8192))
     assert read_token_map(LLAMA_DOCS) is None  # an untrimmed checkpoint has no token map
+
+
+@pytest.mark.parametrize(("cuda", "device"), [(True, "cuda"), (False, "cpu")])
+def test_the_default_device_is_the_gpu_where_there_is_one(monkeypatch, cuda, device):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    assert default_device() == device

@@ -23,7 +23,19 @@ def upgrade() -> None:
         batch.add_column(sa.Column("progress", sa.JSON))
 
 
+# What a healed export waiting or running at a downgrade becomes: without its heal column a worker would write
+# it unhealed, which is not what was asked for.
+DOWNGRADE_ERROR = "the database was downgraded below 0003 (healed exports) before this export ran"
+
+
 def downgrade() -> None:
+    # A JSON column holds Python None as JSON null (text 'null'), a plain export's heal, or as SQL NULL.
+    op.execute(
+        sa.text(
+            "UPDATE ps_exports SET status = 'failed', error = :error, finished_at = CURRENT_TIMESTAMP"
+            " WHERE heal IS NOT NULL AND CAST(heal AS TEXT) <> 'null' AND status IN ('queued', 'running')"
+        ).bindparams(error=DOWNGRADE_ERROR)
+    )
     with op.batch_alter_table("ps_exports") as batch:
         batch.drop_column("progress")
         batch.drop_column("heal")

@@ -3,10 +3,12 @@ same row; SQLite: an immediate transaction (the write lock is taken before the r
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import NamedTuple
 
 from prunesearch.service import crud
 from prunesearch.service.db import is_sqlite, session_scope
+from prunesearch.service.exportfiles import remove_export
 
 
 class JobClaim(NamedTuple):
@@ -30,20 +32,31 @@ class ExportClaim(NamedTuple):
     attempt: int
 
 
-def claim_export(url: str, *, lease_s: float) -> ExportClaim | None:
+def claim_export(
+    url: str, *, lease_s: float, export_root: Path | None = None, healed: bool = True
+) -> ExportClaim | None:
     """Take the oldest queued export request, or one whose worker's lease expired (failing, on the way, those
-    whose attempts are used up)."""
+    whose attempts are used up, and removing their files under `export_root` when given). `healed=False`: only
+    exports without a heal (a worker between trials takes no export that would hold its search up for long)."""
     sqlite = is_sqlite(url)
-    with session_scope(url, immediate=sqlite) as session:
-        for _ in range(100):
-            export = session.scalar(crud.claimable_exports(lease_s=lease_s, for_update=not sqlite))
-            if export is None:
-                return None
-            attempt = crud.start_export(session, export=export)
-            if attempt is not None:
-                return ExportClaim(export.id, attempt)
-            session.flush()
-        return None
+    given_up: list[tuple[str, int]] = []
+    try:
+        with session_scope(url, immediate=sqlite) as session:
+            for _ in range(100):
+                query = crud.claimable_exports(lease_s=lease_s, for_update=not sqlite, healed=healed)
+                export = session.scalar(query)
+                if export is None:
+                    return None
+                attempt = crud.start_export(session, export=export)
+                if attempt is not None:
+                    return ExportClaim(export.id, attempt)
+                given_up.append((export.id, export.attempts))
+                session.flush()
+            return None
+    finally:  # after the commit: the failed exports' dead attempts left their files (a heal's state above all)
+        if export_root is not None:
+            for export_id, attempts in given_up:
+                remove_export(export_root, export_id, attempts)
 
 
 def claim_trial(url: str, job_id: str) -> bool:

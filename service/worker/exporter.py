@@ -18,6 +18,7 @@ from prunesearch.choices import ExportStatus
 from prunesearch.search.backend import SearchBackend
 from prunesearch.service import crud
 from prunesearch.service.db import session_scope
+from prunesearch.service.exportfiles import ExportFiles
 from prunesearch.service.schemas import HealOptions
 from prunesearch.service.settings import Settings
 
@@ -40,34 +41,6 @@ class ExportTask:
     dtype: str
     teacher: str  # the job's dense model: the heal's teacher
     heal: dict[str, Any] | None  # `HealOptions` with paths resolved; None: no heal
-
-
-class ExportFiles:
-    """Where an attempt writes. The checkpoint folder and its archive are the attempt's own. The unhealed trial,
-    the healed folder and the heal's work folder beside it (its resumable state, `<healed>.heal-work`) are named
-    by the export alone: an attempt that takes over from a dead worker resumes the heal at the dead worker's last
-    saved step, which needs the same student (the heal's fingerprint of a model includes the folder it was
-    loaded from) and the same work folder."""
-
-    def __init__(self, root: Path, export_id: str, attempt: int) -> None:
-        root = root.resolve()  # the heal names its work folder after the resolved output path
-        self.root = root
-        self.out_dir = root / f"{export_id}-{attempt}"
-        self.archive = self.out_dir.with_suffix(".tar")
-        self.student = root / f"{export_id}.student"
-        self.healed = root / f"{export_id}.healed"
-
-    def remove_attempt(self) -> None:
-        """This attempt's checkpoint folder and archive."""
-        shutil.rmtree(self.out_dir, ignore_errors=True)
-        self.archive.unlink(missing_ok=True)
-
-    def remove_shared(self) -> None:
-        """The unhealed trial, the healed folder, the heal's work folder and any half-written temporary beside
-        them: only the attempt that owns the export may, once it has recorded the outcome."""
-        leftovers = [*self.root.glob(f"{self.healed.name}.*"), *self.root.glob(f".{self.healed.name}.*")]
-        for path in [self.student, self.healed, *leftovers]:
-            shutil.rmtree(path, ignore_errors=True)
 
 
 def run_export(export_id: str, settings: Settings, *, backend: SearchBackend, attempt: int = 1) -> None:
@@ -95,9 +68,11 @@ def run_export(export_id: str, settings: Settings, *, backend: SearchBackend, at
         log.exception("export %s failed", export_id)
         fields = dict(status=ExportStatus.FAILED, error=f"{type(exc).__name__}: {exc}"[:2000])
     recorded = fields is not None and _finish(url, export_id, attempt, fields)
-    if not recorded:  # a later attempt owns the export, with the unhealed trial and the heal's state
-        log.warning("export %s: attempt %d lost the export to a later one; its output is dropped", export_id, attempt)
+    if not recorded:
+        log.warning("export %s: attempt %d lost the export; its output is dropped", export_id, attempt)
         files.remove_attempt()
+        if not _running(url, export_id):  # deleted, or failed for good: no later attempt needs the heal's state
+            files.remove_shared()
         return
     if fields["status"] == ExportStatus.FAILED:
         files.remove_attempt()
@@ -109,6 +84,13 @@ def _read_task(url: str, export_id: str) -> ExportTask:
         export = crud.get_export(session, export_id=export_id)
         job = crud.get_job(session, job_id=export.job_id)
         return ExportTask(job.study_name, export.trial, export.dtype, job.spec["model"], export.heal)
+
+
+def _running(url: str, export_id: str) -> bool:
+    """Whether the export still exists and runs (then a later attempt owns it, with the files attempts share)."""
+    with session_scope(url) as session:
+        export = crud.get_export(session, export_id=export_id)
+        return export is not None and export.status == ExportStatus.RUNNING
 
 
 def _finish(url: str, export_id: str, attempt: int, fields: dict[str, Any]) -> bool:
@@ -131,15 +113,14 @@ def _write_checkpoint(task: ExportTask, files: ExportFiles, backend: SearchBacke
 
 def _heal(task: ExportTask, files: ExportFiles, progress: ExportProgress) -> dict[str, Any]:
     """Heal the attempt's unhealed trial into `files.healed` (resuming a dead attempt's saved state)."""
-    import torch  # only where a heal runs
-
+    from prunesearch.pruning.export import default_device  # torch: only where a heal runs
     from prunesearch.pruning.heal import heal
 
     options = HealOptions.model_validate(task.heal)
     total = options.settings().total_steps
     settings = options.settings(
         dtype=task.dtype,
-        device="cuda" if torch.cuda.is_available() else "cpu",
+        device=default_device(),
         checkpoint_every=max(1, math.ceil(total / HEAL_CHECKPOINTS)),
     )
     progress.phase("healing", step=0, total=total)

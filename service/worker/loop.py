@@ -1,4 +1,5 @@
-"""The worker loop: exports first (they are short), then jobs; bounded, and stopped cleanly by SIGTERM."""
+"""The worker loop: plain exports first (they are short), then jobs, then healed exports (they may take hours);
+bounded, and stopped cleanly by SIGTERM."""
 
 from __future__ import annotations
 
@@ -74,14 +75,20 @@ class Worker:
                 if self.max_jobs is not None and jobs >= self.max_jobs:
                     break
                 continue
+            if self.run_one_export(healed=True):  # no job to run: the worker has time for a heal
+                idle_since = time.monotonic()
+                continue
             if self.max_idle_s is not None and time.monotonic() - idle_since > self.max_idle_s:
                 break
             self.stopping.wait(self.settings.poll_s)
         return jobs
 
-    def run_one_export(self) -> bool:
-        """Run the oldest queued export, if any (also called between trials so exports never wait long)."""
-        claim = claim_export(self.settings.db_url, lease_s=self.settings.lease_s)
+    def run_one_export(self, healed: bool = False) -> bool:
+        """Run the oldest queued export, if any. Between trials (the default) only an export without a heal, so
+        plain exports never wait long while a heal, which may take hours, never holds a search up: healed
+        exports wait for a worker with no job to run."""
+        root, lease_s = self.settings.export_root, self.settings.lease_s
+        claim = claim_export(self.settings.db_url, lease_s=lease_s, export_root=root, healed=healed)
         if claim is None:
             return False
         log.info("exporting %s (attempt %d)", claim.export_id, claim.attempt)

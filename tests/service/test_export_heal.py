@@ -13,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from safetensors.torch import load_file
 
+from prunesearch.pruning import heal as heal_module
 from prunesearch.pruning import healio
 from prunesearch.pruning.healsettings import HealProgress
 from prunesearch.pruning.pipeline import ImportanceCalibration, prune_checkpoint
@@ -118,6 +119,65 @@ def test_a_failed_heal_leaves_no_files(service, settings, backend, monkeypatch, 
     assert done["status"] == "failed"
     assert ("OSError: disk full" if failure == "write" else "HealDataError") in done["error"]
     assert list(settings.export_root.iterdir()) == []
+
+
+def test_deleting_the_job_while_its_export_heals_leaves_no_files(service, settings, backend, monkeypatch):
+    """The API removes the files at once; the worker, which may write on until its next progress write finds
+    the export gone, removes what it wrote after."""
+    seen: dict[str, bool] = {}
+
+    def slow_heal(student, _teacher, _data, out_dir, settings_, *, eval_files=(), progress):
+        work = Path(f"{out_dir}.heal-work")
+        work.mkdir()
+        (work / "state.pt").write_bytes(b"state")
+        response = service.delete(f"/v1/jobs/{job['id']}")
+        assert response.status_code == 204, response.text
+        seen["student removed"] = not Path(student).exists() and not work.exists()
+        work.mkdir()  # the heal saves its state once more before it reports progress
+        (work / "state.pt").write_bytes(b"state")
+        progress(
+            HealProgress(step=settings_.total_steps, total_steps=settings_.total_steps, loss=1.0, tokens_per_second=1.0)
+        )
+        raise AssertionError("the progress write should have stopped the heal")
+
+    monkeypatch.setattr(heal_module, "heal", slow_heal)
+    job = service.post("/v1/jobs", json=job_body(n_trials=2)).json()
+    Worker(settings, max_idle_s=0.0, backend=backend).run()
+    service.post(f"/v1/jobs/{job['id']}/exports", json={"trial": 1, "heal": HEAL})
+    Worker(settings, max_idle_s=0.0, backend=backend).run()
+    assert seen == {"student removed": True}
+    assert list(settings.export_root.iterdir()) == []
+
+
+def test_an_export_that_fails_for_good_leaves_no_files(settings):
+    job = crud_job(settings)
+    with session_scope(settings.db_url) as session:
+        export_id = crud.create_export(session, job_id=job, trial=0, dtype="fp32", heal=dict(HEAL)).id
+    root = settings.export_root
+    root.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, crud.MAX_EXPORT_ATTEMPTS + 1):
+        assert claim_export(settings.db_url, lease_s=60, export_root=root) == (export_id, attempt)
+        with session_scope(settings.db_url) as session:
+            crud.get_export(session, export_id=export_id).heartbeat_at = None  # its worker died
+        (root / f"{export_id}-{attempt}").mkdir()
+    for name in (".student", ".healed.heal-work"):
+        (root / f"{export_id}{name}").mkdir()
+    assert claim_export(settings.db_url, lease_s=60, export_root=root) is None
+    with session_scope(settings.db_url) as session:
+        assert crud.get_export(session, export_id=export_id).status == "failed"
+    assert list(root.iterdir()) == []
+
+
+def test_a_worker_between_trials_takes_only_exports_without_a_heal(settings):
+    job = crud_job(settings)
+    with session_scope(settings.db_url) as session:
+        healed = crud.create_export(session, job_id=job, trial=0, dtype="fp32", heal=dict(HEAL)).id
+    assert not Worker(settings, backend=FakeBackend()).run_one_export()  # as the runner calls it between trials
+    with session_scope(settings.db_url) as session:
+        plain = crud.create_export(session, job_id=job, trial=1, dtype="fp32", heal=None).id
+    assert claim_export(settings.db_url, lease_s=60, healed=False) == (plain, 1)
+    assert claim_export(settings.db_url, lease_s=60, healed=False) is None
+    assert claim_export(settings.db_url, lease_s=60) == (healed, 1)
 
 
 def test_progress_of_an_attempt_taken_over_stops_it(settings):

@@ -3,11 +3,14 @@ refused with a 422 and a message when out of range or pointing outside the roots
 
 from __future__ import annotations
 
+import typing
+
 import pytest
 
+from prunesearch.service.client_cli import HEAL_FLAGS, format_number
 from prunesearch.service.db import session_scope
 from prunesearch.service.models import Job
-from prunesearch.service.schemas import MAX_HEAL_TOKENS
+from prunesearch.service.schemas import MAX_HEAL_TOKENS, HealOptions
 
 from .conftest import job_body
 
@@ -63,6 +66,7 @@ def test_heal_data_and_eval_name_datasets_or_allowed_files(api, job):
         ({"method": "qlora"}, "'full' or 'lora'"),
         ({"tokens": MAX_HEAL_TOKENS + 1}, "less than or equal to"),
         ({"steps": 1_000_000, "batch": 4096}, "at most 1,000,000,000 tokens"),
+        ({"seq_len": 32_768, "batch": 4096}, "at most 1,048,576 tokens (batch x seq_len), not 134,217,728"),
         ({"dropout": 0.1}, "Extra inputs are not permitted"),
         ({"eval": ["a.txt"] * 5}, "at most 4 items"),
     ],
@@ -73,6 +77,24 @@ def test_bad_heal_options_get_422_with_a_message(api, job, heal, message):
     messages = " ".join(d["msg"] for d in response.json()["detail"])
     assert message in messages, messages
     assert all(d["loc"][:2] == ["body", "heal"] for d in response.json()["detail"])
+
+
+@pytest.mark.parametrize(
+    ("heal", "message"),
+    [
+        ({"top_k": 64, "tokens": 100_000_000}, "heal stage (top_k x tokens) may train on at most 1,000,000,000"),
+        ({"seq_len": 32_768, "batch": 64, "tokens": 2_097_152}, "at most 1,048,576 tokens (batch x seq_len)"),
+    ],
+)
+def test_a_jobs_heal_stage_beyond_the_bounds_gets_422(api, heal, message):
+    response = api.post("/v1/jobs", json=job_body(heal=heal))
+    assert response.status_code == 422
+    assert message in " ".join(d["msg"] for d in response.json()["detail"])
+
+
+def test_a_jobs_heal_stage_within_the_bounds_is_queued(api):
+    response = api.post("/v1/jobs", json=job_body(heal={"top_k": 10, "tokens": 100_000_000}))
+    assert response.status_code == 202, response.text
 
 
 @pytest.mark.parametrize(
@@ -89,3 +111,15 @@ def test_heal_text_outside_the_roots_gets_422(api, job, heal, field):
     (detail,) = response.json()["detail"]
     assert detail["loc"] == ["body", field]
     assert "allowed" in detail["msg"] and detail["msg"].startswith(field)
+
+
+def test_the_clients_heal_flags_are_the_heal_options():
+    """`--heal-NAME` for every option (`method` and `eval` have flags of their own), of the option's type."""
+    assert {*HEAL_FLAGS, "method", "eval"} == set(HealOptions.model_fields)
+    for name, kind in HEAL_FLAGS.items():
+        annotation = HealOptions.model_fields[name].annotation
+        assert kind is annotation or kind in typing.get_args(annotation), (name, kind, annotation)
+
+
+def test_a_loss_of_zero_is_shown_as_a_number():
+    assert (format_number(0.0), format_number(None), format_number(1.23456, ".2f")) == ("0", "-", "1.23")

@@ -144,3 +144,49 @@ def test_0003_adds_the_heal_and_progress_of_exports_and_takes_them_away(tmp_path
         assert migrations.current(url) == "0002"
     finally:
         engine.dispose()
+
+
+def test_downgrading_below_0003_fails_the_healed_exports_not_yet_written(tmp_path):
+    url = f"sqlite:///{tmp_path / 'heal-down.db'}"
+    migrations.upgrade(url)
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            now = "2026-11-24 00:00:00"
+            conn.execute(
+                sa.text(
+                    "INSERT INTO ps_jobs (id, spec, status, n_trials, parallelism, trials_claimed, trials_done,"
+                    " front_size, active_workers, cancel_requested, created_at)"
+                    " VALUES ('j', '{}', 'succeeded', 1, 1, 1, 1, 0, 0, 0, :now)"
+                ),
+                {"now": now},
+            )
+            rows = [
+                ("queued-healed", "queued", '{"steps": 3}'),
+                ("running-healed", "running", '{"steps": 3}'),
+                ("done-healed", "succeeded", '{"steps": 3}'),
+                ("queued-plain-json-null", "queued", "null"),
+                ("queued-plain-sql-null", "queued", None),
+            ]
+            for export_id, status, heal in rows:
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO ps_exports (id, job_id, trial, dtype, status, created_at, attempts, heal)"
+                        " VALUES (:id, 'j', 0, 'fp32', :status, :now, 0, :heal)"
+                    ),
+                    {"id": export_id, "status": status, "now": now, "heal": heal},
+                )
+        migrations.downgrade(url, "0002")
+        with engine.connect() as conn:
+            found = dict(conn.execute(sa.text("SELECT id, status FROM ps_exports")).all())
+            error = conn.execute(sa.text("SELECT error FROM ps_exports WHERE id = 'running-healed'")).scalar_one()
+        assert found == {
+            "queued-healed": "failed",
+            "running-healed": "failed",
+            "done-healed": "succeeded",
+            "queued-plain-json-null": "queued",
+            "queued-plain-sql-null": "queued",
+        }
+        assert "downgraded below 0003" in error
+    finally:
+        engine.dispose()

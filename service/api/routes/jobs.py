@@ -16,6 +16,7 @@ from prunesearch.service import crud
 from prunesearch.service.api.cache import TTLCache
 from prunesearch.service.api.deps import BackendDep, JobDep, LimitDep, OffsetDep, SessionDep, SettingsDep
 from prunesearch.service.db import session_scope
+from prunesearch.service.exportfiles import remove_export
 from prunesearch.service.jobs import submit_job
 from prunesearch.service.models import Job, is_id
 from prunesearch.service.schemas import JobCreate, JobPublic, Page, ParetoPublic
@@ -124,12 +125,15 @@ def cancel_job(job: JobDep, session: SessionDep) -> JobPublic:
 
 
 @router.delete("/{job_id}", status_code=204)
-def delete_job(job: JobDep, session: SessionDep, backend: BackendDep) -> Response:
+def delete_job(job: JobDep, session: SessionDep, settings: SettingsDep, backend: BackendDep) -> Response:
     """Delete a finished job with its snapshots, exports (files too) and Optuna study."""
     if job.status in ACTIVE:
         raise HTTPException(409, f"job {job.id} is {job.status}; cancel it and wait until it stops")
     for export in crud.list_exports(session, job_id=job.id):
+        # A healed export may still run (its worker stops at its next progress write and removes what it
+        # writes after this); every attempt's files and the heal's shared ones go now.
         _remove(export.path)
+        remove_export(settings.export_root, export.id, export.attempts)
     crud.delete_job(session, job=job)
     JOB_VIEWS.invalidate(job.id)
     session.commit()  # release the write lock (SQLite) before Optuna opens its own connection
