@@ -210,5 +210,5 @@ def run_search(
     if spec.heal is not None and not stopped:
         from .healstage import run_heal_stage  # the heal's training code: only for jobs that heal
 
-        run_heal_stage(study, storage, context, callbacks, recover=recover if recover is not None else not shared)
+        run_heal_stage(study, storage, context, callbacks)
     return progress

@@ -7,6 +7,9 @@ Each candidate is exported as `prunesearch export` writes it, healed by `prunese
 dense model, data: its calibration text), in a temporary folder removed whatever happens. The result goes to
 the study in one write (`heal:N`), so a stage killed part-way resumes with the candidates not yet healed, and a
 duplicate heal (two workers racing for one claim) writes the same record again rather than a mix.
+
+Claims are leases: `heal_claim:N = {owner, at, attempts}`, renewed with every progress write. Another worker
+takes a claim over only once it is `CLAIM_LEASE_S` old (its worker died: killed, out of memory).
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ from .results import export_trial, front_record, front_trials
 log = logging.getLogger(__name__)
 # Seconds between the stage's progress writes (and cancel checks) while a candidate heals.
 PROGRESS_EVERY_S = 2.0
+# Seconds a claim holds without renewal. Renewed every PROGRESS_EVERY_S while healing and between the stage's
+# phases; generous because the export (pruning with calibration) and the scoring do not report progress.
+CLAIM_LEASE_S = 120.0
 
 
 class _Stopped(Exception):
@@ -44,13 +50,11 @@ def run_heal_stage(
     storage: optuna.storages.BaseStorage,
     context: SearchContext,
     callbacks: SearchCallbacks,
-    *,
-    recover: bool,
 ) -> list[int]:
     """Heal the study's candidates that no one has healed yet; the trial numbers this call healed.
 
-    Runs only once no trial is running (other workers' trials still running: the last of them heals).
-    `recover`: no other worker is on the study, so claims left by others are a dead worker's and are ignored."""
+    Runs only once no trial is running (other workers' trials still running: the last of them heals). Every
+    worker that gets here splits the candidates with the others through claims (see `_claim`)."""
     heal = context.spec.heal
     if heal is None or study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         return []
@@ -63,12 +67,18 @@ def run_heal_stage(
     for number in candidates:
         if callbacks.should_stop():
             break
-        if result_key(number) in study.user_attrs or not _claim(study, number, owner, recover):
+        if result_key(number) in study.user_attrs:
+            continue
+        claim = _claim(study, number, owner)
+        if claim is None:
             continue
         try:
-            record = heal_candidate(storage, study, context, number, _Reporter(study, number, callbacks))
-        except _Stopped:
-            break
+            record = heal_candidate(storage, study, context, number, _Reporter(study, number, callbacks, claim))
+        except BaseException:  # stopped, interrupted: this process is alive to let go of its claim
+            study.set_user_attr(
+                claim_key(number), claim | {"owner": None, "at": 0.0, "attempts": claim["attempts"] - 1}
+            )
+            raise
         finally:
             study.set_user_attr(PROGRESS_ATTR, None)
         study.set_user_attr(result_key(number), record)
@@ -77,29 +87,39 @@ def run_heal_stage(
     return healed
 
 
-def _claim(study: optuna.Study, number: int, owner: str, recover: bool) -> bool:
-    """Take candidate `number` unless another live worker holds it. Not atomic (Optuna has no compare-and-set):
-    two workers may both win a race, and both then write the same deterministic record."""
+def _claim(study: optuna.Study, number: int, owner: str) -> dict[str, Any] | None:
+    """Take candidate `number` unless another worker holds a live claim on it (renewed within `CLAIM_LEASE_S`);
+    the claim taken, or None. Not atomic (Optuna has no compare-and-set): two workers may both win a race, and
+    both then write the same deterministic record."""
     key = claim_key(number)
     held = study.user_attrs.get(key)
-    if held not in (None, owner) and not recover:
-        return False
-    study.set_user_attr(key, owner)
-    return study.user_attrs.get(key) == owner
+    held = held if isinstance(held, dict) else {}  # no claim yet (or a bare owner from an older version)
+    now = time.time()
+    if held.get("owner") not in (None, owner) and now - float(held.get("at", 0.0)) < CLAIM_LEASE_S:
+        return None
+    attempts = int(held.get("attempts", 0)) + (held.get("owner") != owner)
+    claim = {"owner": owner, "at": now, "attempts": attempts}
+    study.set_user_attr(key, claim)
+    return claim if (study.user_attrs.get(key) or {}).get("owner") == owner else None
 
 
 class _Reporter:
     """The heal's progress hook: every `PROGRESS_EVERY_S`, the step and loss to the study and a cancel check."""
 
-    def __init__(self, study: optuna.Study, number: int, callbacks: SearchCallbacks):
-        self.study, self.number, self.callbacks = study, number, callbacks
+    def __init__(self, study: optuna.Study, number: int, callbacks: SearchCallbacks, claim: dict[str, Any]):
+        self.study, self.number, self.callbacks, self.claim = study, number, callbacks, claim
         self.last = 0.0
+
+    def renew(self) -> None:
+        """Renew the claim's lease (the stage's phases that report no progress call this between them)."""
+        self.study.set_user_attr(claim_key(self.number), self.claim | {"at": time.time()})
 
     def __call__(self, progress: HealProgress) -> None:
         now = time.monotonic()
         if now - self.last < PROGRESS_EVERY_S and progress.step < progress.total_steps:
             return
         self.last = now
+        self.renew()
         current = {"trial": self.number, "step": progress.step, "total_steps": progress.total_steps}
         self.study.set_user_attr(PROGRESS_ATTR, current | {"loss": round(progress.loss, 6)})
         if self.callbacks.should_stop():
@@ -120,11 +140,13 @@ def heal_candidate(
     with tempfile.TemporaryDirectory(prefix="prunesearch-heal-") as work:
         pruned, healed = Path(work) / "pruned", Path(work) / "healed"
         export_trial(storage, study.study_name, number, pruned)
+        _renew(progress)
         try:
             result = heal(pruned, spec.model, spec.calibration, healed, settings, progress=progress)
         except ValueError as exc:  # bad input for a heal (HealError, HealDataError, ...): recorded, not retried
             log.warning("heal of trial %d failed: %s", number, exc)
             return record | {"error": f"{type(exc).__name__}: {exc}"}
+        _renew(progress)
         quality = context.evaluator.evaluate_model(load_pruned(healed), read_token_map(healed))
     return record | {
         "healed_kl": quality.kl,
@@ -138,3 +160,8 @@ def heal_candidate(
         "heal_seconds": result.seconds,
         "seconds": round(time.perf_counter() - started, 3),
     }
+
+
+def _renew(progress) -> None:
+    if isinstance(progress, _Reporter):
+        progress.renew()

@@ -170,13 +170,39 @@ def test_cli_heal_flags_are_checked(tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
-def test_claims_keep_live_workers_apart_and_a_lone_worker_takes_over(tmp_path):
+def test_claims_are_leases_a_live_worker_keeps_and_a_dead_ones_is_taken_over(tmp_path, monkeypatch):
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'c.db'}", study_name="c")
-    assert healstage._claim(study, 3, "a", recover=False)
-    assert healstage._claim(study, 3, "a", recover=False)  # its own claim
-    assert not healstage._claim(study, 3, "b", recover=False)  # another live worker's
-    assert healstage._claim(study, 3, "b", recover=True)  # alone: a's claim is a dead worker's
-    assert study.user_attrs[claim_key(3)] == "b"
+    now = [1000.0]
+    monkeypatch.setattr(healstage.time, "time", lambda: now[0])
+    assert healstage._claim(study, 3, "a") == {"owner": "a", "at": 1000.0, "attempts": 1}
+    assert healstage._claim(study, 3, "a")["attempts"] == 1  # its own claim: the same attempt
+    now[0] += healstage.CLAIM_LEASE_S - 1
+    assert healstage._claim(study, 3, "b") is None  # another live worker's (renewed within the lease)
+    now[0] += 2
+    assert healstage._claim(study, 3, "b") == {"owner": "b", "at": now[0], "attempts": 2}  # a stopped renewing
+    assert study.user_attrs[claim_key(3)]["owner"] == "b"
+
+
+def test_a_worker_joining_late_leaves_a_live_claim_alone(tmp_path, monkeypatch):
+    """A second worker (the first one on the job alone used to take over every claim) heals only the candidates
+    no live worker holds, and the reporter's renewals keep a claim live."""
+    spec = _spec()
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    context = SearchContext(spec)
+    calls: list[int] = []
+    monkeypatch.setattr(healstage, "heal_candidate", lambda *a, **k: calls.append(a[3]) or {"trial": a[3]})
+    run_search(spec.model_copy(update={"heal": None}), storage=storage, study_name="s", context=context)
+    study = load_study(storage, "s")
+    candidates = pick_candidates([front_record(t) for t in front_trials(study)], 3, "kl")
+    study.set_user_attr(CANDIDATES_ATTR, candidates)
+    reporter = healstage._Reporter(study, candidates[0], SearchCallbacks(), {"owner": "other", "attempts": 1})
+    reporter.renew()  # another worker is healing the first candidate
+    study.set_user_attr(claim_key(candidates[1]), {"owner": "dead", "at": 0.0, "attempts": 1})
+    assert healstage.run_heal_stage(study, optuna.storages.RDBStorage(storage), context, SearchCallbacks()) == [
+        *candidates[1:]
+    ]
+    assert calls == candidates[1:] and result_key(candidates[0]) not in study.user_attrs
+    assert study.user_attrs[claim_key(candidates[1])]["attempts"] == 2
 
 
 def test_stage_waits_while_trials_run_elsewhere(tmp_path):
@@ -184,5 +210,5 @@ def test_stage_waits_while_trials_run_elsewhere(tmp_path):
     study.ask()  # another worker's trial, still running
     context = SimpleNamespace(spec=_spec())
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'r.db'}")
-    assert healstage.run_heal_stage(study, storage, context, SearchCallbacks(), recover=False) == []
+    assert healstage.run_heal_stage(study, storage, context, SearchCallbacks()) == []
     assert CANDIDATES_ATTR not in study.user_attrs  # not even the candidates are picked yet
