@@ -39,6 +39,8 @@ PROGRESS_EVERY_S = 2.0
 # Seconds a claim holds without renewal. Renewed every PROGRESS_EVERY_S while healing and between the stage's
 # phases; generous because the export (pruning with calibration) and the scoring do not report progress.
 CLAIM_LEASE_S = 120.0
+# A candidate whose heal stopped its worker this many times (killed, out of memory) is recorded as an error.
+MAX_HEAL_ATTEMPTS = 3
 
 
 class _Stopped(Exception):
@@ -71,6 +73,11 @@ def run_heal_stage(
             continue
         claim = _claim(study, number, owner)
         if claim is None:
+            continue
+        if claim["attempts"] > MAX_HEAL_ATTEMPTS:
+            why = f"its worker stopped {MAX_HEAL_ATTEMPTS} times while healing it"
+            study.set_user_attr(result_key(number), {"trial": number, "error": why})
+            log.warning("gave up healing trial %d of %s: %s", number, study.study_name, why)
             continue
         try:
             record = heal_candidate(storage, study, context, number, _Reporter(study, number, callbacks, claim))

@@ -212,3 +212,20 @@ def test_stage_waits_while_trials_run_elsewhere(tmp_path):
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'r.db'}")
     assert healstage.run_heal_stage(study, storage, context, SearchCallbacks()) == []
     assert CANDIDATES_ATTR not in study.user_attrs  # not even the candidates are picked yet
+
+
+def test_a_heal_that_keeps_killing_its_worker_is_recorded_as_an_error(tmp_path, monkeypatch):
+    spec = _spec(heal={"top_k": 1, "tokens": 256, "seq_len": 32, "batch": 2})
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'k.db'}", study_name="k")
+    study.set_user_attr(CANDIDATES_ATTR, [5, 6])
+    calls: list[int] = []
+    monkeypatch.setattr(healstage, "heal_candidate", lambda *a, **k: calls.append(a[3]) or {"trial": a[3]})
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'k.db'}")
+    context = SimpleNamespace(spec=spec)
+    dead = {"owner": "dead", "at": 0.0, "attempts": healstage.MAX_HEAL_ATTEMPTS}
+    study.set_user_attr(claim_key(5), dead | {"attempts": healstage.MAX_HEAL_ATTEMPTS - 1})  # one more try
+    study.set_user_attr(claim_key(6), dead)  # its workers died three times
+    assert healstage.run_heal_stage(study, storage, context, SearchCallbacks()) == [5]
+    assert calls == [5] and study.user_attrs[claim_key(5)]["attempts"] == healstage.MAX_HEAL_ATTEMPTS
+    assert study.user_attrs[result_key(6)] == {"trial": 6, "error": "its worker stopped 3 times while healing it"}
+    assert heal_status(storage, "k")["errors"] == {"6": "its worker stopped 3 times while healing it"}
