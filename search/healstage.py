@@ -15,6 +15,7 @@ takes a claim over only once it is `CLAIM_LEASE_S` old (its worker died: killed,
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 import time
 import uuid
@@ -137,7 +138,8 @@ def heal_candidate(
     storage: optuna.storages.BaseStorage, study: optuna.Study, context: SearchContext, number: int, progress=None
 ) -> dict[str, Any]:
     """Export trial `number`, heal it, score it with the proxy: the record the stage stores (`error` instead of
-    scores when its heal cannot run, e.g. calibration text too small for one batch)."""
+    scores when its export, heal or scoring fails, e.g. calibration text too small for one batch, out of memory,
+    or the healed scores are not finite). Only a stop (`_Stopped`) and interrupts propagate."""
     from prunesearch.pruning.heal import heal  # torch training code: only where the stage runs
 
     spec = context.spec
@@ -146,15 +148,19 @@ def heal_candidate(
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="prunesearch-heal-") as work:
         pruned, healed = Path(work) / "pruned", Path(work) / "healed"
-        export_trial(storage, study.study_name, number, pruned)
-        _renew(progress)
         try:
+            export_trial(storage, study.study_name, number, pruned)
+            _renew(progress)
             result = heal(pruned, spec.model, spec.calibration, healed, settings, progress=progress)
-        except ValueError as exc:  # bad input for a heal (HealError, HealDataError, ...): recorded, not retried
-            log.warning("heal of trial %d failed: %s", number, exc)
+            _renew(progress)
+            quality = context.evaluator.evaluate_model(load_pruned(healed), read_token_map(healed))
+        except _Stopped:
+            raise
+        except Exception as exc:  # bad input (HealError, ...), out of memory, disk full: this candidate only
+            log.warning("heal of trial %d failed: %s", number, exc, exc_info=not isinstance(exc, ValueError))
             return record | {"error": f"{type(exc).__name__}: {exc}"}
-        _renew(progress)
-        quality = context.evaluator.evaluate_model(load_pruned(healed), read_token_map(healed))
+    if not (math.isfinite(quality.kl) and math.isfinite(quality.ppl)):
+        return record | {"error": f"the healed model scored kl={quality.kl}, ppl={quality.ppl} (not finite)"}
     return record | {
         "healed_kl": quality.kl,
         "healed_ppl": quality.ppl,

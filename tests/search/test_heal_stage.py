@@ -56,7 +56,7 @@ def scratch(tmp_path, monkeypatch, prunesearch_home) -> Path:
     return folder
 
 
-def test_healed_scores_use_the_proxys_definitions(scratch, tmp_path):
+def test_healed_scores_use_the_proxys_definitions(scratch, tmp_path, monkeypatch):
     """Scored as a materialised checkpoint, an unhealed export gets the KL and perplexity the search recorded
     for its trial (full and trimmed vocabularies), so healed and proxy scores compare."""
     spec = _spec(heal=None, n_trials=14)
@@ -82,6 +82,20 @@ def test_healed_scores_use_the_proxys_definitions(scratch, tmp_path):
     too_big = _spec(heal={"top_k": 1, "tokens": 1 << 20, "seq_len": 8192, "batch": 128})
     record = healstage.heal_candidate(optuna.storages.RDBStorage(storage), study, SimpleNamespace(spec=too_big), 1)
     assert record["trial"] == 1 and "HealDataError" in record["error"] and "healed_kl" not in record
+    assert not list(scratch.iterdir())
+
+    # any failure of one candidate (here scores that are not finite, a full disk) is its record, not the job's
+    nan = SimpleNamespace(kl=float("nan"), ppl=float("inf"))
+    scorer = SimpleNamespace(spec=_spec(), evaluator=SimpleNamespace(evaluate_model=lambda *a: nan))
+    record = healstage.heal_candidate(optuna.storages.RDBStorage(storage), study, scorer, whole[0].number)
+    assert "not finite" in record["error"] and "healed_kl" not in record
+
+    def disk_full(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(healstage, "export_trial", disk_full)
+    record = healstage.heal_candidate(optuna.storages.RDBStorage(storage), study, scorer, whole[0].number)
+    assert record["error"] == "OSError: No space left on device"
     assert not list(scratch.iterdir())
 
 
