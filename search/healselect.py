@@ -8,6 +8,7 @@ heals it) and `heal_progress` (the stage as a whole, for the service's job view)
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -69,7 +70,11 @@ def healed_front(front_by_trial: dict[int, dict[str, Any]], healed: Sequence[dic
     """The non-dominated healed trials by (healed quality, latency), fastest first: each the trial's record
     (`front_by_trial`: {trial, plan, metrics, baseline}) plus `healed` (its heal record)."""
     key = f"healed_{quality}"
-    rows = [(front_by_trial[h["trial"]], h) for h in healed if h["trial"] in front_by_trial and key in h]
+    rows = [
+        (front_by_trial[h["trial"]], h)
+        for h in healed
+        if h["trial"] in front_by_trial and isinstance(h.get(key), int | float) and math.isfinite(h[key])
+    ]  # a score that is not finite (NaN: no ordering) is no healed point
     if not rows:
         return []
     values = np.array([[h[key], record["metrics"]["latency_ms"]] for record, h in rows], dtype=float)
