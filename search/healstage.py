@@ -32,7 +32,7 @@ from prunesearch.pruning.modeling import load_pruned
 from .callbacks import SearchCallbacks
 from .context import SearchContext
 from .healselect import CANDIDATES_ATTR, PROGRESS_ATTR, claim_key, pick_candidates, result_key
-from .results import export_trial, front_record, front_trials
+from .results import counts_as_done, export_trial, front_record, front_trials
 
 log = logging.getLogger(__name__)
 # Seconds between the stage's progress writes (and cancel checks) while a candidate heals.
@@ -53,13 +53,19 @@ def run_heal_stage(
     storage: optuna.storages.BaseStorage,
     context: SearchContext,
     callbacks: SearchCallbacks,
+    *,
+    search_over: bool = False,
 ) -> list[int]:
     """Heal the study's candidates that no one has healed yet; the trial numbers this call healed.
 
-    Runs only once no trial is running (other workers' trials still running: the last of them heals). Every
-    worker that gets here splits the candidates with the others through claims (see `_claim`)."""
+    Runs only once the front is final: no trial is running (other workers' trials still running: the last of
+    them heals) and n_trials have finished, or `search_over` (the search timed out: fewer will). Every worker
+    that gets here splits the candidates with the others through claims (see `_claim`)."""
     heal = context.spec.heal
     if heal is None or study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        return []
+    # another worker may have claimed a trial it has not asked for yet: its result could join the front
+    if not search_over and sum(map(counts_as_done, study.get_trials(deepcopy=False))) < context.spec.n_trials:
         return []
     candidates = study.user_attrs.get(CANDIDATES_ATTR)
     if candidates is None:

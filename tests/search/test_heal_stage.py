@@ -239,7 +239,19 @@ def test_a_heal_that_keeps_killing_its_worker_is_recorded_as_an_error(tmp_path, 
     dead = {"owner": "dead", "at": 0.0, "attempts": healstage.MAX_HEAL_ATTEMPTS}
     study.set_user_attr(claim_key(5), dead | {"attempts": healstage.MAX_HEAL_ATTEMPTS - 1})  # one more try
     study.set_user_attr(claim_key(6), dead)  # its workers died three times
-    assert healstage.run_heal_stage(study, storage, context, SearchCallbacks()) == [5]
+    assert healstage.run_heal_stage(study, storage, context, SearchCallbacks(), search_over=True) == [5]
     assert calls == [5] and study.user_attrs[claim_key(5)]["attempts"] == healstage.MAX_HEAL_ATTEMPTS
     assert study.user_attrs[result_key(6)] == {"trial": 6, "error": "its worker stopped 3 times while healing it"}
     assert heal_status(storage, "k")["errors"] == {"6": "its worker stopped 3 times while healing it"}
+
+
+def test_stage_waits_for_n_trials_unless_the_search_timed_out(tmp_path):
+    """A trial another worker claimed but has not asked for yet is neither running nor finished: until n_trials
+    have finished the front may still change, so no candidates are picked (unless the search timed out)."""
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'n.db'}", study_name="n")
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'n.db'}")
+    context = SimpleNamespace(spec=_spec())
+    assert healstage.run_heal_stage(study, storage, context, SearchCallbacks()) == []
+    assert CANDIDATES_ATTR not in study.user_attrs
+    assert healstage.run_heal_stage(study, storage, context, SearchCallbacks(), search_over=True) == []
+    assert study.user_attrs[CANDIDATES_ATTR] == []  # timed out with no front: nothing to heal, and it is final
