@@ -31,7 +31,7 @@ from prunesearch.pruning.modeling import load_pruned
 
 from .callbacks import SearchCallbacks
 from .context import SearchContext
-from .healselect import CANDIDATES_ATTR, PROGRESS_ATTR, claim_key, pick_candidates, result_key
+from .healselect import CANDIDATES_ATTR, claim_key, pick_candidates, progress_key, result_key
 from .results import counts_as_done, export_trial, front_record, front_trials
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def run_heal_stage(
             )
             raise
         finally:
-            study.set_user_attr(PROGRESS_ATTR, None)
+            study.set_user_attr(progress_key(number), None)
         study.set_user_attr(result_key(number), record)
         log.info("healed trial %d of %s: %s", number, study.study_name, record.get("error") or "ok")
         healed.append(number)
@@ -135,7 +135,8 @@ class _Reporter:
         self.last = now
         self.renew()
         current = {"trial": self.number, "step": progress.step, "total_steps": progress.total_steps}
-        self.study.set_user_attr(PROGRESS_ATTR, current | {"loss": round(progress.loss, 6)})
+        current |= {"loss": round(progress.loss, 6), "at": time.time()}  # `at`: the newest shows
+        self.study.set_user_attr(progress_key(self.number), current)
         if self.callbacks.should_stop():
             raise _Stopped
 

@@ -14,12 +14,13 @@ import pytest
 
 from prunesearch.cli import main
 from prunesearch.pruning.export import read_token_map
+from prunesearch.pruning.healsettings import HealProgress
 from prunesearch.pruning.modeling import load_pruned
 from prunesearch.search import healstage
 from prunesearch.search.callbacks import SearchCallbacks
 from prunesearch.search.context import SearchContext
 from prunesearch.search.engine import run_search
-from prunesearch.search.healselect import CANDIDATES_ATTR, claim_key, pick_candidates, result_key
+from prunesearch.search.healselect import CANDIDATES_ATTR, claim_key, pick_candidates, progress_key, result_key
 from prunesearch.search.results import (
     export_trial,
     front_record,
@@ -255,3 +256,17 @@ def test_stage_waits_for_n_trials_unless_the_search_timed_out(tmp_path):
     assert CANDIDATES_ATTR not in study.user_attrs
     assert healstage.run_heal_stage(study, storage, context, SearchCallbacks(), search_over=True) == []
     assert study.user_attrs[CANDIDATES_ATTR] == []  # timed out with no front: nothing to heal, and it is final
+
+
+def test_workers_healing_side_by_side_report_progress_apart(tmp_path, monkeypatch):
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'p.db'}", study_name="p")
+    study.set_user_attr(CANDIDATES_ATTR, [2, 7])
+    now = [50.0]
+    monkeypatch.setattr(healstage.time, "time", lambda: now[0])
+    first, second = (healstage._Reporter(study, n, SearchCallbacks(), {"owner": n}) for n in (2, 7))
+    first(HealProgress(step=3, total_steps=4, loss=1.5, tokens_per_second=9.0))
+    now[0] += 1
+    second(HealProgress(step=1, total_steps=4, loss=2.5, tokens_per_second=9.0))
+    status = heal_status(optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'p.db'}"), "p")
+    assert status["current"] == {"trial": 7, "step": 1, "total_steps": 4, "loss": 2.5}  # the newest
+    assert study.user_attrs[progress_key(2)]["step"] == 3  # the other heal's progress is still there
