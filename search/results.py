@@ -160,9 +160,16 @@ def list_trials(
 def trial_page(
     storage: str | optuna.storages.BaseStorage, study_name: str, offset: int = 0, limit: int = 50
 ) -> tuple[list[dict[str, Any]], int]:
-    """One page of `list_trials`, and how many trials there are in all."""
-    trials = [t for t in load_study(storage, study_name).get_trials(deepcopy=False) if t.state != TrialState.WAITING]
-    return [trial_record(t) for t in trials[offset : offset + limit]], len(trials)
+    """One page of `list_trials`, and how many trials there are in all; each record has `healed`: the heal
+    stage's record of the trial (healed scores or the heal's error), None for trials it did not heal."""
+    study = load_study(storage, study_name)
+    trials = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
+    attrs = study.user_attrs if trials[offset : offset + limit] else {}
+    page = [
+        trial_record(t) | {"healed": attrs.get(healselect.result_key(t.number))}
+        for t in trials[offset : offset + limit]
+    ]
+    return page, len(trials)
 
 
 def trial_plan(study: optuna.Study, number: int) -> PrunePlan:
