@@ -210,5 +210,6 @@ def run_search(
     if spec.heal is not None and not stopped:
         from .healstage import run_heal_stage  # the heal's training code: only for jobs that heal
 
-        run_heal_stage(study, storage, context, callbacks, recover=recover if recover is not None else not shared)
+        timed_out = deadline is not None and time.monotonic() > deadline
+        run_heal_stage(study, storage, context, callbacks, search_over=timed_out)
     return progress

@@ -3,11 +3,13 @@ the study, and the healed Pareto front. No torch (the API reads the healed front
 
 Optuna refuses user attributes on finished trials, so the stage's state lives in the study's user attributes,
 one key per trial: `heal:N` (the healed scores of trial N, written once, whole), `heal_claim:N` (which worker
-heals it) and `heal_progress` (the stage as a whole, for the service's job view).
+heals it, a lease: {owner, at, attempts}) and `heal_progress:N` (step and loss of its heal while it runs, one key
+per trial so that workers healing side by side do not overwrite each other).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,7 +19,7 @@ from . import pareto
 
 RESULT_PREFIX = "heal:"
 CLAIM_PREFIX = "heal_claim:"
-PROGRESS_ATTR = "heal_progress"
+PROGRESS_PREFIX = "heal_progress:"
 CANDIDATES_ATTR = "heal_candidates"
 # A dense model healed against itself stays dense: never a candidate.
 SKIPPED_BASELINES = ("dense",)
@@ -29,6 +31,10 @@ def result_key(trial: int) -> str:
 
 def claim_key(trial: int) -> str:
     return f"{CLAIM_PREFIX}{trial}"
+
+
+def progress_key(trial: int) -> str:
+    return f"{PROGRESS_PREFIX}{trial}"
 
 
 def pick_candidates(front: Sequence[dict[str, Any]], top_k: int, quality: str) -> list[int]:
@@ -69,7 +75,11 @@ def healed_front(front_by_trial: dict[int, dict[str, Any]], healed: Sequence[dic
     """The non-dominated healed trials by (healed quality, latency), fastest first: each the trial's record
     (`front_by_trial`: {trial, plan, metrics, baseline}) plus `healed` (its heal record)."""
     key = f"healed_{quality}"
-    rows = [(front_by_trial[h["trial"]], h) for h in healed if h["trial"] in front_by_trial and key in h]
+    rows = [
+        (front_by_trial[h["trial"]], h)
+        for h in healed
+        if h["trial"] in front_by_trial and isinstance(h.get(key), int | float) and math.isfinite(h[key])
+    ]  # a score that is not finite (NaN: no ordering) is no healed point
     if not rows:
         return []
     values = np.array([[h[key], record["metrics"]["latency_ms"]] for record, h in rows], dtype=float)

@@ -160,9 +160,16 @@ def list_trials(
 def trial_page(
     storage: str | optuna.storages.BaseStorage, study_name: str, offset: int = 0, limit: int = 50
 ) -> tuple[list[dict[str, Any]], int]:
-    """One page of `list_trials`, and how many trials there are in all."""
-    trials = [t for t in load_study(storage, study_name).get_trials(deepcopy=False) if t.state != TrialState.WAITING]
-    return [trial_record(t) for t in trials[offset : offset + limit]], len(trials)
+    """One page of `list_trials`, and how many trials there are in all; each record has `healed`: the heal
+    stage's record of the trial (healed scores or the heal's error), None for trials it did not heal."""
+    study = load_study(storage, study_name)
+    trials = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
+    attrs = study.user_attrs if trials[offset : offset + limit] else {}
+    page = [
+        trial_record(t) | {"healed": attrs.get(healselect.result_key(t.number))}
+        for t in trials[offset : offset + limit]
+    ]
+    return page, len(trials)
 
 
 def trial_plan(study: optuna.Study, number: int) -> PrunePlan:
@@ -225,8 +232,8 @@ def healed_front(storage: str | optuna.storages.BaseStorage, study_name: str) ->
 
 def heal_status(storage: str | optuna.storages.BaseStorage, study_name: str) -> dict[str, Any] | None:
     """Where the heal stage stands: {candidates, healed (trial numbers done), current (trial, step, total_steps,
-    loss) or None, errors ({trial: why} for heals that could not run)}; None before the stage picked its
-    candidates (or for a search that does not heal)."""
+    loss of the heal that reported last, when workers heal side by side) or None, errors ({trial: why} for heals
+    that could not run)}; None before the stage picked its candidates (or for a search that does not heal)."""
     attrs = load_study(storage, study_name).user_attrs
     candidates = attrs.get(healselect.CANDIDATES_ATTR)
     if candidates is None:
@@ -235,5 +242,7 @@ def heal_status(storage: str | optuna.storages.BaseStorage, study_name: str) -> 
     errors = {
         str(n): attrs[healselect.result_key(n)]["error"] for n in done if "error" in attrs[healselect.result_key(n)]
     }
-    current = attrs.get(healselect.PROGRESS_ATTR)
+    running = [p for n in candidates if isinstance(p := attrs.get(healselect.progress_key(n)), dict)]
+    newest = max(running, key=lambda p: p.get("at", 0.0), default=None)  # several workers may heal at once
+    current = None if newest is None else {k: v for k, v in newest.items() if k != "at"}
     return {"candidates": candidates, "healed": done, "current": current, "errors": errors}

@@ -131,7 +131,8 @@ def leave_job(
 ) -> Job:
     """The caller stops working on the job; the last worker out (or any, once all trials are done and nothing
     is `pending`, such as candidates of the heal stage left to heal) settles its final status. An error fails
-    the job for everyone; a worker shutting down (`requeue`) leaves an unfinished job queued for another worker."""
+    the job for everyone; a worker shutting down (`requeue`), or the last one out with work `pending`, leaves an
+    unfinished job queued for another worker."""
     job = session.get(Job, job_id, with_for_update=True)
     assert job is not None
     job.active_workers = max(0, job.active_workers - 1)
@@ -143,7 +144,7 @@ def leave_job(
         job.status = JobStatus.SUCCEEDED
     elif job.active_workers > 0:
         return job
-    elif requeue and not job.cancel_requested:
+    elif (requeue or pending) and not job.cancel_requested:  # pending: heal candidates left for another worker
         job.status, job.trials_claimed = JobStatus.QUEUED, job.trials_done
         return job
     else:

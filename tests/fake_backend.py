@@ -113,7 +113,9 @@ class FakeBackend:
     def trial_page(self, study_name: str, offset: int = 0, limit: int = 50) -> tuple[list[dict[str, Any]], int]:
         with self.lock:
             started = [dict(t) for t in self._study(study_name) if t["state"] != "waiting"]
-        return started[offset : offset + limit], len(started)
+            heals = self.heals.get(study_name, {})
+        page = [t | {"healed": heals.get(t["trial"])} for t in started[offset : offset + limit]]
+        return page, len(started)
 
     def export_trial(self, study_name: str, trial: int, out_dir: Path, *, dtype: str = DType.FP32) -> dict[str, Any]:
         with self.lock:

@@ -123,6 +123,9 @@ def test_healed_front_is_the_non_dominated_healed_trials_and_status_counts_them(
     assert healed[1]["healed"]["healed_kl"] == 0.05 and healed[1]["metrics"] == {"kl": 0.3, "latency_ms": 3.0}
     assert healed[0]["plan"] == {"trial": 4} and healed[0]["baseline"] is None
     assert backend.heal_status("s") == {"candidates": [4, 1, 6], "healed": [4, 1, 6], "current": None, "errors": {}}
+    items, _ = backend.trial_page("s", offset=0, limit=50)
+    healed = {t["trial"]: t["healed"] for t in items}
+    assert healed[1]["healed_kl"] == 0.05 and {n for n, h in healed.items() if h is not None} == {4, 1, 6}
     assert backend.healed_front("other") == []
     for read in (backend.healed_front, backend.heal_status):
         with pytest.raises(LookupError, match="nope"):
@@ -133,7 +136,7 @@ def test_trial_page_lists_started_trials_in_pages(backend):
     items, total = backend.trial_page("s", offset=0, limit=4)
     assert total == 10  # the waiting trial has not started
     assert [t["trial"] for t in items] == [0, 1, 2, 3]
-    assert set(items[0]) == {"trial", "state", "baseline", "feasible", "plan", "metrics", "error"}
+    assert set(items[0]) == {"trial", "state", "baseline", "feasible", "plan", "metrics", "error", "healed"}
     assert (items[0]["state"], items[0]["baseline"], items[0]["feasible"]) == ("complete", "dense", True)
     assert items[3]["feasible"] is False
     rest, total = backend.trial_page("s", offset=4, limit=50)

@@ -45,7 +45,9 @@ def test_healed_front_is_non_dominated_by_healed_quality():
         {"trial": 12, "healed_kl": 0.05},
         {"trial": 99, "healed_kl": 0.0},  # not a trial of the study: ignored
         {"trial": 10, "error": "HealDataError: too small"} | {"trial": 13},  # failed heal: no score
+        {"trial": 14, "healed_kl": float("nan")},  # faster than all, but NaN: no point on the front
     ]
+    records[14] = _front([0.5], [0.01])[0] | {"trial": 14}
     front = healed_front(records, healed, "kl")
     assert [r["trial"] for r in front] == [10, 12]
     assert front[0]["healed"]["healed_kl"] == 0.3 and front[0]["metrics"]["kl"] == 0.9

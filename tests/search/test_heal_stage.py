@@ -14,12 +14,13 @@ import pytest
 
 from prunesearch.cli import main
 from prunesearch.pruning.export import read_token_map
+from prunesearch.pruning.healsettings import HealProgress
 from prunesearch.pruning.modeling import load_pruned
 from prunesearch.search import healstage
 from prunesearch.search.callbacks import SearchCallbacks
 from prunesearch.search.context import SearchContext
 from prunesearch.search.engine import run_search
-from prunesearch.search.healselect import CANDIDATES_ATTR, claim_key, pick_candidates, result_key
+from prunesearch.search.healselect import CANDIDATES_ATTR, claim_key, pick_candidates, progress_key, result_key
 from prunesearch.search.results import (
     export_trial,
     front_record,
@@ -56,7 +57,7 @@ def scratch(tmp_path, monkeypatch, prunesearch_home) -> Path:
     return folder
 
 
-def test_healed_scores_use_the_proxys_definitions(scratch, tmp_path):
+def test_healed_scores_use_the_proxys_definitions(scratch, tmp_path, monkeypatch):
     """Scored as a materialised checkpoint, an unhealed export gets the KL and perplexity the search recorded
     for its trial (full and trimmed vocabularies), so healed and proxy scores compare."""
     spec = _spec(heal=None, n_trials=14)
@@ -82,6 +83,20 @@ def test_healed_scores_use_the_proxys_definitions(scratch, tmp_path):
     too_big = _spec(heal={"top_k": 1, "tokens": 1 << 20, "seq_len": 8192, "batch": 128})
     record = healstage.heal_candidate(optuna.storages.RDBStorage(storage), study, SimpleNamespace(spec=too_big), 1)
     assert record["trial"] == 1 and "HealDataError" in record["error"] and "healed_kl" not in record
+    assert not list(scratch.iterdir())
+
+    # any failure of one candidate (here scores that are not finite, a full disk) is its record, not the job's
+    nan = SimpleNamespace(kl=float("nan"), ppl=float("inf"))
+    scorer = SimpleNamespace(spec=_spec(), evaluator=SimpleNamespace(evaluate_model=lambda *a: nan))
+    record = healstage.heal_candidate(optuna.storages.RDBStorage(storage), study, scorer, whole[0].number)
+    assert "not finite" in record["error"] and "healed_kl" not in record
+
+    def disk_full(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(healstage, "export_trial", disk_full)
+    record = healstage.heal_candidate(optuna.storages.RDBStorage(storage), study, scorer, whole[0].number)
+    assert record["error"] == "OSError: No space left on device"
     assert not list(scratch.iterdir())
 
 
@@ -170,13 +185,39 @@ def test_cli_heal_flags_are_checked(tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
-def test_claims_keep_live_workers_apart_and_a_lone_worker_takes_over(tmp_path):
+def test_claims_are_leases_a_live_worker_keeps_and_a_dead_ones_is_taken_over(tmp_path, monkeypatch):
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'c.db'}", study_name="c")
-    assert healstage._claim(study, 3, "a", recover=False)
-    assert healstage._claim(study, 3, "a", recover=False)  # its own claim
-    assert not healstage._claim(study, 3, "b", recover=False)  # another live worker's
-    assert healstage._claim(study, 3, "b", recover=True)  # alone: a's claim is a dead worker's
-    assert study.user_attrs[claim_key(3)] == "b"
+    now = [1000.0]
+    monkeypatch.setattr(healstage.time, "time", lambda: now[0])
+    assert healstage._claim(study, 3, "a") == {"owner": "a", "at": 1000.0, "attempts": 1}
+    assert healstage._claim(study, 3, "a")["attempts"] == 1  # its own claim: the same attempt
+    now[0] += healstage.CLAIM_LEASE_S - 1
+    assert healstage._claim(study, 3, "b") is None  # another live worker's (renewed within the lease)
+    now[0] += 2
+    assert healstage._claim(study, 3, "b") == {"owner": "b", "at": now[0], "attempts": 2}  # a stopped renewing
+    assert study.user_attrs[claim_key(3)]["owner"] == "b"
+
+
+def test_a_worker_joining_late_leaves_a_live_claim_alone(tmp_path, monkeypatch):
+    """A second worker (the first one on the job alone used to take over every claim) heals only the candidates
+    no live worker holds, and the reporter's renewals keep a claim live."""
+    spec = _spec()
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    context = SearchContext(spec)
+    calls: list[int] = []
+    monkeypatch.setattr(healstage, "heal_candidate", lambda *a, **k: calls.append(a[3]) or {"trial": a[3]})
+    run_search(spec.model_copy(update={"heal": None}), storage=storage, study_name="s", context=context)
+    study = load_study(storage, "s")
+    candidates = pick_candidates([front_record(t) for t in front_trials(study)], 3, "kl")
+    study.set_user_attr(CANDIDATES_ATTR, candidates)
+    reporter = healstage._Reporter(study, candidates[0], SearchCallbacks(), {"owner": "other", "attempts": 1})
+    reporter.renew()  # another worker is healing the first candidate
+    study.set_user_attr(claim_key(candidates[1]), {"owner": "dead", "at": 0.0, "attempts": 1})
+    assert healstage.run_heal_stage(study, optuna.storages.RDBStorage(storage), context, SearchCallbacks()) == [
+        *candidates[1:]
+    ]
+    assert calls == candidates[1:] and result_key(candidates[0]) not in study.user_attrs
+    assert study.user_attrs[claim_key(candidates[1])]["attempts"] == 2
 
 
 def test_stage_waits_while_trials_run_elsewhere(tmp_path):
@@ -184,5 +225,48 @@ def test_stage_waits_while_trials_run_elsewhere(tmp_path):
     study.ask()  # another worker's trial, still running
     context = SimpleNamespace(spec=_spec())
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'r.db'}")
-    assert healstage.run_heal_stage(study, storage, context, SearchCallbacks(), recover=False) == []
+    assert healstage.run_heal_stage(study, storage, context, SearchCallbacks()) == []
     assert CANDIDATES_ATTR not in study.user_attrs  # not even the candidates are picked yet
+
+
+def test_a_heal_that_keeps_killing_its_worker_is_recorded_as_an_error(tmp_path, monkeypatch):
+    spec = _spec(heal={"top_k": 1, "tokens": 256, "seq_len": 32, "batch": 2})
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'k.db'}", study_name="k")
+    study.set_user_attr(CANDIDATES_ATTR, [5, 6])
+    calls: list[int] = []
+    monkeypatch.setattr(healstage, "heal_candidate", lambda *a, **k: calls.append(a[3]) or {"trial": a[3]})
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'k.db'}")
+    context = SimpleNamespace(spec=spec)
+    dead = {"owner": "dead", "at": 0.0, "attempts": healstage.MAX_HEAL_ATTEMPTS}
+    study.set_user_attr(claim_key(5), dead | {"attempts": healstage.MAX_HEAL_ATTEMPTS - 1})  # one more try
+    study.set_user_attr(claim_key(6), dead)  # its workers died three times
+    assert healstage.run_heal_stage(study, storage, context, SearchCallbacks(), search_over=True) == [5]
+    assert calls == [5] and study.user_attrs[claim_key(5)]["attempts"] == healstage.MAX_HEAL_ATTEMPTS
+    assert study.user_attrs[result_key(6)] == {"trial": 6, "error": "its worker stopped 3 times while healing it"}
+    assert heal_status(storage, "k")["errors"] == {"6": "its worker stopped 3 times while healing it"}
+
+
+def test_stage_waits_for_n_trials_unless_the_search_timed_out(tmp_path):
+    """A trial another worker claimed but has not asked for yet is neither running nor finished: until n_trials
+    have finished the front may still change, so no candidates are picked (unless the search timed out)."""
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'n.db'}", study_name="n")
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'n.db'}")
+    context = SimpleNamespace(spec=_spec())
+    assert healstage.run_heal_stage(study, storage, context, SearchCallbacks()) == []
+    assert CANDIDATES_ATTR not in study.user_attrs
+    assert healstage.run_heal_stage(study, storage, context, SearchCallbacks(), search_over=True) == []
+    assert study.user_attrs[CANDIDATES_ATTR] == []  # timed out with no front: nothing to heal, and it is final
+
+
+def test_workers_healing_side_by_side_report_progress_apart(tmp_path, monkeypatch):
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'p.db'}", study_name="p")
+    study.set_user_attr(CANDIDATES_ATTR, [2, 7])
+    now = [50.0]
+    monkeypatch.setattr(healstage.time, "time", lambda: now[0])
+    first, second = (healstage._Reporter(study, n, SearchCallbacks(), {"owner": n}) for n in (2, 7))
+    first(HealProgress(step=3, total_steps=4, loss=1.5, tokens_per_second=9.0))
+    now[0] += 1
+    second(HealProgress(step=1, total_steps=4, loss=2.5, tokens_per_second=9.0))
+    status = heal_status(optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'p.db'}"), "p")
+    assert status["current"] == {"trial": 7, "step": 1, "total_steps": 4, "loss": 2.5}  # the newest
+    assert study.user_attrs[progress_key(2)]["step"] == 3  # the other heal's progress is still there

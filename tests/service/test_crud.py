@@ -65,8 +65,18 @@ def test_pending_heal_keeps_the_job_running_until_the_last_worker_leaves(setting
     assert (job.status, job.active_workers, job.finished_at) == ("queued", 0, None)
     assert claim_job(settings.db_url, lease_s=60) == (job_id, True)
     with session_scope(settings.db_url) as s:
+        job = crud.leave_job(s, job_id=job_id, pending=True)  # the last out, candidates still unhealed
+    assert (job.status, job.active_workers, job.finished_at) == ("queued", 0, None)
+    assert claim_job(settings.db_url, lease_s=60) == (job_id, True)
+    with session_scope(settings.db_url) as s:
         job = crud.leave_job(s, job_id=job_id, pending=False)
     assert (job.status, job.trials_done) == ("succeeded", 2)
+    cancelled = _job(settings, n_trials=2)
+    assert claim_job(settings.db_url, lease_s=60) == (cancelled, True)
+    with session_scope(settings.db_url) as s:
+        crud.request_cancel(s, job=crud.get_job(s, job_id=cancelled))
+    with session_scope(settings.db_url) as s:
+        assert crud.leave_job(s, job_id=cancelled, pending=True).status == "cancelled"  # cancel wins
 
 
 def test_shutdown_requeues_and_errors_fail(settings):
