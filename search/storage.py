@@ -7,11 +7,17 @@ before. Sharing one is safe: the engine is thread-safe and `RDBStorage` keeps a 
 from __future__ import annotations
 
 import threading
+import time
 
 import optuna
+from sqlalchemy import exc
 
 _STORAGES: dict[str, optuna.storages.RDBStorage] = {}
 _LOCK = threading.Lock()
+# Workers that meet a fresh database at the same moment all create Optuna's tables; the losers get a duplicate
+# table or a unique violation on Optuna's version row. By then the tables exist, so building again succeeds.
+SCHEMA_RACE_ATTEMPTS = 4
+_SCHEMA_RACE_ERRORS = (exc.ProgrammingError, exc.IntegrityError, exc.OperationalError)
 
 
 def rdb_storage(url: str) -> optuna.storages.RDBStorage:
@@ -19,8 +25,20 @@ def rdb_storage(url: str) -> optuna.storages.RDBStorage:
     with _LOCK:
         storage = _STORAGES.get(url)
         if storage is None:
-            storage = _STORAGES[url] = optuna.storages.RDBStorage(url)
+            storage = _STORAGES[url] = build_storage(url)
         return storage
+
+
+def build_storage(url: str) -> optuna.storages.RDBStorage:
+    """A new `RDBStorage` for `url`, built again when another process was creating Optuna's tables meanwhile."""
+    for attempt in range(1, SCHEMA_RACE_ATTEMPTS + 1):
+        try:
+            return optuna.storages.RDBStorage(url)
+        except _SCHEMA_RACE_ERRORS:
+            if attempt == SCHEMA_RACE_ATTEMPTS:
+                raise
+            time.sleep(0.1 * attempt)
+    raise AssertionError("unreachable")
 
 
 def resolve(storage: str | optuna.storages.BaseStorage) -> optuna.storages.BaseStorage:
