@@ -261,7 +261,18 @@ def heal_matrix(args) -> None:
             if name not in chosen:
                 continue
             for method in args.methods:
+                if done(["heals", name, method, str(tokens)], lrs[method]):
+                    print(f"heals/{name}/{method}/{tokens} at lr {lrs[method]:g}: already measured", flush=True)
+                    continue
                 run_heal(args, chosen[name], method, tokens, lrs[method], ["heals", name, method, str(tokens)])
+
+
+def done(path: list[str], lr: float) -> bool:
+    """Whether heal.json already holds this heal at this learning rate (so a re-run goes on where one stopped)."""
+    node = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    for key in path:
+        node = node.get(key, {})
+    return node.get("lr") == lr
 
 
 # ---------------------------------------------------------------- throughput and memory
