@@ -4,6 +4,7 @@ healed perplexity of the searched plans and the baselines.
     python bench/heal.py throughput [--steps 6] [--repeats 3] [--methods full,lora]
     python bench/heal.py memory [--steps 3] [--methods full,lora]
     python bench/heal.py lr [--plan 0.5] [--tokens 60000] [--lrs-full 1e-4,3e-4,1e-3] [--lrs-lora 3e-4,1e-3,3e-3]
+    python bench/heal.py select [--trials 100] [--candidates 6] [--tokens 100000] [--plans 0.5,0.6,0.7]
     python bench/heal.py heal [--plans 0.5,0.6,0.7] [--baselines shortgpt,uniform,torch_pruning]
                               [--tokens 250000,1000000] [--methods full,lora] [--lr full=best,lora=1e-3]
 
@@ -20,6 +21,7 @@ kerneldocs-valid (256-token windows), before and after, by `prunesearch.pruning.
   AdamW state + one batch of saved activations (the bare loop's autograd-saved tensors, measured).
 - `lr`: short heals of one plan at a few learning rates per method.
 - `heal`: every requested (student, method, tokens) heal; `--lr METHOD=best` takes the best of the `lr` check.
+- `select`: heal-aware against proxy-only selection over one search's front (see `selection`).
 
 Every figure is merged into bench/results/heal.json as soon as it exists, so an interrupted run keeps what it
 measured. Nothing here is asserted by a test.
@@ -275,6 +277,57 @@ def done(path: list[str], lr: float) -> bool:
     return node.get("lr") == lr
 
 
+def selection(args) -> None:
+    """Heal-aware against proxy-only selection: one search as bench/search_quality.py runs it, `--candidates`
+    front plans spread over latency (the proxy's pick at each budget among them) healed alike, then per budget
+    the plan each rule picks: proxy-only the lowest KL, heal-aware the lowest healed pydocs-valid perplexity."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import search_quality as sq
+
+    from prunesearch.search.context import SearchContext
+    from prunesearch.search.engine import run_search
+    from prunesearch.search.results import pareto_front
+
+    os.environ["PRUNESEARCH_HOME"] = str(args.workdir / "home")
+    spec_args = argparse.Namespace(model=args.model, data=args.data, min_keep_layers=0.25, seed=args.seed)
+    spec = sq.make_spec(spec_args, "tpe", args.trials, 16_384)
+    storage = f"sqlite:///{args.workdir / 'selection.db'}"
+    (args.workdir / "selection.db").unlink(missing_ok=True)
+    context = SearchContext(spec)
+    run_search(spec, storage=storage, study_name="selection", context=context)
+    front = sorted(pareto_front(storage, "selection"), key=lambda x: x["metrics"]["latency_fraction"])
+    under = {b: [x for x in front if x["metrics"]["latency_fraction"] <= b] for b in args.plans}
+    proxy = {b: min(xs, key=lambda x: x["metrics"]["kl"])["trial"] for b, xs in under.items() if xs}
+    spread = [front[round(i * (len(front) - 1) / max(1, args.candidates - 1))]["trial"] for i in range(args.candidates)]
+    chosen = list(dict.fromkeys([*proxy.values(), *spread]))[: max(args.candidates, len(proxy))]
+    lr = best_lr("full") if args.lr.get("full", "best") == "best" else float(args.lr["full"])
+    healed = {}
+    for record_ in (x for x in front if x["trial"] in chosen):
+        trial = record_["trial"]
+        folder = args.workdir / "students" / f"selection-trial-{trial}"
+        plan = PrunePlan.from_dict(record_["plan"])
+        export_checkpoint(apply_plan(context.model, plan, context.scores), context.tokenizer, plan, folder, {})
+        student = {"dir": str(folder), "latency_fraction": round(record_["metrics"]["latency_fraction"], 3)}
+        section = ["selection", "candidates", f"trial-{trial}"]
+        row = run_heal(args, student, "full", args.tokens[0], lr, section)
+        healed[trial] = row | {"kl": round(record_["metrics"]["kl"], 4)}
+        record(section, healed[trial])
+    picks = {}
+    for budget, xs in under.items():
+        candidates = [x["trial"] for x in xs if x["trial"] in healed]
+        if not candidates:
+            continue
+        aware = min(candidates, key=lambda t: healed[t]["pydocs-valid"]["after"])
+        picks[str(budget)] = {
+            rule: {"trial": t, "kl": healed[t]["kl"], "latency_fraction": healed[t]["latency_fraction"]}
+            | {n: healed[t][n] for n in EVALS}
+            for rule, t in (("proxy", proxy[budget]), ("heal_aware", aware))
+        }
+    record(["selection", "picks"], picks)
+    record(["selection", "settings"], {"trials": args.trials, "front": len(front), "tokens": args.tokens[0]})
+    print(json.dumps(picks), flush=True)
+
+
 # ---------------------------------------------------------------- throughput and memory
 
 
@@ -454,8 +507,9 @@ def saved_activation_mb(student, teacher, ids: torch.Tensor) -> float:
 
 
 def main() -> None:
+    global RESULTS
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["throughput", "memory", "lr", "heal", "memory-probe"])
+    parser.add_argument("what", choices=["throughput", "memory", "lr", "heal", "select", "memory-probe"])
     floats = lambda s: [float(x) for x in s.split(",")]  # noqa: E731
     ints = lambda s: [int(float(x)) for x in s.split(",")]  # noqa: E731
     words = lambda s: [x for x in s.split(",") if x]  # noqa: E731
@@ -469,6 +523,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=ints, default=None)
     parser.add_argument("--steps", type=ints, default=None)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--trials", type=int, default=100, help="select: trials of the search")
+    parser.add_argument("--candidates", type=int, default=6, help="select: front plans healed")
     parser.add_argument("--lr", type=lambda s: dict(x.split("=") for x in words(s)), default={})
     parser.add_argument("--lrs-full", type=floats, default=[1e-4, 3e-4, 1e-3])
     parser.add_argument("--lrs-lora", type=floats, default=[3e-4, 1e-3, 3e-3])
@@ -476,15 +532,28 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--impl", choices=["library", "bare"], help=argparse.SUPPRESS)
     parser.add_argument("--student", help=argparse.SUPPRESS)
+    parser.add_argument("--results", type=Path, default=RESULTS, help="the JSON file figures are merged into")
     args = parser.parse_args()
+    RESULTS = args.results
     torch.set_num_threads(args.threads)
     args.workdir.mkdir(parents=True, exist_ok=True)
-    defaults = {"throughput": ([6], None), "memory": ([3], None), "memory-probe": ([3], None), "lr": (None, [60_000])}
+    defaults = {
+        "throughput": ([6], None),
+        "memory": ([3], None),
+        "memory-probe": ([3], None),
+        "lr": (None, [60_000]),
+        "select": (None, [100_000]),
+    }
     steps, tokens = defaults.get(args.what, (None, [250_000]))
     args.steps, args.tokens = args.steps or steps, args.tokens or tokens
-    {"throughput": throughput, "memory": memory, "memory-probe": memory_probe, "lr": lr_check, "heal": heal_matrix}[
-        args.what
-    ](args)
+    {
+        "throughput": throughput,
+        "memory": memory,
+        "memory-probe": memory_probe,
+        "lr": lr_check,
+        "heal": heal_matrix,
+        "select": selection,
+    }[args.what](args)
 
 
 if __name__ == "__main__":
