@@ -292,9 +292,10 @@ def selection(args) -> None:
     spec_args = argparse.Namespace(model=args.model, data=args.data, min_keep_layers=0.25, seed=args.seed)
     spec = sq.make_spec(spec_args, "tpe", args.trials, 16_384)
     storage = f"sqlite:///{args.workdir / 'selection.db'}"
-    (args.workdir / "selection.db").unlink(missing_ok=True)
     context = SearchContext(spec)
-    run_search(spec, storage=storage, study_name="selection", context=context)
+    if not (args.reuse_search and (args.workdir / "selection.db").is_file()):
+        (args.workdir / "selection.db").unlink(missing_ok=True)
+        run_search(spec, storage=storage, study_name="selection", context=context)
     front = sorted(pareto_front(storage, "selection"), key=lambda x: x["metrics"]["latency_fraction"])
     under = {b: [x for x in front if x["metrics"]["latency_fraction"] <= b] for b in args.plans}
     proxy = {b: min(xs, key=lambda x: x["metrics"]["kl"])["trial"] for b, xs in under.items() if xs}
@@ -525,6 +526,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--trials", type=int, default=100, help="select: trials of the search")
     parser.add_argument("--candidates", type=int, default=6, help="select: front plans healed")
+    parser.add_argument("--reuse-search", action="store_true", help="select: keep the last run's finished search")
     parser.add_argument("--lr", type=lambda s: dict(x.split("=") for x in words(s)), default={})
     parser.add_argument("--lrs-full", type=floats, default=[1e-4, 3e-4, 1e-3])
     parser.add_argument("--lrs-lora", type=floats, default=[3e-4, 1e-3, 3e-3])
