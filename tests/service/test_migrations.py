@@ -50,14 +50,7 @@ def test_exports_created_before_their_lease_column_survive_the_upgrade(tmp_path)
     try:
         with engine.begin() as conn:
             now = "2026-11-24 00:00:00"
-            conn.execute(
-                sa.text(
-                    "INSERT INTO ps_jobs (id, spec, status, n_trials, parallelism, trials_claimed, trials_done,"
-                    " front_size, active_workers, cancel_requested, created_at)"
-                    " VALUES ('j', '{}', 'succeeded', 1, 1, 1, 1, 0, 0, 0, :now)"
-                ),
-                {"now": now},
-            )
+            _insert_finished_job(conn, now)
             conn.execute(
                 sa.text(
                     "INSERT INTO ps_exports (id, job_id, trial, dtype, status, created_at)"
@@ -119,14 +112,7 @@ def test_0003_adds_the_heal_and_progress_of_exports_and_takes_them_away(tmp_path
         assert not {"heal", "progress"} & export_columns()
         with engine.begin() as conn:
             now = "2026-11-24 00:00:00"
-            conn.execute(
-                sa.text(
-                    "INSERT INTO ps_jobs (id, spec, status, n_trials, parallelism, trials_claimed, trials_done,"
-                    " front_size, active_workers, cancel_requested, created_at)"
-                    " VALUES ('j', '{}', 'succeeded', 1, 1, 1, 1, 0, 0, 0, :now)"
-                ),
-                {"now": now},
-            )
+            _insert_finished_job(conn, now)
             conn.execute(
                 sa.text(
                     "INSERT INTO ps_exports (id, job_id, trial, dtype, status, created_at, attempts)"
@@ -153,14 +139,7 @@ def test_downgrading_below_0003_fails_the_healed_exports_not_yet_written(tmp_pat
     try:
         with engine.begin() as conn:
             now = "2026-11-24 00:00:00"
-            conn.execute(
-                sa.text(
-                    "INSERT INTO ps_jobs (id, spec, status, n_trials, parallelism, trials_claimed, trials_done,"
-                    " front_size, active_workers, cancel_requested, created_at)"
-                    " VALUES ('j', '{}', 'succeeded', 1, 1, 1, 1, 0, 0, 0, :now)"
-                ),
-                {"now": now},
-            )
+            _insert_finished_job(conn, now)
             rows = [
                 ("queued-healed", "queued", '{"steps": 3}'),
                 ("running-healed", "running", '{"steps": 3}'),
@@ -190,3 +169,15 @@ def test_downgrading_below_0003_fails_the_healed_exports_not_yet_written(tmp_pat
         assert "downgraded below 0003" in error
     finally:
         engine.dispose()
+
+
+def _insert_finished_job(conn, now: str) -> None:
+    """Job 'j', succeeded, as a row written by the schema of revision 0001 (the columns every revision has)."""
+    conn.execute(
+        sa.text(
+            "INSERT INTO ps_jobs (id, spec, status, n_trials, parallelism, trials_claimed, trials_done,"
+            " front_size, active_workers, cancel_requested, created_at)"
+            " VALUES ('j', '{}', 'succeeded', 1, 1, 1, 1, 0, 0, 0, :now)"
+        ),
+        {"now": now},
+    )
