@@ -31,14 +31,12 @@ def rdb_storage(url: str) -> optuna.storages.RDBStorage:
 
 def build_storage(url: str) -> optuna.storages.RDBStorage:
     """A new `RDBStorage` for `url`, built again when another process was creating Optuna's tables meanwhile."""
-    for attempt in range(1, SCHEMA_RACE_ATTEMPTS + 1):
+    for attempt in range(1, SCHEMA_RACE_ATTEMPTS):
         try:
             return optuna.storages.RDBStorage(url)
         except _SCHEMA_RACE_ERRORS:
-            if attempt == SCHEMA_RACE_ATTEMPTS:
-                raise
             time.sleep(0.1 * attempt)
-    raise AssertionError("unreachable")
+    return optuna.storages.RDBStorage(url)  # the last attempt's error is the caller's
 
 
 def resolve(storage: str | optuna.storages.BaseStorage) -> optuna.storages.BaseStorage:
