@@ -127,10 +127,7 @@ class CandidateEvaluator:
         for index, batch in enumerate(self.blocks.split(self.batch_size)):
             hidden = stack(input_ids=batch, use_cache=False).last_hidden_state[:, :-1]
             head.accumulate(sums, hidden, self._teacher(index), batch[:, 1:])
-        kl, nll, nll_count, positions = (float(x) for x in (sums.kl, sums.nll, sums.nll_count, sums.positions))
-        ppl = math.exp(nll / nll_count) if nll_count else math.inf
-        # KL >= 0; the cached-entropy form can land a hair below zero in fp32 when the candidate equals the teacher
-        return Quality(kl=max(kl / positions, 0.0), ppl=ppl)
+        return _quality(sums)
 
     @torch.inference_mode()
     def evaluate_model(self, model, token_map: Sequence[int] | None = None) -> Quality:
