@@ -7,7 +7,7 @@ from fastapi import FastAPI
 from prunesearch import __version__
 from prunesearch.search.backend import OptunaBackend, SearchBackend
 from prunesearch.service.api import errors
-from prunesearch.service.api.routes import datasets, exports, jobs, system
+from prunesearch.service.api.routes import datasets, exports, jobs, system, web
 from prunesearch.service.settings import Settings, get_settings
 
 
@@ -19,6 +19,7 @@ def create_app(settings: Settings | None = None, backend: SearchBackend | None =
     app.state.backend = backend or OptunaBackend(app.state.settings.db_url)
     for module in (jobs, exports, datasets, system):
         app.include_router(module.router)
+    web.install(app)  # the page at `/`
     errors.install(app)
     return app
 
