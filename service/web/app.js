@@ -35,7 +35,8 @@ async function api(path, options = {}) {
     } catch (_) {
       // not JSON: keep the status text
     }
-    throw new Error(`${path}: ${response.status} ${detail}`);
+    const hint = response.status === 401 || response.status === 403 ? " (save the API token above)" : "";
+    throw new Error(`${path}: ${response.status} ${detail}${hint}`);
   }
   return response.status === 204 ? null : response.json();
 }
@@ -130,7 +131,8 @@ async function refreshJobs() {
   state.jobs = page.items;
   if (!state.jobId && state.jobs.length) {
     const wanted = new URLSearchParams(location.hash.slice(1)).get("job");
-    state.jobId = state.jobs.some((j) => j.id === wanted) ? wanted : state.jobs[0].id;
+    const shown = state.jobs.find((j) => j.id === wanted) || state.jobs.find((j) => j.trials_done > 0) || state.jobs[0];
+    state.jobId = shown.id;
   }
   renderJobs();
 }

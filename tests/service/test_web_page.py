@@ -51,9 +51,13 @@ def browser():
 
 @pytest.fixture
 def live(settings):
+    """A live server with a finished job and, newer, a queued one; (URL, finished job id, queued job id)."""
     job_id = seed_finished_job(settings)
+    with session_scope(settings.db_url) as session:
+        spec = crud.get_job(session, job_id=job_id).spec
+        queued = crud.create_job(session, spec=spec, parallelism=1, owner=None, idempotency_key=None).id
     with live_server(create_app(settings)) as url:
-        yield url, job_id
+        yield url, job_id, queued
 
 
 def _colours(png: bytes) -> dict[tuple[int, int, int], int]:
@@ -69,7 +73,7 @@ def _near(colour: tuple[int, int, int], target: tuple[int, int, int]) -> bool:
 @pytest.mark.slow
 @needs_chromium
 def test_page_renders_jobs_front_and_plans_and_exports_a_point(live, browser, settings, tmp_path):
-    url, job_id = live
+    url, job_id, queued = live
     pareto = _pareto(url, job_id)
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     errors, requests = [], []
@@ -79,6 +83,8 @@ def test_page_renders_jobs_front_and_plans_and_exports_a_point(live, browser, se
 
     row = page.locator(f'#jobs tr[data-job-id="{job_id}"]')
     row.wait_for()
+    assert page.locator("#jobs tbody tr").count() == 2
+    assert "queued" in page.locator(f'#jobs tr[data-job-id="{queued}"]').inner_text()
     assert "succeeded" in row.inner_text() and "28 / 28" in row.inner_text()
     page.locator("#front-plot .point.front").first.wait_for()
     plot = page.locator("#front-plot")
@@ -125,6 +131,11 @@ def test_page_renders_jobs_front_and_plans_and_exports_a_point(live, browser, se
     drawn = 1 - colours.get((255, 255, 255), 0) / pixels
     blue = sum(count for colour, count in colours.items() if _near(colour, FRONT_BLUE))
     assert len(colours) > 20 and drawn > 0.02 and blue > 100, (len(colours), drawn, blue)
+
+    # The queued job has nothing to plot yet; picking it says so and empties the front table.
+    page.locator(f'#jobs tr[data-job-id="{queued}"]').click()
+    page.get_by_text("no finished trials yet").wait_for()
+    assert page.locator("#front tbody tr").count() == 0 and queued[:8] in page.locator("#job-title").inner_text()
     assert not errors, errors
     assert all(r.startswith(url) or r.startswith("data:") for r in requests), requests  # works offline
 
