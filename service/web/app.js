@@ -18,10 +18,15 @@ const state = {
 };
 
 // ---- HTTP ----------------------------------------------------------------------------------------------------
+// Paths are relative to the page, so the service also works behind a proxy that serves it under a prefix.
 
 function authHeaders() {
   const token = localStorage.getItem(TOKEN_KEY);
   return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
+function relative(path) {
+  return path.replace(/^\//, "");
 }
 
 async function api(path, options = {}) {
@@ -44,7 +49,7 @@ async function api(path, options = {}) {
 async function allTrials(jobId) {
   const trials = [];
   while (trials.length < MAX_TRIALS) {
-    const page = await api(`/v1/jobs/${jobId}/trials?offset=${trials.length}&limit=500`);
+    const page = await api(`v1/jobs/${jobId}/trials?offset=${trials.length}&limit=500`);
     trials.push(...page.items);
     if (page.items.length === 0 || trials.length >= page.total) break;
   }
@@ -127,7 +132,7 @@ function renderJobs() {
 }
 
 async function refreshJobs() {
-  const page = await api("/v1/jobs?limit=100");
+  const page = await api("v1/jobs?limit=100");
   state.jobs = page.items;
   if (!state.jobId && state.jobs.length) {
     const wanted = new URLSearchParams(location.hash.slice(1)).get("job");
@@ -155,7 +160,7 @@ async function refreshJob(force = false) {
   }
   const key = `${job.id}:${job.status}:${job.trials_done}`;
   if (!force && state.view && state.view.key === key) return;
-  const [pareto, trials] = await Promise.all([api(`/v1/jobs/${job.id}/pareto`), allTrials(job.id)]);
+  const [pareto, trials] = await Promise.all([api(`v1/jobs/${job.id}/pareto`), allTrials(job.id)]);
   if (job.id !== state.jobId) return; // another job was picked meanwhile
   state.view = { job, pareto, trials, key };
   renderJob();
@@ -386,7 +391,7 @@ function exportCell(jobId, trial) {
 async function requestExport(jobId, trial, cell) {
   const dtype = document.getElementById("dtype").value;
   const body = JSON.stringify({ trial, dtype });
-  const exp = await api(`/v1/jobs/${jobId}/exports`, {
+  const exp = await api(`v1/jobs/${jobId}/exports`, {
     method: "POST",
     headers: { "Content-Type": "application/json" },
     body,
@@ -401,7 +406,7 @@ async function followExport(jobId, trial, exportId) {
   while (state.exports[key] && state.exports[key].id === exportId && !FINAL_EXPORT.includes(state.exports[key].status)) {
     await new Promise((resolve) => setTimeout(resolve, EXPORT_POLL_MS));
     try {
-      state.exports[key] = await api(`/v1/exports/${exportId}`);
+      state.exports[key] = await api(`v1/exports/${exportId}`);
     } catch (error) {
       showError(error);
       return;
@@ -417,7 +422,7 @@ function showExport(cell, exp) {
   const status = el("span", { class: "export-status", "data-export-id": exp.id }, ` ${exp.status}${phase}`);
   if (exp.status === "succeeded" && exp.download_url) {
     const size = exp.size ? ` ${(exp.size / 1e6).toFixed(1)} MB` : "";
-    const link = el("a", { href: exp.download_url, download: "" }, `download${size}`);
+    const link = el("a", { href: relative(exp.download_url), download: "" }, `download${size}`);
     link.addEventListener("click", (event) => downloadWithToken(event, exp));
     status.append(" ", link);
   } else if (exp.status === "failed") {
@@ -432,7 +437,7 @@ async function downloadWithToken(event, exp) {
   if (!localStorage.getItem(TOKEN_KEY)) return;
   event.preventDefault();
   try {
-    const response = await fetch(exp.download_url, { headers: authHeaders() });
+    const response = await fetch(relative(exp.download_url), { headers: authHeaders() });
     if (!response.ok) throw new Error(`${exp.download_url}: ${response.status}`);
     const url = URL.createObjectURL(await response.blob());
     const save = el("a", { href: url, download: `${exp.id}.tar` });

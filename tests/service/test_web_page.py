@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 import shutil
+import tomllib
+from fnmatch import fnmatch
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ from PIL import Image
 
 from prunesearch.service import crud
 from prunesearch.service.api.main import create_app
+from prunesearch.service.api.routes.web import WEB_DIR
 from prunesearch.service.db import session_scope
 
 from .finished_job import LAYERS, seed_finished_job
@@ -28,7 +31,7 @@ FRONT_BLUE = (0x1F, 0x6F, 0xD1)  # --front in style.css
 def test_the_page_and_its_files_are_served_and_the_api_docs_still_are(api):
     page = api.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    assert '<svg id="front-plot"' in page.text and "/web/app.js" in page.text
+    assert '<svg id="front-plot"' in page.text and '"web/app.js"' in page.text
     script = api.get("/web/app.js")
     assert script.status_code == 200 and "javascript" in script.headers["content-type"]
     assert "Authorization" in script.text  # the stored token goes with every request
@@ -37,6 +40,15 @@ def test_the_page_and_its_files_are_served_and_the_api_docs_still_are(api):
     assert api.get("/docs").status_code == 200
     paths = api.get("/openapi.json").json()["paths"]
     assert "/" not in paths and all(p.startswith(("/v1", "/healthz", "/readyz")) for p in paths)
+
+
+def test_every_file_of_the_page_ships_in_the_package():
+    """A non-editable install carries the page: each of its files matches the package-data globs."""
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    globs = pyproject["tool"]["setuptools"]["package-data"]["prunesearch.service"]
+    names = sorted(path.name for path in WEB_DIR.iterdir())
+    assert {"index.html", "app.js", "style.css"} <= set(names)
+    assert all(any(fnmatch(f"web/{name}", glob) for glob in globs) for name in names)
 
 
 @pytest.fixture
