@@ -36,7 +36,7 @@ def render_model_card(config: Mapping[str, Any], plan: Mapping[str, Any], proven
         f"# {_base_name(provenance)}, structurally pruned by prunesearch\n",
         _base_section(config, provenance),
         _plan_section(plan),
-        _search_section(provenance.get("search")),
+        _search_section(provenance.get("search"), healed=bool(provenance.get("heals"))),
         _heal_section(provenance.get("heals") or []),
         _runtimes_section(runtimes),
         _load_section(runtimes),
@@ -77,15 +77,16 @@ def _base_section(config: Mapping[str, Any], provenance: Mapping[str, Any]) -> s
 def _plan_section(plan: Mapping[str, Any]) -> str:
     layers = plan.get("layers") or []
     removed = [i for i, layer in enumerate(layers) if not layer["heads"] and not layer["ffn"]]
-    heads = sorted({layer["heads"] for layer in layers})
-    ffn = sorted({layer["ffn"] for layer in layers})
+    kept = [layer for i, layer in enumerate(layers) if i not in removed]
+    heads = sorted({layer["heads"] for layer in kept})
+    ffn = sorted({layer["ffn"] for layer in kept})
     lines = [
         "## Plan (`prune_plan.json`)",
         "",
         f"- layers: {len(layers)} in the base model, {len(layers) - len(removed)} kept"
         + (f" (removed: {', '.join(map(str, removed))})" if removed else ""),
-        f"- query heads kept per layer: {', '.join(map(str, heads))}",
-        f"- MLP channels kept per layer: {', '.join(map(str, ffn))}",
+        f"- query heads per kept layer: {', '.join(map(str, heads))} (0: attention removed)",
+        f"- MLP channels per kept layer: {', '.join(map(str, ffn))} (0: MLP removed)",
         f"- vocabulary: {plan.get('vocab') if plan.get('vocab') is not None else 'kept whole'}",
         "",
         _table(("layer", "heads", "MLP"), [(str(i), str(x["heads"]), str(x["ffn"])) for i, x in enumerate(layers)]),
@@ -94,7 +95,7 @@ def _plan_section(plan: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _search_section(search: Mapping[str, Any] | None) -> str:
+def _search_section(search: Mapping[str, Any] | None, *, healed: bool = False) -> str:
     if not search:
         return (
             "## Metrics\n\nWritten by `prunesearch prune` from a plan: no search priced or scored it. Evaluate it "
@@ -114,8 +115,9 @@ def _search_section(search: Mapping[str, Any] | None) -> str:
     ]
     if search.get("dense_latency_ms") is not None:
         priced.append(f"- dense model on the same workload: {_fmt(search['dense_latency_ms'])} ms")
+    before = " Quality was measured before healing (see Healing below)." if healed else ""
     return (
-        "## Metrics (from the search)\n\n"
+        f"## Metrics (from the search)\n\nThe search's proxy scores of the pruned plan.{before}\n\n"
         + _table(("metric", "value"), rows)
         + "\n\n### How latency was priced\n\n"
         + "\n".join(priced)
@@ -134,9 +136,16 @@ def _heal_section(heals: Sequence[Mapping[str, Any]]) -> str:
             f"{settings.get('method', '?')}, {heal.get('steps')} steps, {heal.get('tokens')} tokens"
         )
         for name, values in (heal.get("eval") or {}).items():
-            before, after = _fmt(values.get("before")), _fmt(values.get("after"))
-            lines.append(f"   - {name}: perplexity {before} before, {after} after")
+            lines.append(f"   - `{PurePath(name).name}`: {_perplexities(values.get('before'), values.get('after'))}")
     return "\n".join(lines) + "\n"
+
+
+def _perplexities(before: Any, after: Any) -> str:
+    """'token perplexity A before, B after' (and the other kinds a heal's eval holds, e.g. char_ppl)."""
+    if not isinstance(before, Mapping) or not isinstance(after, Mapping):
+        return f"perplexity {_fmt(before)} before, {_fmt(after)} after"
+    kinds = [key for key in before if key in after]
+    return "; ".join(f"{key.replace('_', ' ')} {_fmt(before[key])} before, {_fmt(after[key])} after" for key in kinds)
 
 
 def _runtimes_section(runtimes: Mapping[str, Any]) -> str:

@@ -126,7 +126,15 @@ PROVENANCE = {
         "latency_objective": "total",
         "workload": {"batch": 1, "prompt_tokens": 512, "generate_tokens": 128, "dtype": "bf16"},
     },
-    "heals": [{"teacher": "/models/tiny-llama", "data_file": "/d.txt", "settings": {"method": "lora"}, "steps": 9}],
+    "heals": [
+        {
+            "teacher": "/models/tiny-llama",
+            "data_file": "/d.txt",
+            "settings": {"method": "lora"},
+            "steps": 9,
+            "eval": {"/data/valid.txt": {"before": {"token_ppl": 118.4}, "after": {"token_ppl": 114.2}}},
+        }
+    ],
 }
 
 
@@ -144,7 +152,9 @@ def test_model_card_front_matter_metrics_pricing_heal_and_stock_loading_code():
     assert {"prunesearch", "pruned", "llama"} <= set(front["tags"]) and "custom_code" not in front["tags"]
     assert "| KL divergence to the dense model (nats/token, proxy) | 0.1235 |" in body
     assert "hardware: `h100-sxm`" in body and "prompt_tokens 512" in body and "latency objective: total" in body
-    assert "## Healing" in body and "lora, 9 steps" in body
+    assert "## Healing" in body and "lora, 9 steps" in body and "measured before healing" in body
+    assert "`valid.txt`: token ppl 118.4 before, 114.2 after" in body
+    assert "query heads per kept layer: 6 (0" in body
     load = body.split("## How to load it")[1]
     assert "model = AutoModelForCausalLM.from_pretrained(path)\n" in load and "trust_remote_code" not in load
     assert "vllm serve path/to/this/folder" in body and "removed: 1" in body
