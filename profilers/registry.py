@@ -23,6 +23,15 @@ def default_dtype(hardware: str) -> DType:
     return DType.BF16
 
 
+def describe_latency_model(hardware: str) -> str:
+    """How a `--hardware` value prices latency, in words (for model cards and provenance)."""
+    return {
+        "local": "roofline with this machine's measured peak rates, dynamic KV cache",
+        "local-calibrated": "per-op model fitted to timings on the worker's CPU",
+        "measured": "timed with PyTorch eager (transformers modeling) on the worker's device",
+    }.get(hardware, f"roofline from the {hardware} datasheet profile (dense peaks x efficiency factors)")
+
+
 def latency_model_for(hardware: str) -> LatencyModel:
     """The latency model behind a `--hardware` value; unknown names raise `HardwareError`."""
     if hardware == "local":

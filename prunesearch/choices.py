@@ -79,6 +79,14 @@ class HealMethod(StrEnum):
     LORA = "lora"
 
 
+class DeployTarget(StrEnum):
+    """Which runtimes a search's plans must export for: any (per-layer shapes allowed) or the stock classes
+    (uniform widths, whole layers removed: stock transformers and serving engines load them)."""
+
+    ANY = "any"
+    STOCK = "stock"
+
+
 def values(choice: type[StrEnum]) -> list[str]:
     """The plain string values of an enum, in definition order (for argparse `choices` and messages)."""
     return [member.value for member in choice]

@@ -14,6 +14,7 @@ from transformers import PreTrainedModel
 from prunesearch.choices import TORCH_DTYPE_NAMES, DType
 
 from .architectures import get_spec
+from .modelcard import MODEL_CARD_FILE, render_model_card
 from .modeling import REMOTE_MODELING_FILE, remote_modeling_source
 from .plan import PrunePlan
 
@@ -73,7 +74,8 @@ def export_checkpoint(
     *,
     kept_token_ids: Sequence[int] | None = None,
 ) -> Path:
-    """Write weights (safetensors), config, tokenizer, generation config, plan, provenance and token map.
+    """Write weights (safetensors), config, tokenizer, generation config, plan, provenance, token map and the
+    model card (README.md).
 
     Heterogeneous models also get `modeling_pruned.py`, so they load with trust_remote_code=True."""
     out = Path(out_dir)
@@ -87,7 +89,21 @@ def export_checkpoint(
     _write_json(out / PROVENANCE_FILE, dict(provenance))
     if kept_token_ids is not None:
         _write_json(out / TOKEN_MAP_FILE, {"new_to_original": list(kept_token_ids)})
+    write_model_card(out)
     return out
+
+
+def write_model_card(checkpoint: str | Path) -> Path:
+    """(Re)write the checkpoint's README.md from its config, plan and provenance (after a heal too)."""
+    checkpoint = Path(checkpoint)
+    config, plan, provenance = (_read_json(checkpoint / name) for name in ("config.json", PLAN_FILE, PROVENANCE_FILE))
+    path = checkpoint / MODEL_CARD_FILE
+    path.write_text(render_model_card(config, plan, provenance))
+    return path
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def read_token_map(checkpoint: str | Path) -> list[int] | None:

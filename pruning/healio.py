@@ -17,7 +17,7 @@ from prunesearch.choices import TORCH_DTYPE_NAMES, DType, TextFormat
 
 from .calibration import load_calibration
 from .evaluate import perplexity
-from .export import PLAN_FILE, PROVENANCE_FILE, load_base_model
+from .export import PLAN_FILE, PROVENANCE_FILE, load_base_model, write_model_card
 from .modeling import load_pruned
 
 # The repository's perplexity protocol: non-overlapping 256-token windows (pruning/evaluate.py).
@@ -159,6 +159,7 @@ def _write_checkpoint(model, student_dir: Path, tmp: Path, dtype: torch.dtype, h
             shutil.copyfile(student_dir / name, tmp / name)
     _set_config_dtype(tmp / "config.json", dtype)
     _add_heal_provenance(tmp / PROVENANCE_FILE, heal_record)
+    write_model_card(tmp)
 
 
 def _set_config_dtype(path: Path, dtype: torch.dtype) -> None:

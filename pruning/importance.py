@@ -10,13 +10,15 @@ head or an MLP channel removes exactly those columns; head scores are summed ove
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
 
 from prunesearch.choices import CriterionName
 
+from .architectures import ArchitectureSpec
+from .deploy import stock_bias_parts
 from .modules import AttentionParts, MlpParts, attention_parts, decoder_layers, mlp_parts, spec_of
 from .stats import ActivationStats
 
@@ -38,7 +40,22 @@ class ImportanceScores:
 
     @property
     def compensates_bias(self) -> bool:
-        return self.attn_input_mean is not None
+        return self.attn_input_mean is not None or self.mlp_input_mean is not None
+
+    def compensating_parts(self, spec: ArchitectureSpec) -> set[str]:
+        """The sublayers (`spec.attention`, `spec.mlp`) whose removed channels move into an output bias."""
+        parts = {spec.attention: self.attn_input_mean, spec.mlp: self.mlp_input_mean}
+        return {part for part, means in parts.items() if means is not None}
+
+    def stock_compensation(self, spec: ArchitectureSpec) -> ImportanceScores:
+        """These scores with bias compensation kept only where the stock config can switch a bias on (so a
+        uniform plan still exports with the stock class; `deploy: stock`)."""
+        allowed = stock_bias_parts(spec)
+        return replace(
+            self,
+            attn_input_mean=self.attn_input_mean if spec.attention in allowed else None,
+            mlp_input_mean=self.mlp_input_mean if spec.mlp in allowed else None,
+        )
 
 
 @runtime_checkable

@@ -11,7 +11,7 @@ import torch
 import transformers
 from transformers import PretrainedConfig, PreTrainedModel
 
-from . import remote_modeling
+from . import deploy, remote_modeling
 from .architectures import ArchitectureSpec, get_spec, model_shape
 from .plan import LayerPlan, ModelShape, PrunePlan
 
@@ -24,15 +24,10 @@ TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
 def needs_remote_code(
     spec: ArchitectureSpec, shape: ModelShape, plan: PrunePlan, output_bias: Mapping[str, Sequence[int]]
 ) -> bool:
-    """True unless stock transformers modeling can represent the pruned model."""
-    if not plan.is_uniform():
-        return True
-    kept = plan.kept_layer_indices()
-    if spec.heads_must_divide_hidden and shape.hidden_size % plan.layers[kept[0]].heads:
-        return True
-    attn_bias = any(i in kept for i in output_bias.get(spec.attention, ()))
-    mlp_bias = any(i in kept for i in output_bias.get(spec.mlp, ()))
-    return (attn_bias and spec.attention_bias_flag is None) or (mlp_bias and spec.mlp_bias_flag is None)
+    """True unless stock transformers modeling can represent the pruned model (`deploy.stock_problems`)."""
+    kept = set(plan.kept_layer_indices())
+    biased = [part for part, indices in output_bias.items() if kept.intersection(indices)]
+    return deploy.needs_remote_code(spec, shape, plan, biased)
 
 
 def pruned_config(

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +12,9 @@ import torch
 
 from prunesearch.choices import CriterionName, DType
 
-from .architectures import model_shape
+from .architectures import get_spec, model_shape
 from .calibration import CalibrationDoc, load_calibration, token_blocks
+from .deploy import Runtimes, compensated_parts, runtimes_for
 from .export import export_checkpoint, load_base_model, parse_dtype
 from .importance import ImportanceScores, compute_importance
 from .modeling import model_class_for
@@ -96,30 +98,52 @@ def prune_checkpoint(
     calibration: ImportanceCalibration = ImportanceCalibration(),
     dtype: str = DType.FP32,
     device: str = "cpu",
+    stock_only: bool = False,
+    search: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Prune the checkpoint in `model_dir` by `plan`, write the result to `out_dir`, return a summary."""
+    """Prune the checkpoint in `model_dir` by `plan`, write the result to `out_dir`, return a summary.
+
+    `stock_only` keeps bias compensation only where the stock config can hold the bias (`deploy: stock`);
+    `search` (the trial's metrics and how it was priced) goes into the provenance and the model card."""
     started = time.perf_counter()
     target_dtype = parse_dtype(dtype)
     model, tokenizer = load_base_model(model_dir, device=device)
-    plan.validate_for(model_shape(model.config, num_special_tokens=len(tokenizer.all_special_ids)))
+    shape = model_shape(model.config, num_special_tokens=len(tokenizer.all_special_ids))
+    plan.validate_for(shape)
     docs = load_calibration(calibration.path, tokenizer) if calibration.path else None
     criterion = criterion or (CriterionName.FLAP if docs else CriterionName.MAGNITUDE)
     run = _importance(model, criterion, docs, tokenizer, calibration)
+    spec = get_spec(model.config.model_type)
+    if stock_only:
+        run = replace(run, scores=run.scores.stock_compensation(spec))
     kept_tokens = _kept_tokens(plan, model.config.vocab_size, tokenizer, docs)
     pruned = apply_plan(model, plan, run.scores, kept_token_ids=kept_tokens, dtype=target_dtype)
     new_tokenizer = trim_tokenizer(tokenizer, kept_tokens) if kept_tokens is not None else tokenizer
-    provenance = _provenance(model, model_dir, criterion, run, calibration.path)
+    biased = compensated_parts(spec, shape, plan, run.scores.compensating_parts(spec))
+    runtimes = runtimes_for(spec, shape, plan, biased)
+    provenance = _provenance(model, model_dir, criterion, run, calibration.path) | {"runtimes": runtimes.to_dict()}
+    if search is not None:
+        provenance["search"] = dict(search)
+    _check_runtimes(runtimes, pruned.config)
     export_checkpoint(pruned, new_tokenizer, plan, out_dir, provenance, kept_token_ids=kept_tokens)
     return {
         "out": str(out_dir),
         "criterion": criterion,
-        "stock_loadable": "auto_map" not in pruned.config.to_dict(),
+        "stock_loadable": runtimes.stock_transformers,
+        "runtimes": runtimes.to_dict(),
         "parameters": {"before": count_parameters(model), "after": count_parameters(pruned)},
         "vocab": {"before": model.config.vocab_size, "after": pruned.config.vocab_size},
         "layers": layer_shapes(pruned),
         "importance_cached": run.cached,
         "seconds": round(time.perf_counter() - started, 3),
     }
+
+
+def _check_runtimes(runtimes: Runtimes, config) -> None:
+    """The decision from the plan and the config surgery wrote must agree (a stock config has no auto_map)."""
+    stock_config = "auto_map" not in config.to_dict()
+    if runtimes.stock_transformers != stock_config:
+        raise RuntimeError(f"runtime decision ({runtimes.architecture}) disagrees with the exported config")
 
 
 def _provenance(model, model_dir, criterion: str, run: _ImportanceRun, calibration_path) -> dict:

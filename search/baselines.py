@@ -19,8 +19,12 @@ def _uniform(knobs: Knobs, ratio: float) -> dict[str, Any] | None:
     shape = knobs.shape
     group_cuts = min(knobs.max_group_cuts, round((1 - ratio) * shape.num_kv_heads))
     ffn_cuts = min(knobs.max_ffn_cuts, round((1 - ratio) * shape.intermediate_size / knobs.ffn_step))
+    if knobs.stock:  # the nearest allowed uniform cut at or below the ratio's
+        group_cuts = max((c for c in knobs.stock_group_cuts or () if c <= group_cuts), default=0)
     if not group_cuts and not ffn_cuts:
         return None
+    if knobs.stock:
+        return {"group_cuts": group_cuts, "ffn_cuts": ffn_cuts}
     if knobs.space.parametrization == "profile":
         params: dict[str, Any] = {}
         if knobs.max_group_cuts:
@@ -40,10 +44,10 @@ def _uniform(knobs: Knobs, ratio: float) -> dict[str, Any] | None:
 def _layer_removal(knobs: Knobs, count: int) -> dict[str, Any]:
     dropped = knobs.order[:count]
     if knobs.space.parametrization == "profile":
-        if knobs.space.depth == "layers":
+        if knobs.depth == "layers":
             return {"drop_layers": count}
         return {"drop_attn": count, "drop_mlp": count}
-    if knobs.space.depth == "layers":
+    if knobs.depth == "layers":
         return {f"keep_layer_{i}": False for i in dropped}
     return {f"{name}_{i}": False for i in dropped for name in ("keep_attn", "keep_mlp")}
 
@@ -55,7 +59,7 @@ def baseline_params(knobs: Knobs) -> list[tuple[str, dict[str, Any]]]:
         params = _uniform(knobs, ratio)
         if params is not None:
             found.append((f"uniform-{ratio:g}", params))
-    if knobs.space.depth != "none":
+    if knobs.depth != "none":
         for count in range(1, knobs.max_removed_sublayers + 1):
             found.append((f"shortgpt-{count}", _layer_removal(knobs, count)))
     unique, seen = [], set()

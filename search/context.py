@@ -9,8 +9,9 @@ from typing import Any
 
 from prunesearch.profilers.latency import LatencyEstimate, LatencyModel, Workload
 from prunesearch.profilers.registry import latency_model_for
-from prunesearch.pruning.architectures import model_shape
+from prunesearch.pruning.architectures import get_spec, model_shape
 from prunesearch.pruning.calibration import load_calibration, token_blocks
+from prunesearch.pruning.deploy import stock_head_counts
 from prunesearch.pruning.export import load_base_model
 from prunesearch.pruning.importance import compute_importance
 from prunesearch.pruning.plan import PrunePlan
@@ -51,8 +52,13 @@ class SearchContext:
         settings = spec.calibration_settings
         blocks = token_blocks(self.tokenizer, docs, settings.seq_len, settings.tokens)
         stats, _ = cached_activation_stats(self.model, blocks, progress=progress)
+        architecture = get_spec(self.model.config.model_type)
         self.scores = compute_importance(self.model, settings.criterion, stats)
-        self.knobs: Knobs = resolve(self.shape, spec.space, stats.influence.tolist())
+        stock_heads = None
+        if spec.stock_only:  # deploy: stock: the space holds stock-loadable plans only (see parametrize)
+            self.scores = self.scores.stock_compensation(architecture)
+            stock_heads = stock_head_counts(architecture, self.shape)
+        self.knobs: Knobs = resolve(self.shape, spec.space, stats.influence.tolist(), stock_heads=stock_heads)
         self.evaluator = CandidateEvaluator(self.model, blocks, self.scores)
         self.frequencies = token_frequencies(self.tokenizer, [doc.coverage_text for doc in docs])
         self.latency_model: LatencyModel = latency_model_for(spec.hardware)

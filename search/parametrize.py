@@ -6,6 +6,10 @@ Two parametrisations of the same space:
 - `profile`: a global kept ratio per knob plus a linear layer-wise slope, and how many sublayers to drop in
   block-influence order (fewest variables; better for deep models).
 Parameters count *cuts* (0 = dense), so the dense model and every baseline are points of the space.
+
+With `constraints.deploy: stock` the space shrinks to plans the stock classes load (`pruning.deploy`): one
+`group_cuts` and one `ffn_cuts` for every layer (head counts the stock config can state), and removal of whole
+layers only (`keep_layer_{i}` per layer, or `drop_layers` in block-influence order for `profile`).
 """
 
 from __future__ import annotations
@@ -41,6 +45,12 @@ class Knobs:
     max_ffn_cuts: int
     touchable: tuple[int, ...]
     order: tuple[int, ...]  # layer indices, least influential first (ShortGPT order)
+    depth: str = "sublayers"  # the space's depth knob; "layers" where sublayers would break stock loading
+    stock_group_cuts: tuple[int, ...] | None = None  # deploy: stock: the allowed uniform KV-group cuts
+
+    @property
+    def stock(self) -> bool:
+        return self.stock_group_cuts is not None
 
     @property
     def max_removed_sublayers(self) -> int:
@@ -59,8 +69,16 @@ def default_ffn_step(shape: ModelShape) -> int:
     return 64 if shape.intermediate_size >= 1024 else 8
 
 
-def resolve(shape: ModelShape, space: SearchSpace, influence: Sequence[float] | None = None) -> Knobs:
-    """Bounds of every knob for this model; raises ValueError for layers the model does not have."""
+def resolve(
+    shape: ModelShape,
+    space: SearchSpace,
+    influence: Sequence[float] | None = None,
+    *,
+    stock_heads: Sequence[int] | None = None,
+) -> Knobs:
+    """Bounds of every knob for this model; raises ValueError for layers the model does not have.
+
+    `stock_heads` (`pruning.deploy.stock_head_counts`) restricts the space to stock-loadable plans."""
     touchable = tuple(space.layers) if space.layers is not None else tuple(range(shape.num_layers))
     bad = [i for i in touchable if i >= shape.num_layers]
     if bad:
@@ -70,20 +88,30 @@ def resolve(shape: ModelShape, space: SearchSpace, influence: Sequence[float] | 
     min_ffn = max(1, math.ceil(shape.intermediate_size * space.min_keep.ffn))
     scores = list(influence) if influence is not None else [0.0] * shape.num_layers
     order = tuple(sorted(touchable, key=lambda i: (scores[i], i)))
+    max_group_cuts = (shape.num_kv_heads - min_groups) if space.heads else 0
+    stock_cuts = None
+    if stock_heads is not None:
+        allowed = {shape.num_kv_heads - heads // shape.group_size for heads in stock_heads}
+        stock_cuts = tuple(c for c in range(max_group_cuts + 1) if c in allowed) or (0,)
+        max_group_cuts = stock_cuts[-1]
     return Knobs(
         shape=shape,
         space=space,
         ffn_step=step,
-        max_group_cuts=(shape.num_kv_heads - min_groups) if space.heads else 0,
+        max_group_cuts=max_group_cuts,
         max_ffn_cuts=((shape.intermediate_size - min_ffn) // step) if space.ffn else 0,
         touchable=touchable,
         order=order,
+        depth="layers" if stock_cuts is not None and space.depth == "sublayers" else space.depth,
+        stock_group_cuts=stock_cuts,
     )
 
 
 def suggest_plan(trial: TrialLike, knobs: Knobs) -> PrunePlan:
     """Ask `trial` for every parameter of the space and build the plan they describe."""
-    if knobs.space.parametrization == "profile":
+    if knobs.stock:
+        heads, ffn, attn_on, mlp_on = _suggest_stock(trial, knobs)
+    elif knobs.space.parametrization == "profile":
         heads, ffn, attn_on, mlp_on = _suggest_profile(trial, knobs)
     else:
         heads, ffn, attn_on, mlp_on = _suggest_per_layer(trial, knobs)
@@ -99,12 +127,34 @@ def _suggest_per_layer(trial: TrialLike, knobs: Knobs):
             )
         if knobs.max_ffn_cuts:
             ffn[i] = knobs.ffn_for(trial.suggest_int(f"ffn_cuts_{i}", 0, knobs.max_ffn_cuts))
-        if knobs.space.depth == "layers":
+        if knobs.depth == "layers":
             attn_on[i] = mlp_on[i] = trial.suggest_categorical(f"keep_layer_{i}", [True, False])
-        elif knobs.space.depth == "sublayers":
+        elif knobs.depth == "sublayers":
             attn_on[i] = trial.suggest_categorical(f"keep_attn_{i}", [True, False])
             mlp_on[i] = trial.suggest_categorical(f"keep_mlp_{i}", [True, False])
     return heads, ffn, attn_on, mlp_on
+
+
+def _suggest_stock(trial: TrialLike, knobs: Knobs):
+    """One width for every layer, and whole layers kept or removed (stock-loadable plans only)."""
+    shape, layers = knobs.shape, range(knobs.shape.num_layers)
+    heads, ffn = {}, {}
+    if knobs.max_group_cuts:
+        cuts = knobs.stock_group_cuts or (0,)
+        if cuts == tuple(range(len(cuts))):
+            group_cuts = trial.suggest_int("group_cuts", 0, cuts[-1])
+        else:
+            group_cuts = trial.suggest_categorical("group_cuts", list(cuts))
+        heads = dict.fromkeys(layers, shape.num_heads - group_cuts * shape.group_size)
+    if knobs.max_ffn_cuts:
+        ffn = dict.fromkeys(layers, knobs.ffn_for(trial.suggest_int("ffn_cuts", 0, knobs.max_ffn_cuts)))
+    kept: dict[int, bool] = {}
+    if knobs.depth == "layers" and knobs.space.parametrization == "profile" and knobs.max_removed_sublayers:
+        dropped = set(knobs.order[: trial.suggest_int("drop_layers", 0, knobs.max_removed_sublayers)])
+        kept = {i: i not in dropped for i in knobs.touchable}
+    elif knobs.depth == "layers" and knobs.space.parametrization == "per_layer":
+        kept = {i: trial.suggest_categorical(f"keep_layer_{i}", [True, False]) for i in knobs.touchable}
+    return heads, ffn, kept, kept
 
 
 def _profile_values(ratio: float, slope: float, layers: Sequence[int], low: float) -> dict[int, float]:
@@ -117,7 +167,7 @@ def _profile_values(ratio: float, slope: float, layers: Sequence[int], low: floa
 
 
 def _suggest_profile(trial: TrialLike, knobs: Knobs):
-    shape, space, layers = knobs.shape, knobs.space, sorted(knobs.touchable)
+    shape, layers = knobs.shape, sorted(knobs.touchable)
     heads, ffn, attn_on, mlp_on = {}, {}, {}, {}
     if knobs.max_group_cuts:
         low = 1 - knobs.max_group_cuts / shape.num_kv_heads
@@ -138,10 +188,10 @@ def _suggest_profile(trial: TrialLike, knobs: Knobs):
         )
         ffn = {i: knobs.ffn_for(round((1 - f) * shape.intermediate_size / knobs.ffn_step)) for i, f in kept.items()}
     limit = knobs.max_removed_sublayers
-    if space.depth == "layers" and limit:
+    if knobs.depth == "layers" and limit:
         dropped = set(knobs.order[: trial.suggest_int("drop_layers", 0, limit)])
         attn_on = mlp_on = {i: i not in dropped for i in layers}
-    elif space.depth == "sublayers" and limit:
+    elif knobs.depth == "sublayers" and limit:
         attn_drop = set(knobs.order[: trial.suggest_int("drop_attn", 0, limit)])
         mlp_drop = set(knobs.order[: trial.suggest_int("drop_mlp", 0, limit)])
         attn_on = {i: i not in attn_drop for i in layers}

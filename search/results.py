@@ -13,6 +13,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from prunesearch.choices import DType
+from prunesearch.profilers.registry import describe_latency_model
 from prunesearch.pruning.plan import PrunePlan
 
 from . import healselect, pareto
@@ -207,8 +208,27 @@ def export_trial(
         calibration=calibration,
         dtype=dtype,
         device=device,
+        stock_only=spec.stock_only,
+        search=search_record(study, spec, trial),
     )
     return summary | {"trial": trial, "study": study_name}
+
+
+def search_record(study: optuna.Study, spec: SearchSpec, number: int) -> dict[str, Any]:
+    """What the export's provenance and model card say of the search: the trial's metrics and how it was priced."""
+    trial = {t.number: t for t in study.get_trials(deepcopy=False)}[number]
+    return {
+        "study": study.study_name,
+        "trial": number,
+        "baseline": trial.user_attrs.get("baseline"),
+        "metrics": copy.deepcopy(trial.user_attrs.get("metrics", {})),
+        "hardware": spec.hardware,
+        "latency_model": describe_latency_model(spec.hardware),
+        "latency_objective": spec.objectives.latency,
+        "workload": spec.model_dump(mode="json")["workload"],
+        "dense_latency_ms": study.user_attrs.get("dense_latency_ms"),
+        "deploy": spec.constraints.deploy.value,
+    }
 
 
 def healed_front_of(study: optuna.Study) -> list[dict[str, Any]]:

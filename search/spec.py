@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from prunesearch.choices import CriterionName, HealMethod, Sampler
+from prunesearch.choices import CriterionName, DeployTarget, HealMethod, Sampler
 from prunesearch.profilers.latency import Workload
 from prunesearch.pruning.healsettings import HealSettings
 
@@ -61,6 +61,12 @@ class Constraints(_Strict):
     latency_budget_ms: float | None = Field(None, gt=0, description="at most this many milliseconds")
     vocab_coverage: float | None = Field(None, gt=0, le=1, description="min fraction of calibration tokens kept")
     fit_in_memory: bool = True
+    # A spec without the constraint dumps as before the field existed (stored specs, studies, job views).
+    deploy: DeployTarget = Field(
+        DeployTarget.ANY,
+        description="stock: only plans whose export loads with the stock transformers class (and serving engines)",
+        exclude_if=lambda value: value == DeployTarget.ANY,
+    )
 
     @model_validator(mode="after")
     def _one_budget(self) -> Constraints:
@@ -126,6 +132,21 @@ class SearchSpec(_Strict):
         description="heal the best candidates after the search (default: off)",
         exclude_if=lambda value: value is None,
     )
+
+    @model_validator(mode="after")
+    def _stock_widths_everywhere(self) -> SearchSpec:
+        space = self.space
+        if self.constraints.deploy == DeployTarget.STOCK and space.layers is not None and (space.heads or space.ffn):
+            raise ValueError(
+                "deploy: stock prunes heads and MLP widths uniformly in every layer, so space.layers cannot limit "
+                "them: drop space.layers, or set space.heads and space.ffn to false to remove only those layers"
+            )
+        return self
+
+    @property
+    def stock_only(self) -> bool:
+        """Only plans whose export loads with the stock classes (`constraints.deploy: stock`)."""
+        return self.constraints.deploy == DeployTarget.STOCK
 
     def latency_budget_ms(self, dense_ms: float) -> float | None:
         """The latency budget in milliseconds, given the dense model's latency."""

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
+from importlib.resources import files
 from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-import prunesearch
-
-# The repository's examples folder: holds the bundled demo model `tiny-llama` (examples/train_tiny_llama.py).
-EXAMPLES_DIR = Path(prunesearch.__file__).resolve().parent.parent / "examples"
+# The bundled examples (the repository's examples/, installed as package data of `prunesearch.examples`): hold the
+# demo model `tiny-llama` (examples/train_tiny_llama.py).
+EXAMPLES_DIR = Path(str(files("prunesearch.examples")))
 BUNDLED_EXAMPLES = EXAMPLES_DIR / "tiny-llama"
 
 

@@ -11,9 +11,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / ".ci" / "lint-imports"
-SOURCES = ("pyproject.toml", "README.md", "prunesearch", "pruning", "profilers", "search", "service", "migrations")
-# What profilers may read from pruning: plans and architecture data (the table and the classes built from it).
-PROFILERS_MAY_READ = {"__init__", "plan", "architectures", "modeling", "remote_modeling"}
+SOURCES = (
+    *("pyproject.toml", "README.md", "prunesearch", "pruning", "profilers", "search", "service", "migrations"),
+    "examples",
+)
+# What profilers may read from pruning: plans and architecture data (the table and the classes built from it, and
+# the pure stock-or-not decision those classes follow).
+PROFILERS_MAY_READ = {"__init__", "plan", "architectures", "deploy", "modeling", "remote_modeling"}
 
 needs_linter = pytest.mark.skipif(shutil.which("lint-imports") is None, reason="import-linter is not installed")
 
