@@ -8,7 +8,6 @@ from __future__ import annotations
 import re
 import sys
 import tempfile
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,8 @@ class PathRedactor:
         self.roots = re.compile(rf"(?<![\w.~/-])(?:{alternatives})(?:/|(?=[\s'\"<>(),;:|]|$))")
 
     def text(self, value: str) -> str:
+        if "/" not in value:
+            return value
         value = self.roots.sub(lambda match: "" if match.group().endswith("/") else ".", value)
         return _ABSOLUTE.sub(lambda match: match.group(1) or ".", value)
 
@@ -39,6 +40,21 @@ class PathRedactor:
         if isinstance(value, list | tuple):
             return [self(v) for v in value]
         return value
+
+
+def redactor_for(settings: Settings) -> PathRedactor:
+    """The redactor of `settings`' directories (built once per set of directories)."""
+    key = (settings.data_dir, settings.exports_dir, settings.model_roots, settings.calibration_roots)
+    key = tuple(tuple(v) if isinstance(v, list) else v for v in key)
+    redactor = _REDACTORS.get(key)
+    if redactor is None:
+        if len(_REDACTORS) >= 64:
+            _REDACTORS.clear()
+        redactor = _REDACTORS[key] = PathRedactor(server_roots(settings))
+    return redactor
+
+
+_REDACTORS: dict[tuple, PathRedactor] = {}
 
 
 def server_roots(settings: Settings) -> tuple[str, ...]:
@@ -55,11 +71,3 @@ def server_roots(settings: Settings) -> tuple[str, ...]:
     ]
     return tuple(str(Path(root).expanduser().absolute()) for root in roots if str(root) not in ("", "/"))
 
-
-def redactor_for(settings: Settings) -> PathRedactor:
-    return _redactor(server_roots(settings))
-
-
-@lru_cache(maxsize=16)
-def _redactor(roots: tuple[str, ...]) -> PathRedactor:
-    return PathRedactor(roots)

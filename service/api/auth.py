@@ -22,6 +22,8 @@ bearer = HTTPBearer(
     description="an API token from `prunesearch token create`; optional on a server listening on loopback only",
 )
 M = TypeVar("M", bound=BaseModel)
+# For the OpenAPI schema of routers whose routes depend on `deps.current_owner`.
+UNAUTHORIZED: dict[int | str, dict] = {401: {"description": "a bad or revoked token, or none where one is required"}}
 
 
 def unauthorized(message: str, error: str | None = None) -> HTTPException:

@@ -10,11 +10,14 @@ from fastapi import APIRouter, Depends, HTTPException, UploadFile
 
 from prunesearch.choices import TextFormat, values
 from prunesearch.service import crud
+from prunesearch.service.api.auth import UNAUTHORIZED
 from prunesearch.service.api.deps import CurrentOwner, SessionDep, SettingsDep, current_owner
 from prunesearch.service.models import new_id
 from prunesearch.service.schemas import DatasetPublic
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"], dependencies=[Depends(current_owner)])
+router = APIRouter(
+    prefix="/v1/datasets", tags=["datasets"], dependencies=[Depends(current_owner)], responses=UNAUTHORIZED
+)
 EXTENSIONS = tuple(values(TextFormat))
 CHUNK = 1 << 20
 

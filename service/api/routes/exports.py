@@ -9,12 +9,12 @@ from fastapi.responses import FileResponse
 
 from prunesearch.choices import ExportStatus
 from prunesearch.service import crud
-from prunesearch.service.api.auth import for_caller
+from prunesearch.service.api.auth import UNAUTHORIZED, for_caller
 from prunesearch.service.api.deps import CurrentOwner, ExportDep, JobDep, SessionDep, SettingsDep, current_owner
 from prunesearch.service.exports import heal_record
 from prunesearch.service.schemas import ExportCreate, ExportPublic
 
-router = APIRouter(tags=["exports"], dependencies=[Depends(current_owner)])
+router = APIRouter(tags=["exports"], dependencies=[Depends(current_owner)], responses=UNAUTHORIZED)
 
 
 @router.post("/v1/jobs/{job_id}/exports", status_code=202, response_model=ExportPublic)

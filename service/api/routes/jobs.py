@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from prunesearch.choices import JobStatus
 from prunesearch.search.backend import SearchBackend
 from prunesearch.service import crud
-from prunesearch.service.api.auth import for_caller
+from prunesearch.service.api.auth import UNAUTHORIZED, for_caller
 from prunesearch.service.api.cache import TTLCache
 from prunesearch.service.api.deps import (
     BackendDep,
@@ -33,13 +33,15 @@ from prunesearch.service.models import Job, is_id
 from prunesearch.service.schemas import JobCreate, JobPublic, Page, ParetoPublic
 from prunesearch.service.settings import Settings
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(current_owner)])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(current_owner)], responses=UNAUTHORIZED)
 # job id -> (owner, the admin's view, everyone else's view)
 JOB_VIEWS: TTLCache[tuple[str, bytes, bytes]] = TTLCache(ttl_s=0.25)
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
-@router.post("", status_code=202, response_model=JobPublic)
+@router.post(
+    "", status_code=202, response_model=JobPublic, responses={403: {"description": "`owner` names another account"}}
+)
 def create_job(
     body: JobCreate,
     response: Response,
