@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from .auth import LOCAL, Principal
+from .auth import Principal
 from .jobs import text_file
 from .models import Job
 from .schemas import HealOptions
@@ -15,7 +15,7 @@ from .settings import Settings
 
 
 def heal_record(
-    options: HealOptions | None, job: Job, settings: Settings, session: Session, principal: Principal = LOCAL
+    options: HealOptions | None, job: Job, settings: Settings, session: Session, principal: Principal
 ) -> dict[str, Any] | None:
     """The heal as stored on the export: the options with `data` and `eval` as checked local paths (uploads
     `principal` may use)."""

@@ -11,7 +11,7 @@ from prunesearch.profilers.hardware import HardwareError, known_profiles, user_p
 from prunesearch.profilers.registry import LOCAL_NAMES
 
 from . import crud
-from .auth import LOCAL, Principal
+from .auth import Principal
 from .models import Dataset, Job, is_id
 from .paths import PathRejected, resolve_calibration, resolve_model
 from .schemas import JobCreate
@@ -25,7 +25,7 @@ def check_hardware(name: str) -> None:
         raise HardwareError(f"unknown hardware {name!r}; known: {', '.join(known)}")
 
 
-def resolved_spec(body: JobCreate, settings: Settings, session: Session, principal: Principal = LOCAL) -> dict:
+def resolved_spec(body: JobCreate, settings: Settings, session: Session, principal: Principal) -> dict:
     """The stored spec: the body's search part with model and calibration as checked local paths (uploads of
     other owners are not `principal`'s to name)."""
     check_hardware(body.hardware)
@@ -73,7 +73,7 @@ def checked_path(field: str, resolve) -> str:
 
 
 def submit_job(
-    body: JobCreate, settings: Settings, session: Session, idempotency_key: str | None, principal: Principal = LOCAL
+    body: JobCreate, settings: Settings, session: Session, idempotency_key: str | None, principal: Principal
 ) -> Job:
     """Insert the job for `principal` (or, by an admin, for `body.owner`), or return the one its owner already
     created with this idempotency key."""

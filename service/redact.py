@@ -70,4 +70,3 @@ def server_roots(settings: Settings) -> tuple[str, ...]:
         Path(sys.prefix),
     ]
     return tuple(str(Path(root).expanduser().absolute()) for root in roots if str(root) not in ("", "/"))
-

@@ -177,6 +177,9 @@ def test_collections_hold_only_ones_own(settings, fake, clients):
         upload = client.post("/v1/datasets", files={"file": ("more.txt", b"more text\n" * 20)})
         assert upload.json()["owner"] == listed.json()["items"][0]["owner"]
         assert client.post("/v1/jobs", json=job_body(owner="someone-else")).status_code == 403
+        odd = client.post("/v1/jobs", json=job_body(model="y" * 300))  # the filesystem error names a full path
+        assert odd.status_code == 422 and "too long" in odd.text
+        _no_server_paths(odd.text, settings)
     # Idempotency keys are per owner: the same key is two jobs, and a retry returns one's own.
     first = {
         n: clients[n].post("/v1/jobs", json=job_body(), headers={"Idempotency-Key": "k"}).json()
