@@ -12,8 +12,9 @@ import sys
 from prunesearch import migrations
 from prunesearch.cliutil import CLIError
 
-from . import client_cli, demo
-from .db import upgrade_schema
+from . import client_cli, demo, token_cli
+from .auth import has_live_tokens, is_loopback
+from .db import session_scope, upgrade_schema
 from .settings import Settings
 
 
@@ -42,6 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--no-worker", action="store_true", help="run the API alone")
     serve.set_defaults(handler=_serve)
+    token_cli.register(subparsers, _server_options, settings_from)
     client_cli.register(subparsers)
     demo.register(subparsers)
 
@@ -95,9 +97,12 @@ def _serve(args: argparse.Namespace) -> None:
 
     settings = settings_from(args)
     upgrade_schema(settings.db_url)
+    settings = guard_listen(args.host, settings)
     worker = None if args.no_worker else start_worker(settings)
     where = "API only" if worker is None else f"with worker pid {worker.pid}"
     print(f"prunesearch serving on http://{args.host}:{args.port} ({where}); data in {settings.data_dir}", flush=True)
+    tokens = "required" if settings.require_token else "optional (requests without one act as the local admin)"
+    print(f"API tokens: {tokens}", flush=True)
     # uvicorn re-raises SIGTERM after its graceful shutdown; turn it into SystemExit so `finally` runs.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
@@ -105,6 +110,21 @@ def _serve(args: argparse.Namespace) -> None:
     finally:
         if worker is not None:
             stop_process(worker)
+
+
+def guard_listen(host: str, settings: Settings) -> Settings:
+    """The settings to serve on `host` with: beyond loopback every request needs a token, and with no token
+    created yet nobody could use the API, so refuse to start."""
+    if is_loopback(host):
+        return settings
+    with session_scope(settings.db_url) as session:
+        if not has_live_tokens(session):
+            raise CLIError(
+                f"refusing to listen on {host}: beyond loopback the API requires tokens and there are none;"
+                " create one with `prunesearch token create --name NAME --admin` (same --database-url/--data-dir),"
+                " or serve on 127.0.0.1"
+            )
+    return settings.model_copy(update={"require_token": True})
 
 
 def start_worker(settings: Settings) -> subprocess.Popen:

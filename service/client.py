@@ -25,11 +25,17 @@ def default_server() -> str:
     return os.environ.get("PRUNESEARCH_SERVER", DEFAULT_SERVER)
 
 
-class Client:
-    """One method per endpoint the CLI uses."""
+def default_token() -> str | None:
+    return os.environ.get("PRUNESEARCH_TOKEN") or None
 
-    def __init__(self, server: str | None = None, timeout: float = 30.0) -> None:
-        self.http = httpx.Client(base_url=server or default_server(), timeout=timeout)
+
+class Client:
+    """One method per endpoint the CLI uses; `token`: an API token, sent as `Authorization: Bearer` (None: no
+    token, which a server on loopback accepts as its local admin)."""
+
+    def __init__(self, server: str | None = None, timeout: float = 30.0, token: str | None = None) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=server or default_server(), timeout=timeout, headers=headers)
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         try:

@@ -1,4 +1,5 @@
-"""Client commands (all take `--server URL`): submit, status, pareto, download, and the remote form of export."""
+"""Client commands (all take `--server URL` and `--token TOKEN`): submit, status, pareto, download, and the remote
+form of export."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 from prunesearch.choices import FINAL_JOB_STATUSES, ExportStatus, HealMethod, JobStatus, values
 from prunesearch.cliutil import CLIError, output_dir, print_json, read_json
 
-from .client import Client, ServiceError, default_server
+from .client import Client, ServiceError, default_server, default_token
 
 TABLE_METRICS = (
     *("kl", "ppl", "healed_kl", "healed_ppl"),
@@ -50,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def add_remote_export_arguments(parser: argparse.ArgumentParser) -> None:
     """The remote form of `prunesearch export` (`job_id`, `--trial` and `--dtype` are shared with the local
     form): the service writes the trial's checkpoint."""
-    parser.add_argument("--server", default=default_server(), help="service URL (default: $PRUNESEARCH_SERVER)")
+    _connection_options(parser)
     parser.add_argument("--wait", action="store_true", help="remote: wait until the export has finished")
     heal = parser.add_argument_group("heal (remote)", "heal the checkpoint by distillation from the job's model")
     for name, kind in HEAL_FLAGS.items():
@@ -74,14 +75,23 @@ def export_remote(args: argparse.Namespace) -> int:
 
 def _add(subparsers, name: str, help_text: str, handler) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(name, help=help_text)
-    parser.add_argument("--server", default=default_server(), help="service URL (default: $PRUNESEARCH_SERVER)")
+    _connection_options(parser)
     parser.set_defaults(handler=lambda args: _guarded(handler, args))
     return parser
 
 
+def _connection_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--server", default=default_server(), help="service URL (default: $PRUNESEARCH_SERVER)")
+    parser.add_argument(
+        "--token",
+        default=default_token(),
+        help="API token (default: $PRUNESEARCH_TOKEN; none is needed on a server listening on loopback)",
+    )
+
+
 def _guarded(handler, args: argparse.Namespace):
     try:
-        return handler(Client(args.server), args)
+        return handler(Client(args.server, token=args.token), args)
     except ServiceError as exc:
         raise CLIError(str(exc)) from None
 

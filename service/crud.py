@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from prunesearch.choices import ExportStatus, JobStatus
 
-from .models import Dataset, Export, Job, ParetoSnapshot, utcnow
+from .models import LOCAL_OWNER, Dataset, Export, Job, ParetoSnapshot, utcnow
 
 
 def create_job(
@@ -27,7 +27,7 @@ def create_job(
         spec=spec,
         n_trials=spec["n_trials"],
         parallelism=parallelism,
-        owner=owner,
+        owner=owner or LOCAL_OWNER,
         idempotency_key=idempotency_key,
     )
     session.add(job)
@@ -39,13 +39,18 @@ def get_job(session: Session, *, job_id: str) -> Job | None:
     return session.get(Job, job_id)
 
 
-def get_job_by_key(session: Session, *, idempotency_key: str) -> Job | None:
-    return session.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
+def get_job_by_key(session: Session, *, owner: str, idempotency_key: str) -> Job | None:
+    """The job `owner` created with this idempotency key (keys are per owner)."""
+    return session.scalar(select(Job).where(Job.owner == owner, Job.idempotency_key == idempotency_key))
 
 
-def list_jobs(session: Session, *, status: str | None, offset: int, limit: int) -> tuple[list[Job], int]:
-    """A page of jobs, newest first, and the total count."""
+def list_jobs(
+    session: Session, *, status: str | None, offset: int, limit: int, owner: str | None = None
+) -> tuple[list[Job], int]:
+    """A page of jobs, newest first, and the total count; `owner`: only that owner's (None: everyone's)."""
     query = select(Job) if status is None else select(Job).where(Job.status == status)
+    if owner is not None:
+        query = query.where(Job.owner == owner)
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
     rows = session.scalars(query.order_by(Job.created_at.desc()).offset(offset).limit(limit)).all()
     return list(rows), total
@@ -154,10 +159,17 @@ def leave_job(
 
 
 def create_export(
-    session: Session, *, job_id: str, trial: int, dtype: str, heal: dict[str, Any] | None = None
+    session: Session,
+    *,
+    job_id: str,
+    trial: int,
+    dtype: str,
+    heal: dict[str, Any] | None = None,
+    owner: str = LOCAL_OWNER,
 ) -> Export:
-    """Insert a queued export; `heal`: the heal options (paths resolved), None for a plain export."""
-    export = Export(job_id=job_id, trial=trial, dtype=dtype, heal=heal)
+    """Insert a queued export (`owner`: its job's); `heal`: the heal options (paths resolved), None for a plain
+    export."""
+    export = Export(job_id=job_id, trial=trial, dtype=dtype, heal=heal, owner=owner)
     session.add(export)
     session.flush()
     return export
@@ -230,8 +242,10 @@ def finish_export(session: Session, *, export_id: str, attempt: int, **fields: A
     return result.rowcount == 1
 
 
-def create_dataset(session: Session, *, dataset_id: str, filename: str, path: str, size: int, sha256: str) -> Dataset:
-    dataset = Dataset(id=dataset_id, filename=filename, path=path, size=size, sha256=sha256)
+def create_dataset(
+    session: Session, *, dataset_id: str, filename: str, path: str, size: int, sha256: str, owner: str = LOCAL_OWNER
+) -> Dataset:
+    dataset = Dataset(id=dataset_id, filename=filename, path=path, size=size, sha256=sha256, owner=owner)
     session.add(dataset)
     session.flush()
     return dataset

@@ -7,29 +7,29 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from . import crud
-from .jobs import checked_path
-from .models import Job, is_id
-from .paths import resolve_calibration
+from .auth import Principal
+from .jobs import text_file
+from .models import Job
 from .schemas import HealOptions
 from .settings import Settings
 
 
-def heal_record(options: HealOptions | None, job: Job, settings: Settings, session: Session) -> dict[str, Any] | None:
-    """The heal as stored on the export: the options with `data` and `eval` as checked local paths."""
+def heal_record(
+    options: HealOptions | None, job: Job, settings: Settings, session: Session, principal: Principal
+) -> dict[str, Any] | None:
+    """The heal as stored on the export: the options with `data` and `eval` as checked local paths (uploads
+    `principal` may use)."""
     if options is None:
         return None
     record = options.model_dump(mode="json")
     calibration = job.spec["calibration"]
-    record["data"] = _text_file("heal.data", options.data, settings, session) if options.data else calibration
+
+    def checked(field: str, value: str) -> str:
+        return text_file(field, value, settings, session, principal)
+
+    record["data"] = checked("heal.data", options.data) if options.data else calibration
     if options.eval is None:
         record["eval"] = [calibration]
     else:
-        record["eval"] = [_text_file(f"heal.eval.{i}", v, settings, session) for i, v in enumerate(options.eval)]
+        record["eval"] = [checked(f"heal.eval.{i}", v) for i, v in enumerate(options.eval)]
     return record
-
-
-def _text_file(field: str, value: str, settings: Settings, session: Session) -> str:
-    dataset = crud.get_dataset(session, dataset_id=value) if is_id(value) else None
-    dataset_path = dataset.path if dataset else None
-    return checked_path(field, lambda: resolve_calibration(value, settings, dataset_path, field))

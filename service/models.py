@@ -6,10 +6,13 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from prunesearch.choices import ExportStatus, JobStatus
+
+# Who owns what requests without a token create on a loopback server (and rows from before migration 0004).
+LOCAL_OWNER = "local"
 
 
 def utcnow() -> datetime:
@@ -36,10 +39,12 @@ class Job(Base):
     """One search job. `trials_claimed` is the atomic counter that keeps parallel workers at n_trials."""
 
     __tablename__ = "ps_jobs"
+    # Idempotency keys are per owner: two accounts may use the same key.
+    __table_args__ = (UniqueConstraint("owner", "idempotency_key", name="uq_ps_jobs_owner_idempotency_key"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    owner: Mapped[str | None] = mapped_column(String(200))
-    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    owner: Mapped[str] = mapped_column(String(200), default=LOCAL_OWNER, server_default=LOCAL_OWNER)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
     spec: Mapped[dict[str, Any]]
     # Values of `JobStatus`, stored as plain strings (a `StrEnum` member equals its value): the column stays VARCHAR.
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value, index=True)
@@ -82,6 +87,7 @@ class Export(Base):
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     job_id: Mapped[str] = mapped_column(ForeignKey("ps_jobs.id", ondelete="CASCADE"), index=True)
+    owner: Mapped[str] = mapped_column(String(200), default=LOCAL_OWNER, server_default=LOCAL_OWNER)  # the job's owner
     trial: Mapped[int] = mapped_column(Integer)
     dtype: Mapped[str] = mapped_column(String(8))
     status: Mapped[str] = mapped_column(String(16), default=ExportStatus.QUEUED.value, index=True)  # `ExportStatus`
@@ -104,8 +110,22 @@ class Dataset(Base):
     __tablename__ = "ps_datasets"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    owner: Mapped[str] = mapped_column(String(200), default=LOCAL_OWNER, server_default=LOCAL_OWNER)
     filename: Mapped[str] = mapped_column(String(255))
     path: Mapped[str] = mapped_column(Text)
     size: Mapped[int] = mapped_column(Integer)
     sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiToken(Base):
+    """An API token of account `name` (`prunesearch token create`); only its SHA-256 is stored."""
+
+    __tablename__ = "ps_tokens"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(64), index=True)
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]

@@ -37,7 +37,7 @@ class JobCreate(SearchSpec):
     root."""
 
     parallelism: int = Field(1, ge=1, le=64, description="how many workers may run trials of this job at once")
-    owner: str | None = Field(None, max_length=200)
+    owner: str | None = Field(None, max_length=200, description="default: the caller; only an admin may name another")
 
     @model_validator(mode="after")
     def _bounded_heal(self) -> JobCreate:
@@ -53,7 +53,7 @@ class JobCreate(SearchSpec):
 class JobPublic(BaseModel):
     id: str
     status: JobStatus
-    owner: str | None
+    owner: str
     n_trials: int
     trials_done: int
     parallelism: int
@@ -151,6 +151,7 @@ class ExportCreate(BaseModel):
 class ExportPublic(BaseModel):
     id: str
     job_id: str
+    owner: str
     trial: int
     dtype: str
     status: ExportStatus
@@ -175,6 +176,7 @@ class ExportPublic(BaseModel):
 
 class DatasetPublic(BaseModel):
     id: str
+    owner: str
     filename: str
     size: int
     sha256: str

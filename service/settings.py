@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     exports_dir: Path | None = None
     allow_hub: bool = Field(False, description="accept hub ids for models (needs network on the workers)")
     max_upload_bytes: int = 64 * 2**20
+    require_token: bool = Field(
+        False, description="refuse requests without an API token (`serve` sets it when listening beyond loopback)"
+    )
     heartbeat_s: float = 5.0
     lease_s: float = 120.0
     poll_s: float = 1.0

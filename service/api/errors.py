@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 
 from prunesearch.profilers.hardware import HardwareError
 from prunesearch.service.paths import PathRejected
+from prunesearch.service.redact import redactor_for
 
 log = logging.getLogger("prunesearch.service")
 
@@ -19,8 +20,9 @@ def field_error(status: int, field: str, message: str) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status)
 
 
-async def _path_rejected(_request: Request, exc: PathRejected) -> JSONResponse:
-    return field_error(422, exc.field, str(exc))
+async def _path_rejected(request: Request, exc: PathRejected) -> JSONResponse:
+    """The message may hold a server path a filesystem error named (the client's own input aside): rewritten."""
+    return field_error(422, exc.field, redactor_for(request.app.state.settings).text(str(exc)))
 
 
 async def _hardware(_request: Request, exc: HardwareError) -> JSONResponse:

@@ -4,35 +4,41 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter, HTTPException, Response
+from fastapi import APIRouter, Depends, HTTPException, Response
 from fastapi.responses import FileResponse
 
 from prunesearch.choices import ExportStatus
 from prunesearch.service import crud
-from prunesearch.service.api.deps import ExportDep, JobDep, SessionDep, SettingsDep
+from prunesearch.service.api.auth import UNAUTHORIZED, for_caller
+from prunesearch.service.api.deps import CurrentOwner, ExportDep, JobDep, SessionDep, SettingsDep, current_owner
 from prunesearch.service.exports import heal_record
 from prunesearch.service.schemas import ExportCreate, ExportPublic
 
-router = APIRouter(tags=["exports"])
+router = APIRouter(tags=["exports"], dependencies=[Depends(current_owner)], responses=UNAUTHORIZED)
 
 
 @router.post("/v1/jobs/{job_id}/exports", status_code=202, response_model=ExportPublic)
 def create_export(
-    job: JobDep, body: ExportCreate, session: SessionDep, settings: SettingsDep, response: Response
+    job: JobDep,
+    body: ExportCreate,
+    session: SessionDep,
+    settings: SettingsDep,
+    principal: CurrentOwner,
+    response: Response,
 ) -> ExportPublic:
     """Queue an export of trial `body.trial`; a worker writes the checkpoint (healed first when `body.heal` says
     so) and its archive."""
     if body.trial >= job.trials_claimed:
         raise HTTPException(409, f"job {job.id} has no trial {body.trial} yet ({job.trials_done} trials done)")
-    heal = heal_record(body.heal, job, settings, session)
-    export = crud.create_export(session, job_id=job.id, trial=body.trial, dtype=body.dtype, heal=heal)
+    heal = heal_record(body.heal, job, settings, session, principal)
+    export = crud.create_export(session, job_id=job.id, trial=body.trial, dtype=body.dtype, heal=heal, owner=job.owner)
     response.headers["Location"] = f"/v1/exports/{export.id}"
-    return ExportPublic.of(export)
+    return for_caller(ExportPublic.of(export), principal, settings)
 
 
 @router.get("/v1/exports/{export_id}", response_model=ExportPublic)
-def get_export(export: ExportDep) -> ExportPublic:
-    return ExportPublic.of(export)
+def get_export(export: ExportDep, settings: SettingsDep, principal: CurrentOwner) -> ExportPublic:
+    return for_caller(ExportPublic.of(export), principal, settings)
 
 
 @router.get("/v1/exports/{export_id}/download", response_class=FileResponse)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, Depends, HTTPException
 from sqlalchemy import text
 
 from prunesearch.migrations import VERSION_TABLE
 from prunesearch.profilers.hardware import known_profiles, user_profile_dir
 from prunesearch.profilers.registry import LOCAL_NAMES
-from prunesearch.service.api.deps import SessionDep
+from prunesearch.service.api.auth import UNAUTHORIZED
+from prunesearch.service.api.deps import SessionDep, current_owner
 
 router = APIRouter(tags=["system"])
 
@@ -31,7 +32,7 @@ def readyz(session: SessionDep) -> dict:
     return {"status": "ready", "schema": revision}
 
 
-@router.get("/v1/hardware")
+@router.get("/v1/hardware", dependencies=[Depends(current_owner)], responses=UNAUTHORIZED)
 def hardware() -> dict:
     """Named hardware profiles (datasheet peaks) and the local, measured options."""
     profiles = [p.to_dict() for p in known_profiles(user_profile_dir()).values()]
