@@ -64,6 +64,7 @@ PUBLIC = {
     ("GET", "/docs"),
     ("GET", "/docs/oauth2-redirect"),
     ("GET", "/redoc"),
+    ("GET", "/"),  # the web page: static, no data (it reads the /v1 routes with the token it is given)
 }
 
 

@@ -16,6 +16,7 @@ from PIL import Image
 from prunesearch.service import crud
 from prunesearch.service.api.main import create_app
 from prunesearch.service.api.routes.web import WEB_DIR
+from prunesearch.service.auth import create_token
 from prunesearch.service.db import session_scope
 
 from .finished_job import LAYERS, seed_finished_job
@@ -130,11 +131,13 @@ def test_page_renders_jobs_front_and_plans_and_exports_a_point(live, browser, se
         exports = crud.list_exports(session, job_id=job_id)
         assert [(e.id, e.trial, e.dtype) for e in exports] == [(export_id, fastest, "fp32")]
 
-    # A saved token goes with every request as a Bearer header.
-    page.fill("#token", "secret-token")
+    # A saved token goes with every request as a Bearer header (a real one: the API checks it).
+    with session_scope(settings.db_url) as session:
+        _, token = create_token(session, name="admin", admin=True)
+    page.fill("#token", token)
     with page.expect_request(lambda r: "/v1/jobs?" in r.url) as listed:
         page.click("#token-form button")
-    assert listed.value.headers.get("authorization") == "Bearer secret-token"
+    assert listed.value.headers.get("authorization") == f"Bearer {token}"
 
     page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
     assert len(_colours((tmp_path / "page.png").read_bytes())) > 50, "the page screenshot is blank"
