@@ -1,4 +1,5 @@
-"""A live uvicorn server on a free loopback port, in a thread of the test process, stopped on exit."""
+"""A live uvicorn server on a free loopback port, in a thread of the test process, stopped on exit: real TCP, so
+responses leave before the request's work is over, as in production (unlike TestClient)."""
 
 from __future__ import annotations
 

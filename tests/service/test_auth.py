@@ -18,7 +18,7 @@ from prunesearch.service.db import get_engine, session_scope
 
 from ..fake_backend import FakeBackend
 from .conftest import job_body
-from .live import live_server
+from .livehttp import live_server
 
 
 def _token(settings, name: str, admin: bool = False) -> str:

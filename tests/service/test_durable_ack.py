@@ -16,7 +16,7 @@ from prunesearch.service.db import session_scope
 
 from ..fake_backend import FakeBackend
 from .conftest import job_body
-from .live import live_server
+from .livehttp import live_server
 
 ROUNDS = 200
 EVERY = 4  # exports and uploads: each 4th round
