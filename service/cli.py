@@ -10,10 +10,12 @@ import subprocess
 import sys
 
 from prunesearch import migrations
+from prunesearch.choices import LogFormat, values
 from prunesearch.cliutil import CLIError
 
 from . import client_cli, demo
 from .db import upgrade_schema
+from .logs import configure_logging
 from .settings import Settings
 
 
@@ -34,6 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     worker.add_argument(
         "--nice", type=int, default=0, help="lower this worker's CPU priority (keeps an API responsive)"
     )
+    _log_option(worker)
     worker.set_defaults(handler=_worker)
 
     serve = subparsers.add_parser("serve", help="run the API (and one local worker) on the data directory")
@@ -41,6 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--no-worker", action="store_true", help="run the API alone")
+    _log_option(serve)
     serve.set_defaults(handler=_serve)
     client_cli.register(subparsers)
     demo.register(subparsers)
@@ -49,6 +53,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--database-url", default=None, help="SQLAlchemy URL (default: SQLite in the data dir)")
     parser.add_argument("--data-dir", default=None, help="default: $PRUNESEARCH_HOME/data or ~/.local/share")
+
+
+def _log_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-format", choices=values(LogFormat), default=LogFormat.TEXT, help="json: one object a line, with ids"
+    )
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -69,7 +79,7 @@ def _db(args: argparse.Namespace) -> None:
 def _worker(args: argparse.Namespace) -> None:
     from .worker.loop import Worker
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s worker[%(process)d] %(message)s")
+    configure_logging(args.log_format, "worker")
     settings = settings_from(args)
     if migrations.current(settings.db_url) is None:
         raise CLIError(f"database {settings.db_url} has no prunesearch schema: run `prunesearch db upgrade`")
@@ -93,21 +103,23 @@ def _serve(args: argparse.Namespace) -> None:
 
     from .api.main import create_app
 
+    configure_logging(args.log_format, "api")
     settings = settings_from(args)
     upgrade_schema(settings.db_url)
-    worker = None if args.no_worker else start_worker(settings)
+    worker = None if args.no_worker else start_worker(settings, args.log_format)
     where = "API only" if worker is None else f"with worker pid {worker.pid}"
     print(f"prunesearch serving on http://{args.host}:{args.port} ({where}); data in {settings.data_dir}", flush=True)
     # uvicorn re-raises SIGTERM after its graceful shutdown; turn it into SystemExit so `finally` runs.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning")
+        # log_config=None: uvicorn's records go through the handler configured above (text or JSON)
+        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning", log_config=None)
     finally:
         if worker is not None:
             stop_process(worker)
 
 
-def start_worker(settings: Settings) -> subprocess.Popen:
+def start_worker(settings: Settings, log_format: str = LogFormat.TEXT) -> subprocess.Popen:
     """One local worker process on the same database and data directory: niced and on one torch thread, so
     the API on the same machine stays responsive (and oversubscribed OpenMP threads do not thrash)."""
     env = {
@@ -116,6 +128,7 @@ def start_worker(settings: Settings) -> subprocess.Popen:
         "PRUNESEARCH_DATA_DIR": str(settings.data_dir),
     }
     cmd = [sys.executable, "-m", "prunesearch.cli", "worker", "--exit-with-parent", "--nice", "10", "--threads", "1"]
+    cmd += ["--log-format", str(log_format)]
     return subprocess.Popen(cmd, env=env)
 
 

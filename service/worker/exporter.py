@@ -65,15 +65,17 @@ def run_export(export_id: str, settings: Settings, *, backend: SearchBackend, at
     except ExportTakenOver:  # seen while writing progress: stop now rather than heal on for nothing
         fields = None
     except Exception as exc:
-        log.exception("export %s failed", export_id)
+        log.exception("export %s failed", export_id, extra={"export_id": export_id, "trial": task.trial})
         fields = dict(status=ExportStatus.FAILED, error=f"{type(exc).__name__}: {exc}"[:2000])
     recorded = fields is not None and _finish(url, export_id, attempt, fields)
     if not recorded:
-        log.warning("export %s: attempt %d lost the export; its output is dropped", export_id, attempt)
+        ids = {"export_id": export_id, "trial": task.trial}
+        log.warning("export %s: attempt %d lost the export; its output is dropped", export_id, attempt, extra=ids)
         files.remove_attempt()
         if not _running(url, export_id):  # deleted, or failed for good: no later attempt needs the heal's state
             files.remove_shared()
         return
+    log.info("export %s %s", export_id, fields["status"], extra={"export_id": export_id, "trial": task.trial})
     if fields["status"] == ExportStatus.FAILED:
         files.remove_attempt()
     files.remove_shared()

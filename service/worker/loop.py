@@ -62,7 +62,7 @@ class Worker:
                 continue
             claim = claim_job(self.settings.db_url, lease_s=self.settings.lease_s)
             if claim is not None:
-                log.info("claimed job %s", claim.job_id)
+                log.info("claimed job %s", claim.job_id, extra={"job_id": claim.job_id})
                 run_job(
                     claim.job_id,
                     self.settings,
@@ -91,6 +91,6 @@ class Worker:
         claim = claim_export(self.settings.db_url, lease_s=lease_s, export_root=root, healed=healed)
         if claim is None:
             return False
-        log.info("exporting %s (attempt %d)", claim.export_id, claim.attempt)
+        log.info("exporting %s (attempt %d)", claim.export_id, claim.attempt, extra={"export_id": claim.export_id})
         run_export(claim.export_id, self.settings, backend=self.backend, attempt=claim.attempt)
         return True

@@ -12,6 +12,7 @@ from prunesearch.search.backend import SearchBackend, SearchCallbacks, SearchPro
 from prunesearch.search.spec import SearchSpec
 from prunesearch.service import crud
 from prunesearch.service.db import session_scope
+from prunesearch.service.events import emit_progress
 from prunesearch.service.settings import Settings
 
 from .claims import claim_trial
@@ -41,6 +42,9 @@ def run_job(
 
     def on_trial(progress: SearchProgress) -> None:
         record(url, job_id, progress)
+        ids = {"job_id": job_id, "trial": progress.last_trial}
+        log.info("job %s: trial %s finished, %d/%d", job_id, progress.last_trial, progress.trials_done,
+                 progress.n_trials, extra=ids)
         between_trials()
 
     callbacks = SearchCallbacks(
@@ -56,11 +60,12 @@ def run_job(
             record(url, job_id, progress)
             pending = spec.heal is not None and heal_pending(backend, study)
         except Exception as exc:
-            log.exception("job %s failed", job_id)
+            log.exception("job %s failed", job_id, extra={"job_id": job_id})
             error = f"{type(exc).__name__}: {exc}"[:2000]
     with session_scope(url, immediate=True) as session:
         job = crud.leave_job(session, job_id=job_id, error=error, requeue=stopping.is_set(), pending=pending)
-        log.info("left job %s: %s, %d/%d trials", job_id, job.status, job.trials_done, job.n_trials)
+        ids = {"job_id": job_id}
+        log.info("left job %s: %s, %d/%d trials", job_id, job.status, job.trials_done, job.n_trials, extra=ids)
 
 
 def heal_pending(backend: SearchBackend, study: str) -> bool:
@@ -87,6 +92,7 @@ def record(url: str, job_id: str, progress: SearchProgress) -> None:
             front_size=progress.front_size,
             hypervolume=progress.hypervolume,
         )
+        previous = crud.latest_snapshot(session, job_id=job_id)  # read under the job's row lock
         crud.add_snapshot(
             session,
             job_id=job_id,
@@ -94,3 +100,5 @@ def record(url: str, job_id: str, progress: SearchProgress) -> None:
             hypervolume=progress.hypervolume,
             front=front,
         )
+        counts = progress.to_dict() | {"trial": progress.last_trial}
+        emit_progress(session, job_id=job_id, progress=counts, front=front, previous=previous)
