@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 import os
 import tarfile
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import httpx

@@ -33,9 +33,9 @@ class ServiceStats:
 
 def read_stats(session: Session) -> ServiceStats:
     jobs = dict.fromkeys((s.value for s in JobStatus), 0)
-    jobs |= dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).tuples().all())
+    jobs |= {row[0]: row[1] for row in session.execute(select(Job.status, func.count()).group_by(Job.status))}
     exports = dict.fromkeys((s.value for s in ExportStatus), 0)
-    exports |= dict(session.execute(select(Export.status, func.count()).group_by(Export.status)).tuples().all())
+    exports |= {row[0]: row[1] for row in session.execute(select(Export.status, func.count()).group_by(Export.status))}
     trials = session.scalar(select(func.coalesce(func.sum(Job.trials_done), 0))) or 0
     workers = session.scalar(
         select(func.coalesce(func.sum(Job.active_workers), 0)).where(Job.status == JobStatus.RUNNING)
@@ -53,7 +53,7 @@ def _durations(session: Session, stats: ServiceStats) -> None:
         .order_by(Export.finished_at.desc())
         .limit(DURATION_ROWS)
     )
-    for started, finished, summary in session.execute(query).tuples():
+    for started, finished, summary in session.execute(query):
         if finished is not None:
             stats.export_seconds.append(max(0.0, _seconds(finished) - _seconds(started)))
         heal = (summary or {}).get("heal") if isinstance(summary, dict) else None

@@ -75,9 +75,7 @@ def _work_metrics(stats: ServiceStats) -> Iterator[Metric]:
         f"Trials finished per second, over the last {RATE_WINDOW_S:.0f} s",
         value=stats.trials_per_second,
     )
-    yield _histogram(
-        "prunesearch_export_duration_seconds", "Succeeded exports, claim to finish", stats.export_seconds
-    )
+    yield _histogram("prunesearch_export_duration_seconds", "Succeeded exports, claim to finish", stats.export_seconds)
     yield _histogram("prunesearch_heal_duration_seconds", "Heals of healed exports, end to end", stats.heal_seconds)
 
 

@@ -43,8 +43,14 @@ def run_job(
     def on_trial(progress: SearchProgress) -> None:
         record(url, job_id, progress)
         ids = {"job_id": job_id, "trial": progress.last_trial}
-        log.info("job %s: trial %s finished, %d/%d", job_id, progress.last_trial, progress.trials_done,
-                 progress.n_trials, extra=ids)
+        log.info(
+            "job %s: trial %s finished, %d/%d",
+            job_id,
+            progress.last_trial,
+            progress.trials_done,
+            progress.n_trials,
+            extra=ids,
+        )
         between_trials()
 
     callbacks = SearchCallbacks(
