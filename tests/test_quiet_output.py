@@ -20,9 +20,8 @@ from prunesearch.service.logs import configure_logging
 from tests.factories import tiny_model
 
 # Layers of different widths, one without attention, one without MLP: the pruned (remote-code) modeling.
-HETEROGENEOUS = PrunePlan(
-    layers=(LayerPlan(heads=8, ffn=48), LayerPlan(heads=0, ffn=20), LayerPlan(heads=4, ffn=0), LayerPlan(heads=8, ffn=9))
-)
+LAYERS = (LayerPlan(heads=8, ffn=48), LayerPlan(heads=0, ffn=20), LayerPlan(heads=4, ffn=0), LayerPlan(heads=8, ffn=9))
+HETEROGENEOUS = PrunePlan(layers=LAYERS)
 
 
 def test_a_heterogeneous_model_generates_and_decodes_without_warnings():
