@@ -56,6 +56,7 @@ class EventKind(StrEnum):
     TRIAL = "trial"  # a trial finished (counts and hypervolume after it)
     FRONT = "front"  # the Pareto front changed (its trials and metrics)
     EXPORT = "export"  # an export of the job changed state or progress (phase; heal step and loss)
+    HEAL = "heal"  # the job's heal stage: a candidate's step and loss, or its outcome
 
 
 class LogFormat(StrEnum):

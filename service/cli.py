@@ -18,6 +18,8 @@ from .db import upgrade_schema
 from .logs import configure_logging
 from .settings import Settings
 
+LOG_LEVELS = ["debug", "info", "warning"]
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the service's commands to the `prunesearch` parser."""
@@ -59,6 +61,7 @@ def _log_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-format", choices=values(LogFormat), default=LogFormat.TEXT, help="json: one object a line, with ids"
     )
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="warning: problems only")
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -79,7 +82,7 @@ def _db(args: argparse.Namespace) -> None:
 def _worker(args: argparse.Namespace) -> None:
     from .worker.loop import Worker
 
-    configure_logging(args.log_format, "worker")
+    configure_logging(args.log_format, "worker", args.log_level.upper())
     settings = settings_from(args)
     if migrations.current(settings.db_url) is None:
         raise CLIError(f"database {settings.db_url} has no prunesearch schema: run `prunesearch db upgrade`")
@@ -103,10 +106,10 @@ def _serve(args: argparse.Namespace) -> None:
 
     from .api.main import create_app
 
-    configure_logging(args.log_format, "api")
+    configure_logging(args.log_format, "api", args.log_level.upper())
     settings = settings_from(args)
     upgrade_schema(settings.db_url)
-    worker = None if args.no_worker else start_worker(settings, args.log_format)
+    worker = None if args.no_worker else start_worker(settings, args.log_format, args.log_level)
     where = "API only" if worker is None else f"with worker pid {worker.pid}"
     print(f"prunesearch serving on http://{args.host}:{args.port} ({where}); data in {settings.data_dir}", flush=True)
     # uvicorn re-raises SIGTERM after its graceful shutdown; turn it into SystemExit so `finally` runs.
@@ -119,7 +122,7 @@ def _serve(args: argparse.Namespace) -> None:
             stop_process(worker)
 
 
-def start_worker(settings: Settings, log_format: str = LogFormat.TEXT) -> subprocess.Popen:
+def start_worker(settings: Settings, log_format: str = LogFormat.TEXT, log_level: str = "info") -> subprocess.Popen:
     """One local worker process on the same database and data directory: niced and on one torch thread, so
     the API on the same machine stays responsive (and oversubscribed OpenMP threads do not thrash)."""
     env = {
@@ -128,7 +131,7 @@ def start_worker(settings: Settings, log_format: str = LogFormat.TEXT) -> subpro
         "PRUNESEARCH_DATA_DIR": str(settings.data_dir),
     }
     cmd = [sys.executable, "-m", "prunesearch.cli", "worker", "--exit-with-parent", "--nice", "10", "--threads", "1"]
-    cmd += ["--log-format", str(log_format)]
+    cmd += ["--log-format", str(log_format), "--log-level", log_level]
     return subprocess.Popen(cmd, env=env)
 
 

@@ -81,7 +81,8 @@ class Client:
                     source.response.read()
                     raise ServiceError(f"{source.response.status_code}: {_message(source.response)}")
                 for sse in source.iter_sse():
-                    yield JobEvent(int(sse.id), sse.event, sse.json())
+                    if sse.data:  # an empty one is what httpx-sse makes of a keep-alive comment
+                        yield JobEvent(int(sse.id), sse.event, sse.json())
         except (httpx.HTTPError, SSEError, ValueError) as exc:
             raise ServiceError(f"event stream of job {job_id} broke off: {exc}") from None
 

@@ -14,7 +14,7 @@ QUIET_LOGGERS = ("alembic", "httpx", "httpcore")
 JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s"
 
 
-def configure_logging(log_format: LogFormat | str, role: str, level: int = logging.INFO) -> None:
+def configure_logging(log_format: LogFormat | str, role: str, level: int | str = logging.INFO) -> None:
     """Send records at `level` and above to stderr, formatted as `log_format`; `role` ("api", "worker") names the
     process in each line."""
     handler = logging.StreamHandler()

@@ -39,6 +39,17 @@ def test_a_heterogeneous_model_generates_and_decodes_without_warnings():
     assert [str(w.message) for w in caught] == []
 
 
+def test_lora_adapters_attach_without_warnings():
+    from prunesearch.pruning.healloop import with_lora
+
+    model = apply_plan(tiny_model("llama"), HETEROGENEOUS)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        adapted = with_lora(model, rank=2)
+    assert any("lora_A" in name for name, _ in adapted.named_parameters())
+    assert [str(w.message) for w in caught] == []
+
+
 @pytest.fixture
 def restore_logging() -> Iterator[None]:
     root = logging.getLogger()

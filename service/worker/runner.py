@@ -7,12 +7,12 @@ import logging
 import threading
 from collections.abc import Callable
 
-from prunesearch.choices import JobStatus
+from prunesearch.choices import EventKind, JobStatus
 from prunesearch.search.backend import SearchBackend, SearchCallbacks, SearchProgress
 from prunesearch.search.spec import SearchSpec
 from prunesearch.service import crud
 from prunesearch.service.db import session_scope
-from prunesearch.service.events import emit_progress
+from prunesearch.service.events import emit, emit_progress
 from prunesearch.service.settings import Settings
 
 from .claims import claim_trial
@@ -57,6 +57,7 @@ def run_job(
         claim=lambda: claim_trial(url, job_id),
         should_stop=lambda: stopping.is_set() or _stopped(url, job_id),
         on_trial=on_trial,
+        on_heal=lambda update: record_heal(url, job_id, update),
     )
 
     error, pending = None, False
@@ -85,6 +86,16 @@ def _stopped(url: str, job_id: str) -> bool:
     with session_scope(url) as session:
         job = crud.get_job(session, job_id=job_id)
         return job is None or job.cancel_requested or job.status != JobStatus.RUNNING
+
+
+def record_heal(url: str, job_id: str, update: dict) -> None:
+    """The heal stage's progress as a job event (advisory: a database error is only logged)."""
+    data = json.loads(json.dumps(update, default=str))
+    try:
+        with session_scope(url, immediate=True) as session:
+            emit(session, job_id=job_id, kind=EventKind.HEAL, data=data)
+    except Exception:
+        log.warning("job %s: heal progress not recorded", job_id, exc_info=True, extra={"job_id": job_id})
 
 
 def record(url: str, job_id: str, progress: SearchProgress) -> None:

@@ -17,6 +17,7 @@ from prunesearch.choices import EventKind, ExportStatus, JobStatus
 from prunesearch.search.results import SearchProgress
 from prunesearch.service import crud
 from prunesearch.service.api.main import create_app
+from prunesearch.service.api.routes import events as events_route
 from prunesearch.service.client import Client, JobEvent, ServiceError
 from prunesearch.service.client_cli import watch
 from prunesearch.service.db import session_scope
@@ -131,7 +132,8 @@ def test_a_trial_reaches_the_client_within_a_second_and_a_resume_skips_what_was_
     assert resumed == events[4:]
 
 
-def test_the_stream_stays_open_while_an_export_of_a_finished_job_runs(settings, server):
+def test_the_stream_stays_open_while_an_export_of_a_finished_job_runs(settings, server, monkeypatch):
+    monkeypatch.setattr(events_route, "PING_S", 0.1)  # keep-alive comments between the events: clients skip them
     url = settings.db_url
     job_id = _new_job(url, n_trials=1)
     claim_job(url, lease_s=60)
