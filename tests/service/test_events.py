@@ -23,7 +23,7 @@ from prunesearch.service.client_cli import watch
 from prunesearch.service.db import session_scope
 from prunesearch.service.events import emit, events_after
 from prunesearch.service.worker.claims import claim_export, claim_job
-from prunesearch.service.worker.runner import record
+from prunesearch.service.worker.runner import record, record_heal
 
 # The target: a client sees a trial within 1 s of the worker recording it (the API polls every 0.2 s).
 FIRST_EVENT_S = 1.0
@@ -182,6 +182,21 @@ def test_watch_follows_the_stream_and_falls_back_to_polling(settings, server):
 
     assert watch(NoStream(server), start, interval=0.01)["status"] == JobStatus.SUCCEEDED
     assert NoStream.polled >= 1
+
+
+def test_heal_stage_progress_is_an_event_and_a_final_jobs_stream_ends(api, settings):
+    url = settings.db_url
+    job_id = _new_job(url)
+    record_heal(url, job_id, {"trial": 4, "step": 2, "total_steps": 8, "loss": 0.25})
+    with session_scope(url, immediate=True) as session:
+        crud.request_cancel(session, job=crud.get_job(session, job_id=job_id))  # queued: cancelled at once
+    response = api.get(f"/v1/jobs/{job_id}/events", headers={"Last-Event-ID": "1"})  # ends: the job is final
+    assert response.headers["content-type"].startswith("text/event-stream")
+    blocks = [block for block in response.text.replace("\r\n", "\n").split("\n\n") if block.strip()]
+    assert blocks[0].splitlines()[:2] == ["id: 2", "event: heal"]
+    assert '"step": 2' in blocks[0]
+    assert blocks[1].splitlines()[:2] == ["id: 3", "event: status"] and '"cancelled"' in blocks[1]
+    assert len(blocks) == 2
 
 
 def test_unknown_jobs_and_bad_event_ids_are_refused(api, settings):
