@@ -6,11 +6,11 @@ event that leaves the job final with no export of it queued or running."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
+import anyio
 from fastapi import APIRouter, Header, HTTPException
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
@@ -26,6 +26,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 PAGE = 500  # events read per query
 PING_S = 15  # a comment line this often keeps proxies from closing a quiet stream
+SHUTDOWN_GRACE_S = 2.0  # a stream's time to end by itself when the server stops (it polls every events_poll_s)
 
 EVENT_STREAM_DOC = {
     200: {
@@ -51,7 +52,9 @@ async def job_events(
     url = settings.db_url
     if not is_id(job_id) or not await run_in_threadpool(job_exists, url, job_id):
         raise HTTPException(404, f"job {job_id} not found")
-    return EventSourceResponse(stream(url, job_id, last_event_id or 0, settings.events_poll_s), ping=PING_S)
+    shutdown = anyio.Event()  # set by sse-starlette when the server stops: the stream then ends cleanly
+    events = stream(url, job_id, last_event_id or 0, settings.events_poll_s, shutdown)
+    return EventSourceResponse(events, ping=PING_S, shutdown_event=shutdown, shutdown_grace_period=SHUTDOWN_GRACE_S)
 
 
 def job_exists(url: str, job_id: str) -> bool:
@@ -60,9 +63,12 @@ def job_exists(url: str, job_id: str) -> bool:
         return crud.get_job(session, job_id=job_id) is not None
 
 
-async def stream(url: str, job_id: str, after: int, poll_s: float) -> AsyncIterator[ServerSentEvent]:
-    """Events numbered above `after`, as they are committed, until the job is done (or deleted)."""
-    while True:
+async def stream(
+    url: str, job_id: str, after: int, poll_s: float, shutdown: anyio.Event
+) -> AsyncIterator[ServerSentEvent]:
+    """Events numbered above `after`, as they are committed, until the job is done (or deleted) or the server
+    stops (a client resumes elsewhere with `Last-Event-ID`)."""
+    while not shutdown.is_set():
         events, done = await run_in_threadpool(read_events, url, job_id, after)
         for seq, kind, data in events:
             yield ServerSentEvent(data=json.dumps(data), event=kind, id=str(seq))
@@ -70,7 +76,8 @@ async def stream(url: str, job_id: str, after: int, poll_s: float) -> AsyncItera
         if done:
             return
         if len(events) < PAGE:
-            await asyncio.sleep(poll_s)
+            with anyio.move_on_after(poll_s):
+                await shutdown.wait()
 
 
 def read_events(url: str, job_id: str, after: int) -> tuple[list[tuple[int, str, Any]], bool]:
