@@ -38,6 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     worker.add_argument(
         "--nice", type=int, default=0, help="lower this worker's CPU priority (keeps an API responsive)"
     )
+    worker.add_argument("--metrics-port", type=int, default=None, help="serve this worker's Prometheus metrics here")
+    worker.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port")
     _log_option(worker)
     worker.set_defaults(handler=_worker)
 
@@ -93,12 +95,25 @@ def _worker(args: argparse.Namespace) -> None:
 
         torch.set_num_threads(args.threads)
     worker.install_signal_handlers()
+    if args.metrics_port is not None:
+        _serve_worker_metrics(args.metrics_host, args.metrics_port)
     if args.nice:
         os.nice(args.nice)
     if args.exit_with_parent:
         worker.exit_with_parent()
     jobs = worker.run()
     logging.getLogger(__name__).info("worker exits after %d job(s)", jobs)
+
+
+def _serve_worker_metrics(host: str, port: int) -> None:
+    from .worker.metrics import serve_metrics
+
+    if not 0 < port < 65536:
+        raise CLIError(f"--metrics-port must be 1 to 65535, not {port}")
+    try:
+        serve_metrics(port, host)
+    except OSError as exc:
+        raise CLIError(f"cannot serve worker metrics on {host}:{port}: {exc}") from None
 
 
 def _serve(args: argparse.Namespace) -> None:

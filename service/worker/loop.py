@@ -12,6 +12,7 @@ import time
 from prunesearch.search.backend import OptunaBackend, SearchBackend
 from prunesearch.service.settings import Settings
 
+from . import metrics
 from .claims import claim_export, claim_job
 from .exporter import run_export
 from .runner import run_job
@@ -63,14 +64,15 @@ class Worker:
             claim = claim_job(self.settings.db_url, lease_s=self.settings.lease_s)
             if claim is not None:
                 log.info("claimed job %s", claim.job_id, extra={"job_id": claim.job_id})
-                run_job(
-                    claim.job_id,
-                    self.settings,
-                    self.stopping,
-                    self.run_one_export,
-                    backend=self.backend,
-                    recover=claim.alone,
-                )
+                with metrics.busy("job"):
+                    run_job(
+                        claim.job_id,
+                        self.settings,
+                        self.stopping,
+                        self.run_one_export,
+                        backend=self.backend,
+                        recover=claim.alone,
+                    )
                 jobs, idle_since = jobs + 1, time.monotonic()
                 if self.max_jobs is not None and jobs >= self.max_jobs:
                     break
@@ -92,5 +94,6 @@ class Worker:
         if claim is None:
             return False
         log.info("exporting %s (attempt %d)", claim.export_id, claim.attempt, extra={"export_id": claim.export_id})
-        run_export(claim.export_id, self.settings, backend=self.backend, attempt=claim.attempt)
+        with metrics.busy("export"):
+            run_export(claim.export_id, self.settings, backend=self.backend, attempt=claim.attempt)
         return True

@@ -15,6 +15,7 @@ from prunesearch.service.db import session_scope
 from prunesearch.service.events import emit, emit_progress
 from prunesearch.service.settings import Settings
 
+from . import metrics
 from .claims import claim_trial
 from .heartbeat import Heartbeat
 
@@ -40,8 +41,11 @@ def run_job(
         spec, study = SearchSpec.model_validate(job.spec), job.study_name
         shared = job.parallelism > 1  # TPE's constant liar only where workers can run trials side by side
 
+    clock = metrics.TrialClock()
+
     def on_trial(progress: SearchProgress) -> None:
         record(url, job_id, progress)
+        clock.trial_done()
         ids = {"job_id": job_id, "trial": progress.last_trial}
         log.info(
             "job %s: trial %s finished, %d/%d",

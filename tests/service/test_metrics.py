@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import socket
 from datetime import timedelta
 
+import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from prunesearch.choices import ExportStatus
@@ -13,7 +15,12 @@ from prunesearch.service import crud
 from prunesearch.service.db import session_scope
 from prunesearch.service.models import Export
 from prunesearch.service.worker.claims import claim_export, claim_job
+from prunesearch.service.worker.loop import Worker
+from prunesearch.service.worker.metrics import serve_metrics
 from prunesearch.service.worker.runner import record
+
+from ..fake_backend import FakeBackend
+from .conftest import job_body
 
 
 def _samples(api) -> dict[tuple[str, tuple], float]:
@@ -78,3 +85,43 @@ def test_metrics_say_when_the_database_cannot_be_read(settings, tmp_path):
     with TestClient(create_app(broken)) as api:
         metrics = _samples(api)
     assert metrics[("prunesearch_database_up", ())] == 0
+
+
+def _worker_samples(port: int) -> dict[tuple[str, tuple], float]:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_a_workers_endpoint_counts_its_trials_and_exports(settings, api):
+    """`worker --metrics-port`: the worker's own registry, served over HTTP while it runs a job and an export."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    server, thread = serve_metrics(port)
+    try:
+        before = _worker_samples(port)
+        job_id = api.post("/v1/jobs", json=job_body(n_trials=3)).json()["id"]
+        fake = FakeBackend()
+        Worker(settings, max_idle_s=0.0, backend=fake).run()
+        with session_scope(settings.db_url, immediate=True) as session:
+            crud.create_export(session, job_id=job_id, trial=1, dtype="fp32")
+        Worker(settings, max_idle_s=0.0, backend=fake).run()
+        after = _worker_samples(port)
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+
+    def grew(name: str, labels: tuple = ()) -> float:
+        return after[(name, labels)] - before.get((name, labels), 0.0)
+
+    assert grew("prunesearch_worker_trials_total") == 3
+    assert grew("prunesearch_worker_trial_seconds_count") == 3
+    assert grew("prunesearch_worker_exports_total", (("status", "succeeded"),)) == 1
+    assert grew("prunesearch_worker_export_seconds_count") == 1
+    assert after[("prunesearch_worker_busy", (("work", "job"),))] == 0
+    assert after[("process_resident_memory_bytes", ())] > 0
