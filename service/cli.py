@@ -88,6 +88,8 @@ def _worker(args: argparse.Namespace) -> None:
     settings = settings_from(args)
     if migrations.current(settings.db_url) is None:
         raise CLIError(f"database {settings.db_url} has no prunesearch schema: run `prunesearch db upgrade`")
+    if args.metrics_port is not None:
+        _serve_worker_metrics(args.metrics_host, args.metrics_port)
     worker = Worker(settings, max_idle_s=args.max_idle, max_jobs=args.max_jobs)
     worker.backend.warm_up()  # import torch and the engine now, not when the first job is already waiting
     if args.threads:
@@ -95,8 +97,6 @@ def _worker(args: argparse.Namespace) -> None:
 
         torch.set_num_threads(args.threads)
     worker.install_signal_handlers()
-    if args.metrics_port is not None:
-        _serve_worker_metrics(args.metrics_host, args.metrics_port)
     if args.nice:
         os.nice(args.nice)
     if args.exit_with_parent:

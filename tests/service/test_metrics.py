@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import logging
 import socket
+from collections.abc import Iterator
 from datetime import timedelta
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from prunesearch.choices import ExportStatus
@@ -125,3 +128,26 @@ def test_a_workers_endpoint_counts_its_trials_and_exports(settings, api):
     assert grew("prunesearch_worker_export_seconds_count") == 1
     assert after[("prunesearch_worker_busy", (("work", "job"),))] == 0
     assert after[("process_resident_memory_bytes", ())] > 0
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """`prunesearch worker` configures the root logger: put it back."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_a_worker_refuses_a_metrics_port_it_cannot_serve(settings, capsys, restore_logging):
+    from prunesearch.cli import main
+
+    base = ["worker", "--database-url", settings.db_url, "--max-idle", "0", "--log-level", "warning"]
+    assert main([*base, "--metrics-port", "0"]) == 2
+    assert "--metrics-port must be 1 to 65535" in capsys.readouterr().err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        assert main([*base, "--metrics-port", str(taken.getsockname()[1])]) == 2
+    assert "cannot serve worker metrics on 127.0.0.1" in capsys.readouterr().err
