@@ -22,7 +22,7 @@ from prunesearch.service.client import Client, JobEvent, ServiceError
 from prunesearch.service.client_cli import watch
 from prunesearch.service.db import session_scope
 from prunesearch.service.events import emit, events_after
-from prunesearch.service.worker.claims import claim_export, claim_job
+from prunesearch.service.worker.claims import claim_export, claim_job, claim_trial
 from prunesearch.service.worker.runner import record, record_heal
 
 # The target: a client sees a trial within 1 s of the worker recording it (the API polls every 0.2 s).
@@ -229,3 +229,18 @@ def test_concurrent_writers_number_a_jobs_events_without_gaps_on_postgresql(pg_s
         seqs = [e.seq for e in events_after(session, job_id=job_id, after=0)]
         crud.request_cancel(session, job=crud.get_job(session, job_id=job_id))
     assert seqs == list(range(1, 52))  # the job's own `queued` event, then the 50 written
+
+
+def test_what_a_request_writes_is_committed_before_its_response(settings, server):
+    """A client that acts on a 202 at once (`export --wait` opens the job's stream) must find the export there."""
+    url = settings.db_url
+    job_id = _new_job(url, n_trials=1)
+    claim_job(url, lease_s=60)
+    assert claim_trial(url, job_id)
+    record(url, job_id, _progress(1, [0], trial=0))
+    _leave(url, job_id)
+    client = Client(server)
+    for _ in range(5):
+        export = client.export(job_id, 0, "fp32")
+        with session_scope(url) as session:
+            assert crud.get_export(session, export_id=export["id"]) is not None
