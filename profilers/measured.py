@@ -89,8 +89,8 @@ def _one_run(model, workload: Workload, timer: Timer, device: str) -> tuple[floa
 
 
 def _step(model, ids: torch.Tensor, cache: Any, **kwargs: Any) -> tuple[torch.Tensor, Any]:
-    output = model(ids, past_key_values=cache, use_cache=True, **kwargs)
-    return output.logits[:, -1:].argmax(-1), output.past_key_values
+    output = model(ids, cache=cache, use_cache=True, **kwargs)
+    return output.logits[:, -1:].argmax(-1), output.cache
 
 
 def measure_latency(

@@ -49,6 +49,23 @@ class ExportStatus(StrEnum):
     FAILED = "failed"
 
 
+class EventKind(StrEnum):
+    """What a job's event (`GET /v1/jobs/{id}/events`, one Server-Sent Event each) reports."""
+
+    STATUS = "status"  # the job's state changed
+    TRIAL = "trial"  # a trial finished (counts and hypervolume after it)
+    FRONT = "front"  # the Pareto front changed (its trials and metrics)
+    EXPORT = "export"  # an export of the job changed state or progress (phase; heal step and loss)
+    HEAL = "heal"  # the job's heal stage: a candidate's step and loss, or its outcome
+
+
+class LogFormat(StrEnum):
+    """How `serve` and `worker` write their logs."""
+
+    TEXT = "text"
+    JSON = "json"  # one JSON object a line, with job, trial and export ids as fields
+
+
 class Sampler(StrEnum):
     """Optuna samplers a search may use."""
 

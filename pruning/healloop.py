@@ -4,6 +4,7 @@ schedule, KD micro-batches under bf16 autocast on CUDA, and a resumable state sa
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -74,7 +75,11 @@ def with_lora(student, rank: int):
 
     spec = modules.spec_of(student)
     config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=list(spec.linear_names))
-    return get_peft_model(student, config)
+    with warnings.catch_warnings():
+        # PEFT (0.21) reads `model.is_gradient_checkpointing`, which transformers 5 renamed to
+        # `is_activation_checkpointing`: the FutureWarning is about PEFT's code, and only that one is silenced.
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return get_peft_model(student, config)
 
 
 def train(run: TrainingRun, state: HealState, folder: Path, progress: Callable[[HealProgress], None] | None) -> None:

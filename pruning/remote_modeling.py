@@ -46,11 +46,13 @@ def _skippable_forward(
     hidden_states: torch.Tensor,
     attention_mask=None,
     position_ids=None,
-    past_key_values=None,
+    cache=None,
     use_cache=False,
     position_embeddings=None,
     **kwargs,
 ) -> torch.Tensor:
+    # The stock layer's signature (transformers >= 5.23 calls the KV cache `cache`, its old name
+    # `past_key_values` is deprecated): passing the old name on as well would make the attention warn.
     names = self.architecture
     attention, mlp = getattr(self, names["attention"]), getattr(self, names["mlp"])
     if attention is not None:
@@ -59,7 +61,7 @@ def _skippable_forward(
             hidden_states=getattr(self, names["attention_norm"])(hidden_states),
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             use_cache=use_cache,
             position_embeddings=position_embeddings,
             **kwargs,

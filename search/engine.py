@@ -6,6 +6,7 @@ job quota (several workers on one study stop at exactly n_trials) and stop betwe
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import warnings
@@ -134,18 +135,19 @@ def _abandon(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
         study.enqueue_trial(baseline[BASELINE_PARAMS_ATTR], user_attrs=baseline)
 
 
-def _run_trial(study: optuna.Study, context: SearchContext) -> None:
+def _run_trial(study: optuna.Study, context: SearchContext) -> int:
+    """Ask, evaluate and tell one trial; its number."""
     trial = study.ask()
     try:
         outcome = context.evaluate(trial)
     except optuna.exceptions.UpdateFinishedTrialError:
         _lost_race(trial)
-        return
+        return trial.number
     except Exception as exc:  # a broken candidate fails its trial, never the job
         log.exception("trial %d failed", trial.number)
         trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
         study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-        return
+        return trial.number
     except BaseException:  # interrupted (Ctrl-C): the trial is abandoned, not left running
         _abandon(study, trial, "interrupted while running")
         raise
@@ -157,8 +159,9 @@ def _run_trial(study: optuna.Study, context: SearchContext) -> None:
         trial.set_user_attr("feasible", outcome.feasible)
     except optuna.exceptions.UpdateFinishedTrialError:
         _lost_race(trial)
-        return
+        return trial.number
     study.tell(trial, outcome.values, skip_if_finished=True)
+    return trial.number
 
 
 def _lost_race(trial: optuna.Trial) -> None:
@@ -201,8 +204,8 @@ def run_search(
         stopped = callbacks.should_stop()
         if stopped or timed_out or not (below_n_trials() and callbacks.claim()):
             break
-        _run_trial(study, context)
-        progress = progress_of(study, spec.n_trials)
+        number = _run_trial(study, context)
+        progress = dataclasses.replace(progress_of(study, spec.n_trials), last_trial=number)
         bar.update(progress.trials_done - bar.n)
         bar.set_postfix(front=progress.front_size, hv=f"{progress.hypervolume or 0:.4g}")
         callbacks.on_trial(progress)

@@ -96,6 +96,7 @@ def run_heal_stage(
         finally:
             study.set_user_attr(progress_key(number), None)
         study.set_user_attr(result_key(number), record)
+        callbacks.on_heal({"trial": number, "healed": record})
         log.info("healed trial %d of %s: %s", number, study.study_name, record.get("error") or "ok")
         healed.append(number)
     return healed
@@ -137,6 +138,7 @@ class _Reporter:
         current = {"trial": self.number, "step": progress.step, "total_steps": progress.total_steps}
         current |= {"loss": round(progress.loss, 6), "at": time.time()}  # `at`: the newest shows
         self.study.set_user_attr(progress_key(self.number), current)
+        self.callbacks.on_heal(current)
         if self.callbacks.should_stop():
             raise _Stopped
 

@@ -35,6 +35,7 @@ class SearchProgress:
     n_trials: int
     hypervolume: float | None
     front: tuple[dict[str, Any], ...] = ()
+    last_trial: int | None = None  # the number of the trial just finished (None: not after a trial)
 
     @property
     def front_size(self) -> int:

@@ -10,12 +10,16 @@ import subprocess
 import sys
 
 from prunesearch import migrations
+from prunesearch.choices import LogFormat, values
 from prunesearch.cliutil import CLIError
 
 from . import client_cli, demo, token_cli
 from .auth import has_live_tokens, is_loopback
 from .db import session_scope, upgrade_schema
+from .logs import configure_logging
 from .settings import Settings
+
+LOG_LEVELS = ["debug", "info", "warning"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,6 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     worker.add_argument(
         "--nice", type=int, default=0, help="lower this worker's CPU priority (keeps an API responsive)"
     )
+    worker.add_argument("--metrics-port", type=int, default=None, help="serve this worker's Prometheus metrics here")
+    worker.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port")
+    _log_option(worker)
     worker.set_defaults(handler=_worker)
 
     serve = subparsers.add_parser("serve", help="run the API (and one local worker) on the data directory")
@@ -42,6 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--no-worker", action="store_true", help="run the API alone")
+    _log_option(serve)
     serve.set_defaults(handler=_serve)
     token_cli.register(subparsers, _server_options, settings_from)
     client_cli.register(subparsers)
@@ -51,6 +59,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--database-url", default=None, help="SQLAlchemy URL (default: SQLite in the data dir)")
     parser.add_argument("--data-dir", default=None, help="default: $PRUNESEARCH_HOME/data or ~/.local/share")
+
+
+def _log_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-format", choices=values(LogFormat), default=LogFormat.TEXT, help="json: one object a line, with ids"
+    )
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="warning: problems only")
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -71,10 +86,12 @@ def _db(args: argparse.Namespace) -> None:
 def _worker(args: argparse.Namespace) -> None:
     from .worker.loop import Worker
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s worker[%(process)d] %(message)s")
+    configure_logging(args.log_format, "worker", args.log_level.upper())
     settings = settings_from(args)
     if migrations.current(settings.db_url) is None:
         raise CLIError(f"database {settings.db_url} has no prunesearch schema: run `prunesearch db upgrade`")
+    if args.metrics_port is not None:
+        _serve_worker_metrics(args.metrics_host, args.metrics_port)
     worker = Worker(settings, max_idle_s=args.max_idle, max_jobs=args.max_jobs)
     worker.backend.warm_up()  # import torch and the engine now, not when the first job is already waiting
     if args.threads:
@@ -90,15 +107,27 @@ def _worker(args: argparse.Namespace) -> None:
     logging.getLogger(__name__).info("worker exits after %d job(s)", jobs)
 
 
+def _serve_worker_metrics(host: str, port: int) -> None:
+    from .worker.metrics import serve_metrics
+
+    if not 0 < port < 65536:
+        raise CLIError(f"--metrics-port must be 1 to 65535, not {port}")
+    try:
+        serve_metrics(port, host)
+    except OSError as exc:
+        raise CLIError(f"cannot serve worker metrics on {host}:{port}: {exc}") from None
+
+
 def _serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from .api.main import create_app
 
+    configure_logging(args.log_format, "api", args.log_level.upper())
     settings = settings_from(args)
     upgrade_schema(settings.db_url)
     settings = guard_listen(args.host, settings)
-    worker = None if args.no_worker else start_worker(settings)
+    worker = None if args.no_worker else start_worker(settings, args.log_format, args.log_level)
     where = "API only" if worker is None else f"with worker pid {worker.pid}"
     print(f"prunesearch serving on http://{args.host}:{args.port} ({where}); data in {settings.data_dir}", flush=True)
     tokens = "required" if settings.require_token else "optional (requests without one act as the local admin)"
@@ -106,7 +135,8 @@ def _serve(args: argparse.Namespace) -> None:
     # uvicorn re-raises SIGTERM after its graceful shutdown; turn it into SystemExit so `finally` runs.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning")
+        # log_config=None: uvicorn's records go through the handler configured above (text or JSON)
+        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning", log_config=None)
     finally:
         if worker is not None:
             stop_process(worker)
@@ -127,7 +157,7 @@ def guard_listen(host: str, settings: Settings) -> Settings:
     return settings.model_copy(update={"require_token": True})
 
 
-def start_worker(settings: Settings) -> subprocess.Popen:
+def start_worker(settings: Settings, log_format: str = LogFormat.TEXT, log_level: str = "info") -> subprocess.Popen:
     """One local worker process on the same database and data directory: niced and on one torch thread, so
     the API on the same machine stays responsive (and oversubscribed OpenMP threads do not thrash)."""
     env = {
@@ -136,6 +166,7 @@ def start_worker(settings: Settings) -> subprocess.Popen:
         "PRUNESEARCH_DATA_DIR": str(settings.data_dir),
     }
     cmd = [sys.executable, "-m", "prunesearch.cli", "worker", "--exit-with-parent", "--nice", "10", "--threads", "1"]
+    cmd += ["--log-format", str(log_format), "--log-level", log_level]
     return subprocess.Popen(cmd, env=env)
 
 

@@ -5,12 +5,24 @@ from __future__ import annotations
 import hashlib
 import os
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
+from httpx_sse import SSEError, connect_sse
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
+# The server sends a keep-alive comment every 15 s: a stream silent for longer than this has broken off.
+EVENTS_READ_TIMEOUT_S = 60.0
+
+
+class JobEvent(NamedTuple):
+    """One Server-Sent Event of a job: its number (the SSE id), kind (`EventKind`) and data."""
+
+    id: int
+    kind: str
+    data: dict[str, Any]
 
 
 class ServiceError(RuntimeError):
@@ -63,6 +75,22 @@ class Client:
 
     def export_status(self, export_id: str) -> dict[str, Any]:
         return self._call("GET", f"/v1/exports/{export_id}")
+
+    def events(self, job_id: str, last_event_id: int | None = None) -> Iterator[JobEvent]:
+        """The job's events as they happen (`GET /v1/jobs/{id}/events`), after `last_event_id` when given;
+        ends when the job is done. Raises `ServiceError` when the stream cannot open or breaks off."""
+        headers = {"Last-Event-ID": str(last_event_id)} if last_event_id is not None else {}
+        timeout = httpx.Timeout(self.http.timeout.connect, read=EVENTS_READ_TIMEOUT_S)
+        try:
+            with connect_sse(self.http, "GET", f"/v1/jobs/{job_id}/events", headers=headers, timeout=timeout) as source:
+                if source.response.status_code >= 400:
+                    source.response.read()
+                    raise ServiceError(f"{source.response.status_code}: {_message(source.response)}")
+                for sse in source.iter_sse():
+                    if sse.data:  # an empty one is what httpx-sse makes of a keep-alive comment
+                        yield JobEvent(int(sse.id), sse.event, sse.json())
+        except (httpx.HTTPError, SSEError, ValueError) as exc:
+            raise ServiceError(f"event stream of job {job_id} broke off: {exc}") from None
 
     def upload(self, path: Path) -> dict[str, Any]:
         with path.open("rb") as f:

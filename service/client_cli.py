@@ -7,10 +7,10 @@ import argparse
 import time
 from pathlib import Path
 
-from prunesearch.choices import FINAL_JOB_STATUSES, ExportStatus, HealMethod, JobStatus, values
+from prunesearch.choices import FINAL_JOB_STATUSES, EventKind, ExportStatus, HealMethod, JobStatus, values
 from prunesearch.cliutil import CLIError, output_dir, print_json, read_json
 
-from .client import Client, ServiceError, default_server, default_token
+from .client import Client, JobEvent, ServiceError, default_server, default_token
 
 TABLE_METRICS = (
     *("kl", "ppl", "healed_kl", "healed_ppl"),
@@ -129,17 +129,42 @@ def _export_status(client: Client, args: argparse.Namespace) -> int:
 
 
 def watch(client: Client, job: dict, interval: float) -> dict:
-    """A tqdm bar of trials done, with front size and hypervolume, until the job is final."""
+    """A tqdm bar of trials done, with front size and hypervolume, until the job is final: follows the job's
+    event stream, and polls every `interval` seconds if the stream cannot open or breaks off."""
     from tqdm import tqdm
 
     with tqdm(total=job["n_trials"], desc=job["id"][:8], unit="trial") as bar:
+        _show_job(bar, job)
+        if job["status"] not in FINAL_JOB_STATUSES:
+            try:
+                for event in client.events(job["id"]):
+                    job = _apply_event(job, event)
+                    _show_job(bar, job)
+                    if job["status"] in FINAL_JOB_STATUSES:
+                        break
+            except ServiceError:
+                pass  # poll instead (an older server, a proxy that buffers streams, a dropped connection)
+        job = client.job(job["id"])
         while True:
-            bar.update(job["trials_done"] - bar.n)
-            bar.set_postfix(status=job["status"], front=job["front_size"], hv=f"{job['hypervolume'] or 0:.4g}")
+            _show_job(bar, job)
             if job["status"] in FINAL_JOB_STATUSES:
                 return job
             time.sleep(interval)
             job = client.job(job["id"])
+
+
+def _apply_event(job: dict, event: JobEvent) -> dict:
+    """The job's view with a `status` or `trial` event's counts applied (other kinds change nothing shown)."""
+    if event.kind == EventKind.TRIAL:
+        return job | {key: event.data[key] for key in ("trials_done", "front_size", "hypervolume")}
+    if event.kind == EventKind.STATUS:
+        return job | {key: event.data[key] for key in ("status", "trials_done", "error")}
+    return job
+
+
+def _show_job(bar, job: dict) -> None:
+    bar.update(job["trials_done"] - bar.n)
+    bar.set_postfix(status=job["status"], front=job["front_size"], hv=f"{job['hypervolume'] or 0:.4g}")
 
 
 def format_number(value: float | None, spec: str = ".4g") -> str:
@@ -148,22 +173,36 @@ def format_number(value: float | None, spec: str = ".4g") -> str:
 
 
 def watch_export(client: Client, export: dict, interval: float) -> dict:
-    """A tqdm bar of the export's phase, and of heal steps with the loss while it heals, until it is final."""
+    """A tqdm bar of the export's phase, and of heal steps with the loss while it heals, until it is final:
+    follows its job's event stream, and polls every `interval` seconds if the stream fails."""
     from tqdm import tqdm
 
     with tqdm(desc=export["id"][:8], unit="step") as bar:
+        _show_export(bar, export)
+        if export["status"] in ACTIVE_EXPORT:
+            try:
+                for event in client.events(export["job_id"]):
+                    if event.kind == EventKind.EXPORT and event.data["export_id"] == export["id"]:
+                        export = export | {key: event.data[key] for key in ("status", "progress", "error")}
+                        _show_export(bar, export)
+                        if export["status"] not in ACTIVE_EXPORT:
+                            break
+            except ServiceError:
+                pass  # poll instead
         while True:
-            progress = export.get("progress") or {}
-            if progress.get("total") and bar.total != progress["total"]:
-                bar.reset(total=progress["total"])
-            bar.update((progress.get("step") or 0) - bar.n)
-            bar.set_postfix(
-                status=export["status"], phase=progress.get("phase"), loss=format_number(progress.get("loss"))
-            )
+            export = client.export_status(export["id"])
+            _show_export(bar, export)
             if export["status"] not in ACTIVE_EXPORT:
                 return export
             time.sleep(interval)
-            export = client.export_status(export["id"])
+
+
+def _show_export(bar, export: dict) -> None:
+    progress = export.get("progress") or {}
+    if progress.get("total") and bar.total != progress["total"]:
+        bar.reset(total=progress["total"])
+    bar.update((progress.get("step") or 0) - bar.n)
+    bar.set_postfix(status=export["status"], phase=progress.get("phase"), loss=format_number(progress.get("loss")))
 
 
 def _pareto(client: Client, args: argparse.Namespace) -> None:

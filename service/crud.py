@@ -11,7 +11,8 @@ from sqlalchemy.orm import Session
 
 from prunesearch.choices import ExportStatus, JobStatus
 
-from .models import LOCAL_OWNER, Dataset, Export, Job, ParetoSnapshot, utcnow
+from .events import emit_export, emit_status
+from .models import LOCAL_OWNER, Dataset, Event, Export, Job, ParetoSnapshot, utcnow
 
 
 def create_job(
@@ -32,6 +33,7 @@ def create_job(
     )
     session.add(job)
     session.flush()
+    emit_status(session, job)
     return job
 
 
@@ -61,10 +63,12 @@ def request_cancel(session: Session, *, job: Job) -> None:
     job.cancel_requested = True
     if job.status == JobStatus.QUEUED:
         job.status, job.finished_at = JobStatus.CANCELLED, utcnow()
+        emit_status(session, job)
 
 
 def delete_job(session: Session, *, job: Job) -> None:
     session.execute(delete(ParetoSnapshot).where(ParetoSnapshot.job_id == job.id))
+    session.execute(delete(Event).where(Event.job_id == job.id))
     session.execute(delete(Export).where(Export.job_id == job.id))
     session.delete(job)
 
@@ -96,13 +100,15 @@ def claimable_jobs(session: Session, *, lease_s: float, for_update: bool):
 
 def join_job(session: Session, *, job: Job, lease_s: float) -> None:
     """Mark the caller as one more worker on `job`; an expired lease means its workers died: recover it."""
-    now = utcnow()
+    now, before = utcnow(), job.status
     if job.status == JobStatus.RUNNING and _aware(job.heartbeat_at) < now - timedelta(seconds=lease_s):
         # Trials claimed by dead workers never finished: hand them out again.
         job.active_workers, job.trials_claimed = 0, job.trials_done
     job.status, job.started_at = JobStatus.RUNNING, job.started_at or now
     job.active_workers += 1
     job.heartbeat_at = now
+    if before != JobStatus.RUNNING:
+        emit_status(session, job)
 
 
 def heartbeat(session: Session, *, job_id: str) -> None:
@@ -143,19 +149,26 @@ def leave_job(
     job.active_workers = max(0, job.active_workers - 1)
     if job.status != JobStatus.RUNNING:
         return job
+    _settle(job, error=error, requeue=requeue, pending=pending)
+    if job.status != JobStatus.RUNNING:
+        emit_status(session, job)
+    return job
+
+
+def _settle(job: Job, *, error: str | None, requeue: bool, pending: bool) -> None:
+    """`leave_job`'s decision for a running job the caller leaves."""
     if error is not None:
         job.status, job.error, job.cancel_requested = JobStatus.FAILED, error, True
     elif job.trials_done >= job.n_trials and not pending:
         job.status = JobStatus.SUCCEEDED
     elif job.active_workers > 0:
-        return job
+        return
     elif (requeue or pending) and not job.cancel_requested:  # pending: heal candidates left for another worker
         job.status, job.trials_claimed = JobStatus.QUEUED, job.trials_done
-        return job
+        return
     else:
         job.status = JobStatus.CANCELLED if job.cancel_requested else JobStatus.SUCCEEDED
     job.finished_at = utcnow()
-    return job
 
 
 def create_export(
@@ -172,6 +185,7 @@ def create_export(
     export = Export(job_id=job_id, trial=trial, dtype=dtype, heal=heal, owner=owner)
     session.add(export)
     session.flush()
+    emit_export(session, export_id=export.id)
     return export
 
 
@@ -211,8 +225,11 @@ def start_export(session: Session, *, export: Export) -> int | None:
     if export.attempts >= MAX_EXPORT_ATTEMPTS:
         export.status, export.finished_at = ExportStatus.FAILED, utcnow()
         export.error = f"its worker stopped {export.attempts} times while writing it"
+        emit_export(session, export_id=export.id)
         return None
     export.status, export.heartbeat_at, export.attempts = ExportStatus.RUNNING, utcnow(), export.attempts + 1
+    export.started_at = export.heartbeat_at
+    emit_export(session, export_id=export.id)
     return export.attempts
 
 
@@ -229,7 +246,10 @@ def record_export_progress(session: Session, *, export_id: str, attempt: int, pr
         .where(Export.id == export_id, Export.attempts == attempt, Export.status == ExportStatus.RUNNING)
         .values(progress=progress, heartbeat_at=utcnow())
     )
-    return result.rowcount == 1
+    if result.rowcount != 1:
+        return False
+    emit_export(session, export_id=export_id)
+    return True
 
 
 def finish_export(session: Session, *, export_id: str, attempt: int, **fields: Any) -> bool:
@@ -239,7 +259,10 @@ def finish_export(session: Session, *, export_id: str, attempt: int, **fields: A
         .where(Export.id == export_id, Export.attempts == attempt, Export.status == ExportStatus.RUNNING)
         .values(finished_at=utcnow(), **fields)
     )
-    return result.rowcount == 1
+    if result.rowcount != 1:
+        return False
+    emit_export(session, export_id=export_id)
+    return True
 
 
 def create_dataset(

@@ -52,6 +52,7 @@ def _wait_ready(client: Client, timeout: float = 120.0) -> None:
 def _demo(args: argparse.Namespace) -> None:
     port, data_dir = _free_port(), args.data_dir or str(args.out / "service")
     cmd = [sys.executable, "-m", "prunesearch.cli", "serve", "--port", str(port), "--data-dir", data_dir]
+    cmd += ["--log-level", "warning"]  # the demo shows progress bars and results; the service speaks up on trouble
     server = subprocess.Popen(cmd, env=dict(os.environ))
     client = Client(f"http://127.0.0.1:{port}")
     try:

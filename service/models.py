@@ -61,6 +61,7 @@ class Job(Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     heartbeat_at: Mapped[datetime | None] = mapped_column(doc="lease: refreshed by the job's workers")
+    events_seq: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # the last event's `seq`
 
     @property
     def study_name(self) -> str:
@@ -102,6 +103,22 @@ class Export(Base):
     finished_at: Mapped[datetime | None]
     heal: Mapped[dict[str, Any] | None]  # the heal asked for (`schemas.HealOptions`, paths resolved); None: no heal
     progress: Mapped[dict[str, Any] | None]  # phase, and while healing step/total/loss/tokens_per_s
+    started_at: Mapped[datetime | None]  # when its latest attempt started
+
+
+class Event(Base):
+    """Something that happened to a job (`EventKind`), numbered `seq` = 1, 2, ... per job in commit order: the
+    writer takes the number from `Job.events_seq` in the same transaction, which locks the job's row."""
+
+    __tablename__ = "ps_events"
+    __table_args__ = (UniqueConstraint("job_id", "seq"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("ps_jobs.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))  # `EventKind`
+    data: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
 class Dataset(Base):

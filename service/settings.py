@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     heartbeat_s: float = 5.0
     lease_s: float = 120.0
     poll_s: float = 1.0
+    events_poll_s: float = Field(0.2, gt=0, le=10, description="how often an event stream reads new events")
 
     @property
     def db_url(self) -> str:

@@ -59,6 +59,8 @@ def get_session(request: Request, settings: SettingsDep) -> Iterator[Session]:
         yield session
 
 
+# scope="function": the session commits when the route returns, before the response is sent (by default FastAPI
+# would close it after the response, and a client acting on a 202 at once could miss what the request wrote).
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 

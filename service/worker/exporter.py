@@ -10,6 +10,7 @@ import math
 import os
 import shutil
 import tarfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from prunesearch.service.exportfiles import ExportFiles
 from prunesearch.service.schemas import HealOptions
 from prunesearch.service.settings import Settings
 
+from . import metrics
 from .exportprogress import ExportProgress, ExportTakenOver
 from .heartbeat import Heartbeat
 
@@ -49,7 +51,7 @@ def run_export(export_id: str, settings: Settings, *, backend: SearchBackend, at
     Each attempt writes its own files, and only the export's latest attempt may record them: a worker that lost
     its lease (taken for dead) and finishes late changes nothing, and removes what it wrote. A failed export
     leaves no files; a worker that dies leaves the heal's saved state for the next attempt."""
-    url = settings.db_url
+    url, started = settings.db_url, time.monotonic()
     task = _read_task(url, export_id)
     files = ExportFiles(settings.export_root, export_id, attempt)
     progress = ExportProgress(url, export_id, attempt)
@@ -65,18 +67,26 @@ def run_export(export_id: str, settings: Settings, *, backend: SearchBackend, at
     except ExportTakenOver:  # seen while writing progress: stop now rather than heal on for nothing
         fields = None
     except Exception as exc:
-        log.exception("export %s failed", export_id)
+        log.exception("export %s failed", export_id, extra={"export_id": export_id, "trial": task.trial})
         fields = dict(status=ExportStatus.FAILED, error=f"{type(exc).__name__}: {exc}"[:2000])
     recorded = fields is not None and _finish(url, export_id, attempt, fields)
     if not recorded:
-        log.warning("export %s: attempt %d lost the export; its output is dropped", export_id, attempt)
+        ids = {"export_id": export_id, "trial": task.trial}
+        log.warning("export %s: attempt %d lost the export; its output is dropped", export_id, attempt, extra=ids)
         files.remove_attempt()
         if not _running(url, export_id):  # deleted, or failed for good: no later attempt needs the heal's state
             files.remove_shared()
         return
+    log.info("export %s %s", export_id, fields["status"], extra={"export_id": export_id, "trial": task.trial})
+    metrics.export_done(fields["status"], time.monotonic() - started, _heal_seconds(fields.get("summary")))
     if fields["status"] == ExportStatus.FAILED:
         files.remove_attempt()
     files.remove_shared()
+
+
+def _heal_seconds(summary: dict[str, Any] | None) -> float | None:
+    heal = (summary or {}).get("heal")
+    return heal.get("wall_seconds") if isinstance(heal, dict) else None
 
 
 def _read_task(url: str, export_id: str) -> ExportTask:

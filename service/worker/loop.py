@@ -12,6 +12,7 @@ import time
 from prunesearch.search.backend import OptunaBackend, SearchBackend
 from prunesearch.service.settings import Settings
 
+from . import metrics
 from .claims import claim_export, claim_job
 from .exporter import run_export
 from .runner import run_job
@@ -62,15 +63,16 @@ class Worker:
                 continue
             claim = claim_job(self.settings.db_url, lease_s=self.settings.lease_s)
             if claim is not None:
-                log.info("claimed job %s", claim.job_id)
-                run_job(
-                    claim.job_id,
-                    self.settings,
-                    self.stopping,
-                    self.run_one_export,
-                    backend=self.backend,
-                    recover=claim.alone,
-                )
+                log.info("claimed job %s", claim.job_id, extra={"job_id": claim.job_id})
+                with metrics.busy("job"):
+                    run_job(
+                        claim.job_id,
+                        self.settings,
+                        self.stopping,
+                        self.run_one_export,
+                        backend=self.backend,
+                        recover=claim.alone,
+                    )
                 jobs, idle_since = jobs + 1, time.monotonic()
                 if self.max_jobs is not None and jobs >= self.max_jobs:
                     break
@@ -91,6 +93,7 @@ class Worker:
         claim = claim_export(self.settings.db_url, lease_s=lease_s, export_root=root, healed=healed)
         if claim is None:
             return False
-        log.info("exporting %s (attempt %d)", claim.export_id, claim.attempt)
-        run_export(claim.export_id, self.settings, backend=self.backend, attempt=claim.attempt)
+        log.info("exporting %s (attempt %d)", claim.export_id, claim.attempt, extra={"export_id": claim.export_id})
+        with metrics.busy("export"):
+            run_export(claim.export_id, self.settings, backend=self.backend, attempt=claim.attempt)
         return True

@@ -7,13 +7,15 @@ import logging
 import threading
 from collections.abc import Callable
 
-from prunesearch.choices import JobStatus
+from prunesearch.choices import EventKind, JobStatus
 from prunesearch.search.backend import SearchBackend, SearchCallbacks, SearchProgress
 from prunesearch.search.spec import SearchSpec
 from prunesearch.service import crud
 from prunesearch.service.db import session_scope
+from prunesearch.service.events import emit, emit_progress
 from prunesearch.service.settings import Settings
 
+from . import metrics
 from .claims import claim_trial
 from .heartbeat import Heartbeat
 
@@ -39,14 +41,27 @@ def run_job(
         spec, study = SearchSpec.model_validate(job.spec), job.study_name
         shared = job.parallelism > 1  # TPE's constant liar only where workers can run trials side by side
 
+    clock = metrics.TrialClock()
+
     def on_trial(progress: SearchProgress) -> None:
         record(url, job_id, progress)
+        clock.trial_done()
+        ids = {"job_id": job_id, "trial": progress.last_trial}
+        log.info(
+            "job %s: trial %s finished, %d/%d",
+            job_id,
+            progress.last_trial,
+            progress.trials_done,
+            progress.n_trials,
+            extra=ids,
+        )
         between_trials()
 
     callbacks = SearchCallbacks(
         claim=lambda: claim_trial(url, job_id),
         should_stop=lambda: stopping.is_set() or _stopped(url, job_id),
         on_trial=on_trial,
+        on_heal=lambda update: record_heal(url, job_id, update),
     )
 
     error, pending = None, False
@@ -56,11 +71,12 @@ def run_job(
             record(url, job_id, progress)
             pending = spec.heal is not None and heal_pending(backend, study)
         except Exception as exc:
-            log.exception("job %s failed", job_id)
+            log.exception("job %s failed", job_id, extra={"job_id": job_id})
             error = f"{type(exc).__name__}: {exc}"[:2000]
     with session_scope(url, immediate=True) as session:
         job = crud.leave_job(session, job_id=job_id, error=error, requeue=stopping.is_set(), pending=pending)
-        log.info("left job %s: %s, %d/%d trials", job_id, job.status, job.trials_done, job.n_trials)
+        ids = {"job_id": job_id}
+        log.info("left job %s: %s, %d/%d trials", job_id, job.status, job.trials_done, job.n_trials, extra=ids)
 
 
 def heal_pending(backend: SearchBackend, study: str) -> bool:
@@ -76,6 +92,16 @@ def _stopped(url: str, job_id: str) -> bool:
         return job is None or job.cancel_requested or job.status != JobStatus.RUNNING
 
 
+def record_heal(url: str, job_id: str, update: dict) -> None:
+    """The heal stage's progress as a job event (advisory: a database error is only logged)."""
+    data = json.loads(json.dumps(update, default=str))
+    try:
+        with session_scope(url, immediate=True) as session:
+            emit(session, job_id=job_id, kind=EventKind.HEAL, data=data)
+    except Exception:
+        log.warning("job %s: heal progress not recorded", job_id, exc_info=True, extra={"job_id": job_id})
+
+
 def record(url: str, job_id: str, progress: SearchProgress) -> None:
     """Store progress and a snapshot of the Pareto front the search computed (plans and metrics as JSON)."""
     front = json.loads(json.dumps(list(progress.front), default=str))
@@ -87,6 +113,7 @@ def record(url: str, job_id: str, progress: SearchProgress) -> None:
             front_size=progress.front_size,
             hypervolume=progress.hypervolume,
         )
+        previous = crud.latest_snapshot(session, job_id=job_id)  # read under the job's row lock
         crud.add_snapshot(
             session,
             job_id=job_id,
@@ -94,3 +121,5 @@ def record(url: str, job_id: str, progress: SearchProgress) -> None:
             hypervolume=progress.hypervolume,
             front=front,
         )
+        counts = progress.to_dict() | {"trial": progress.last_trial}
+        emit_progress(session, job_id=job_id, progress=counts, front=front, previous=previous)

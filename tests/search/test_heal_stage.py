@@ -127,7 +127,12 @@ def test_stage_heals_the_candidates_once_and_a_killed_stage_resumes(scratch, tmp
     assert not list(scratch.iterdir())  # the interrupted heal's folder is gone too
 
     monkeypatch.setattr(healstage, "heal_candidate", lambda *a, **k: healed_calls.append(a[3]) or real(*a, **k))
-    run_search(spec, storage=storage, study_name="s", context=context)  # the resumed worker: trials are done
+    updates: list[dict] = []  # what the service turns into `heal` events
+    callbacks = SearchCallbacks(on_heal=updates.append)
+    run_search(spec, storage=storage, study_name="s", context=context, callbacks=callbacks)  # the resumed worker
+    outcomes = [u["trial"] for u in updates if "healed" in u]
+    assert sorted(outcomes) == sorted(set(candidates) - {first})
+    assert any(u.get("step") == u.get("total_steps") == 4 for u in updates)  # each heal's last step is reported
     assert sorted(healed_calls) == sorted(candidates) and healed_calls.count(first) == 1
     assert len(load_study(storage, "s").trials) == len(study.trials)  # no trial ran again
     attrs = load_study(storage, "s").user_attrs

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from prunesearch import migrations
 from prunesearch.service.db import dispose_all
 
+from .test_migrations import HEAD
 from .conftest import _pg_admin
 
 NOW = "2026-11-24 00:00:00"
@@ -66,7 +67,7 @@ def _up_and_down(url: str) -> None:
             _job(conn, "j5", "k1")  # one namespace again
         assert not {"ps_tokens"} & set(sa.inspect(engine).get_table_names())
         migrations.upgrade(url)
-        assert migrations.current(url) == "0004_auth"
+        assert migrations.current(url) == HEAD
     finally:
         engine.dispose()
 

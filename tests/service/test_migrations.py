@@ -8,8 +8,16 @@ import sqlalchemy as sa
 
 from prunesearch import migrations
 
-HEAD = "0004_auth"
-OURS = {"ps_jobs", "ps_pareto_snapshots", "ps_exports", "ps_datasets", "ps_tokens", migrations.VERSION_TABLE}
+HEAD = "0005_events"
+OURS = {
+    "ps_jobs",
+    "ps_pareto_snapshots",
+    "ps_exports",
+    "ps_datasets",
+    "ps_tokens",
+    "ps_events",
+    migrations.VERSION_TABLE,
+}
 
 
 def _tables(url: str) -> set[str]:

@@ -46,6 +46,8 @@ OWNED: dict[tuple[str, str], Call] = {
     ("GET", "/v1/jobs/{job_id}"): lambda c, o: c.get(f"/v1/jobs/{o.job}"),
     ("GET", "/v1/jobs/{job_id}/trials"): lambda c, o: c.get(f"/v1/jobs/{o.job}/trials"),
     ("GET", "/v1/jobs/{job_id}/pareto"): lambda c, o: c.get(f"/v1/jobs/{o.job}/pareto"),
+    # a finished job's stream ends after its history (a running job's would not)
+    ("GET", "/v1/jobs/{job_id}/events"): lambda c, o: c.get(f"/v1/jobs/{o.finished}/events"),
     ("POST", "/v1/jobs/{job_id}/exports"): lambda c, o: c.post(f"/v1/jobs/{o.job}/exports", json={"trial": 0}),
     ("GET", "/v1/exports/{export_id}"): lambda c, o: c.get(f"/v1/exports/{o.export}"),
     ("GET", "/v1/exports/{export_id}/download"): lambda c, o: c.get(f"/v1/exports/{o.export}/download"),
@@ -64,6 +66,7 @@ PUBLIC = {
     ("GET", "/docs"),
     ("GET", "/docs/oauth2-redirect"),
     ("GET", "/redoc"),
+    ("GET", "/metrics"),  # Prometheus scrapes without a token: counts and durations, no ids or paths
     ("GET", "/"),  # the web page: static, no data (it reads the /v1 routes with the token it is given)
 }
 
