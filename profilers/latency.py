@@ -19,7 +19,7 @@ from prunesearch.choices import DTYPE_BYTES, DType
 from prunesearch.pruning.plan import PrunePlan
 
 
-@validated_dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+@validated_dataclass(frozen=True, config=ConfigDict(extra="forbid", allow_inf_nan=False))
 class Workload:
     """What is timed: `batch` sequences of `prompt_tokens`, then `generate_tokens` new tokens each.
 

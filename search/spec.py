@@ -17,7 +17,7 @@ _HEAL_DEFAULTS = HealSettings()
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # JSON has no NaN; stores refuse it
 
 
 class MinKeep(_Strict):

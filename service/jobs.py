@@ -35,10 +35,11 @@ def resolved_spec(body: JobCreate, settings: Settings, session: Session) -> dict
 
 
 def checked_path(field: str, resolve) -> str:
-    """Run a path resolution, turning filesystem errors on odd input (NUL bytes, huge names) into a 422."""
+    """Run a path resolution, turning filesystem errors on odd input (NUL bytes, huge names, `~nosuchuser`,
+    symlink loops) into a 422."""
     try:
         return resolve()
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RuntimeError) as exc:
         if isinstance(exc, PathRejected):
             raise
         raise PathRejected(field, f"{field} is not a usable path: {exc}") from None

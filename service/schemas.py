@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from prunesearch.choices import DType, ExportStatus, HealMethod, JobStatus
 from prunesearch.pruning.healsettings import HealSettings
@@ -19,6 +19,14 @@ MAX_HEAL_TOKENS = 1_000_000_000
 # The most tokens in one heal step (batch x seq_len): a bound on the memory one step takes.
 MAX_STEP_TOKENS = 1_048_576
 MAX_EVAL_FILES = 4
+
+
+def as_utc(value: datetime) -> datetime:
+    """SQLite returns naive datetimes (every stored one is UTC): responses always carry the offset."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+UTCDateTime = Annotated[datetime, AfterValidator(as_utc)]
 
 
 def check_heal_size(tokens: int, step_tokens: int, what: str) -> None:
@@ -62,9 +70,9 @@ class JobPublic(BaseModel):
     hypervolume: float | None
     cancel_requested: bool
     error: str | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    created_at: UTCDateTime
+    started_at: UTCDateTime | None
+    finished_at: UTCDateTime | None
     eta_s: float | None = Field(description="seconds left at the rate so far (running jobs only)")
     spec: dict[str, Any]
     heal: dict[str, Any] | None = Field(
@@ -141,7 +149,7 @@ class HealOptions(BaseModel):
 
 
 class ExportCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     trial: int = Field(ge=0)
     dtype: DType = DType.FP32
@@ -162,8 +170,8 @@ class ExportPublic(BaseModel):
     sha256: str | None
     summary: dict[str, Any] | None
     error: str | None
-    created_at: datetime
-    finished_at: datetime | None
+    created_at: UTCDateTime
+    finished_at: UTCDateTime | None
     download_url: str | None
 
     @classmethod
@@ -178,7 +186,7 @@ class DatasetPublic(BaseModel):
     filename: str
     size: int
     sha256: str
-    created_at: datetime
+    created_at: UTCDateTime
 
     @classmethod
     def of(cls, dataset: Dataset) -> DatasetPublic:

@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     exports_dir: Path | None = None
     allow_hub: bool = Field(False, description="accept hub ids for models (needs network on the workers)")
     max_upload_bytes: int = 64 * 2**20
+    max_body_bytes: int = Field(2**20, description="largest request body other than an upload (413 beyond)")
+    min_free_bytes: int = Field(16 * 2**20, description="free disk an upload or export needs to start (507 below)")
     heartbeat_s: float = 5.0
     lease_s: float = 120.0
     poll_s: float = 1.0

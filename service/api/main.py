@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from prunesearch import __version__
 from prunesearch.search.backend import OptunaBackend, SearchBackend
 from prunesearch.service.api import errors
+from prunesearch.service.api.bodylimit import BodyLimit
 from prunesearch.service.api.routes import datasets, exports, jobs, system
 from prunesearch.service.settings import Settings, get_settings
 
@@ -20,6 +21,8 @@ def create_app(settings: Settings | None = None, backend: SearchBackend | None =
     for module in (jobs, exports, datasets, system):
         app.include_router(module.router)
     errors.install(app)
+    limits = app.state.settings
+    app.add_middleware(BodyLimit, max_body_bytes=limits.max_body_bytes, max_upload_bytes=limits.max_upload_bytes)
     return app
 
 

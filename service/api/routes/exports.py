@@ -10,13 +10,20 @@ from fastapi.responses import FileResponse
 from prunesearch.choices import ExportStatus
 from prunesearch.service import crud
 from prunesearch.service.api.deps import ExportDep, JobDep, SessionDep, SettingsDep
+from prunesearch.service.api.errors import responses
+from prunesearch.service.diskspace import check_free_space
 from prunesearch.service.exports import heal_record
 from prunesearch.service.schemas import ExportCreate, ExportPublic
 
 router = APIRouter(tags=["exports"])
 
 
-@router.post("/v1/jobs/{job_id}/exports", status_code=202, response_model=ExportPublic)
+@router.post(
+    "/v1/jobs/{job_id}/exports",
+    status_code=202,
+    response_model=ExportPublic,
+    responses=responses(404, 409, 413, 422, 507),
+)
 def create_export(
     job: JobDep, body: ExportCreate, session: SessionDep, settings: SettingsDep, response: Response
 ) -> ExportPublic:
@@ -24,18 +31,23 @@ def create_export(
     so) and its archive."""
     if body.trial >= job.trials_claimed:
         raise HTTPException(409, f"job {job.id} has no trial {body.trial} yet ({job.trials_done} trials done)")
+    check_free_space(settings.export_root, settings.min_free_bytes)  # a 507 now, not a failed export later
     heal = heal_record(body.heal, job, settings, session)
     export = crud.create_export(session, job_id=job.id, trial=body.trial, dtype=body.dtype, heal=heal)
     response.headers["Location"] = f"/v1/exports/{export.id}"
     return ExportPublic.of(export)
 
 
-@router.get("/v1/exports/{export_id}", response_model=ExportPublic)
+@router.get("/v1/exports/{export_id}", response_model=ExportPublic, responses=responses(404))
 def get_export(export: ExportDep) -> ExportPublic:
     return ExportPublic.of(export)
 
 
-@router.get("/v1/exports/{export_id}/download", response_class=FileResponse)
+@router.get(
+    "/v1/exports/{export_id}/download",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/x-tar": {}}}} | responses(404, 409, 410),
+)
 def download_export(export: ExportDep) -> FileResponse:
     """Stream the checkpoint's tar archive; `X-Checksum-SHA256` and `Content-Length` let clients verify it."""
     if export.status != ExportStatus.SUCCEEDED or not export.path:

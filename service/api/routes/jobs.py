@@ -15,6 +15,7 @@ from prunesearch.search.backend import SearchBackend
 from prunesearch.service import crud
 from prunesearch.service.api.cache import TTLCache
 from prunesearch.service.api.deps import BackendDep, JobDep, LimitDep, OffsetDep, SessionDep, SettingsDep
+from prunesearch.service.api.errors import responses
 from prunesearch.service.db import session_scope
 from prunesearch.service.exportfiles import remove_export
 from prunesearch.service.jobs import submit_job
@@ -26,7 +27,7 @@ JOB_VIEWS = TTLCache(ttl_s=0.25)
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
-@router.post("", status_code=202, response_model=JobPublic)
+@router.post("", status_code=202, response_model=JobPublic, responses=responses(413, 422))
 def create_job(
     body: JobCreate,
     response: Response,
@@ -40,7 +41,7 @@ def create_job(
     return JobPublic.of(job)
 
 
-@router.get("", response_model=Page[JobPublic])
+@router.get("", response_model=Page[JobPublic], responses=responses(422))
 def list_jobs(
     session: SessionDep, status: JobStatus | None = None, offset: OffsetDep = 0, limit: LimitDep = 50
 ) -> Page[JobPublic]:
@@ -48,7 +49,7 @@ def list_jobs(
     return Page[JobPublic](items=[JobPublic.of(j) for j in jobs], total=total, offset=offset, limit=limit)
 
 
-@router.get("/{job_id}", response_model=JobPublic)
+@router.get("/{job_id}", response_model=JobPublic, responses=responses(404))
 async def get_job(job_id: str, settings: SettingsDep, backend: BackendDep) -> Response:
     """The hot polling path: served from a 0.25 s cache, else one thread-pool hop for the whole read."""
     body = JOB_VIEWS.get(job_id)
@@ -81,7 +82,7 @@ def _heal_status(job: Job, backend: SearchBackend) -> dict | None:
         return None
 
 
-@router.get("/{job_id}/trials", response_model=Page[dict])
+@router.get("/{job_id}/trials", response_model=Page[dict], responses=responses(404, 422))
 def list_trials(job: JobDep, backend: BackendDep, offset: OffsetDep = 0, limit: LimitDep = 50) -> Page[dict]:
     """Trials as the search engine stored them (state, plan, metrics, feasibility), by trial number."""
     items: list[dict] = []
@@ -94,7 +95,7 @@ def list_trials(job: JobDep, backend: BackendDep, offset: OffsetDep = 0, limit: 
     return Page[dict](items=items, total=total, offset=offset, limit=limit)
 
 
-@router.get("/{job_id}/pareto", response_model=ParetoPublic)
+@router.get("/{job_id}/pareto", response_model=ParetoPublic, responses=responses(404))
 def get_pareto(job: JobDep, session: SessionDep, backend: BackendDep) -> ParetoPublic:
     """The latest Pareto front the workers recorded (empty before the first trial), and for a job that heals,
     the healed front (its healed candidates not dominated by healed quality and latency: pick winners there)."""
@@ -114,7 +115,7 @@ def get_pareto(job: JobDep, session: SessionDep, backend: BackendDep) -> ParetoP
     )
 
 
-@router.post("/{job_id}/cancel", status_code=202, response_model=JobPublic)
+@router.post("/{job_id}/cancel", status_code=202, response_model=JobPublic, responses=responses(404, 409))
 def cancel_job(job: JobDep, session: SessionDep) -> JobPublic:
     """Cancel a queued job at once, or a running one between trials."""
     if job.status not in ACTIVE:
@@ -124,7 +125,7 @@ def cancel_job(job: JobDep, session: SessionDep) -> JobPublic:
     return JobPublic.of(job)
 
 
-@router.delete("/{job_id}", status_code=204)
+@router.delete("/{job_id}", status_code=204, responses=responses(404, 409))
 def delete_job(job: JobDep, session: SessionDep, settings: SettingsDep, backend: BackendDep) -> Response:
     """Delete a finished job with its snapshots, exports (files too) and Optuna study."""
     if job.status in ACTIVE:

@@ -9,6 +9,7 @@ from prunesearch.migrations import VERSION_TABLE
 from prunesearch.profilers.hardware import known_profiles, user_profile_dir
 from prunesearch.profilers.registry import LOCAL_NAMES
 from prunesearch.service.api.deps import SessionDep
+from prunesearch.service.api.errors import responses
 
 router = APIRouter(tags=["system"])
 
@@ -19,7 +20,7 @@ def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses=responses(503))
 def readyz(session: SessionDep) -> dict:
     """The database answers and its schema is migrated."""
     try:
