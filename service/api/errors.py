@@ -10,10 +10,13 @@ import reprlib
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Match
 
 from prunesearch.profilers.hardware import HardwareError
 from prunesearch.service.paths import PathRejected
@@ -111,6 +114,20 @@ async def _validation(_request: Request, exc: RequestValidationError) -> JSONRes
         return JSONResponse({"detail": "invalid request"}, status_code=422)
 
 
+async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+    """FastAPI's handler, except that a 405's `Allow` lists the methods of every route on the path (Starlette
+    names those of the first route it matched only)."""
+    if exc.status_code == 405:
+        allowed = sorted({m for r in request.app.routes if _on_path(r, request) for m in getattr(r, "methods", ())})
+        exc.headers = {**(exc.headers or {}), "Allow": ", ".join(allowed)}
+    return await http_exception_handler(request, exc)
+
+
+def _on_path(route: BaseRoute, request: Request) -> bool:
+    match, _ = route.matches(request.scope)
+    return match != Match.NONE
+
+
 async def _path_rejected(_request: Request, exc: PathRejected) -> JSONResponse:
     return field_error(422, exc.field, str(exc))
 
@@ -135,6 +152,7 @@ async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
 def install(app: FastAPI) -> None:
     """Register the handlers on `app`."""
     app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(StarletteHTTPException, _http)
     app.add_exception_handler(PathRejected, _path_rejected)
     app.add_exception_handler(HardwareError, _hardware)
     app.add_exception_handler(OSError, _storage)

@@ -179,10 +179,10 @@ def test_timestamps_carry_their_offset(api):
 def test_the_schema_declares_every_error_status(api):
     paths = api.get("/openapi.json").json()["paths"]
     expected = {
-        ("/v1/jobs", "post"): {"202", "413", "422"},
+        ("/v1/jobs", "post"): {"202", "400", "413", "422"},
         ("/v1/jobs/{job_id}", "get"): {"200", "404"},
         ("/v1/jobs/{job_id}", "delete"): {"204", "404", "409"},
-        ("/v1/jobs/{job_id}/exports", "post"): {"202", "404", "409", "413", "422", "507"},
+        ("/v1/jobs/{job_id}/exports", "post"): {"202", "400", "404", "409", "413", "422", "507"},
         ("/v1/exports/{export_id}/download", "get"): {"200", "404", "409", "410"},
         ("/v1/datasets", "post"): {"201", "400", "413", "422", "507"},
         ("/readyz", "get"): {"200", "503"},

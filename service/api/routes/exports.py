@@ -22,7 +22,7 @@ router = APIRouter(tags=["exports"])
     "/v1/jobs/{job_id}/exports",
     status_code=202,
     response_model=ExportPublic,
-    responses=responses(404, 409, 413, 422, 507),
+    responses=responses(400, 404, 409, 413, 422, 507),
 )
 def create_export(
     job: JobDep, body: ExportCreate, session: SessionDep, settings: SettingsDep, response: Response

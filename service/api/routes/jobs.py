@@ -27,7 +27,7 @@ JOB_VIEWS = TTLCache(ttl_s=0.25)
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
-@router.post("", status_code=202, response_model=JobPublic, responses=responses(413, 422))
+@router.post("", status_code=202, response_model=JobPublic, responses=responses(400, 413, 422))
 def create_job(
     body: JobCreate,
     response: Response,
