@@ -21,6 +21,7 @@ import re
 import socket
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import urllib.request
@@ -77,6 +78,53 @@ def _migrate(url: str) -> None:
     dispose_all()
 
 
+def _seeded(url: str, db_url: str, data_dir: Path) -> str:
+    """A job on the bundled model with one claimed trial and a finished export of it (rows written directly: no
+    worker runs), so that fuzzed requests reach the routes behind real ids; the config lines that hand those ids
+    to half the generated requests."""
+    from prunesearch.choices import ExportStatus
+    from prunesearch.service import crud
+    from prunesearch.service.db import dispose_all, session_scope
+
+    body = json.dumps({"model": "tiny-llama", "calibration": "tiny-llama/calib.txt", "n_trials": 1}).encode()
+    request = urllib.request.Request(f"{url}/v1/jobs", body, {"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        job_id = json.loads(response.read())["id"]
+    archive = data_dir / "exports" / "seeded.tar"
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive, "w") as tar:
+        tar.add(CONFIG, arcname="config.toml")
+    with session_scope(db_url) as session:
+        crud.get_job(session, job_id=job_id).trials_claimed = 1
+        export = crud.create_export(session, job_id=job_id, trial=0, dtype="fp32", heal=None)
+        export.status, export.path, export.size = ExportStatus.SUCCEEDED, str(archive), archive.stat().st_size
+        export.sha256 = "0" * 64
+        export_id = export.id
+    dispose_all()
+    return f"""
+[dictionaries.jobs]
+values = ["{job_id}"]
+
+[dictionaries.exports]
+values = ["{export_id}"]
+
+[dictionaries.trials]
+values = [0]
+
+[parameters."path.job_id"]
+dictionary = "jobs"
+probability = 0.5
+
+[parameters."path.export_id"]
+dictionary = "exports"
+probability = 0.5
+
+[parameters."body.trial"]
+dictionary = "trials"
+probability = 0.5
+"""
+
+
 def _stop(server: subprocess.Popen) -> None:
     if server.poll() is None:
         server.terminate()
@@ -106,8 +154,10 @@ def fuzz_api(work: Path, *, max_examples: int, seed: int, timeout_s: float, work
         server = subprocess.Popen(serve, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_ready(url, server)
+        config = work / "schemathesis.toml"
+        config.write_text(CONFIG.read_text() + _seeded(url, db_url, work / "data"))
         st = Path(sys.executable).with_name("st")
-        cmd = [str(st), "--no-color", "--config-file", str(CONFIG), "run", f"{url}/openapi.json"]
+        cmd = [str(st), "--no-color", "--config-file", str(config), "run", f"{url}/openapi.json"]
         cmd += ["--checks", "all", "--max-examples", str(max_examples), "--seed", str(seed)]
         cmd += ["--workers", str(workers), "--request-timeout", "30"]
         started = time.monotonic()

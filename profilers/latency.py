@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Annotated, Any, Protocol, runtime_checkable
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, StrictInt
 from pydantic.dataclasses import dataclass as validated_dataclass
 
 from prunesearch.choices import DTYPE_BYTES, DType
@@ -28,9 +28,9 @@ class Workload:
     At least one generated token: the prefill yields it, and decode time is per generated token.
     """
 
-    batch: Annotated[int, Field(ge=1, le=4096)] = 1
-    prompt_tokens: Annotated[int, Field(ge=1, le=1_048_576)] = 512
-    generate_tokens: Annotated[int, Field(ge=1, le=1_048_576)] = 128
+    batch: Annotated[StrictInt, Field(ge=1, le=4096)] = 1
+    prompt_tokens: Annotated[StrictInt, Field(ge=1, le=1_048_576)] = 512
+    generate_tokens: Annotated[StrictInt, Field(ge=1, le=1_048_576)] = 128
     dtype: DType = DType.BF16
 
     @property

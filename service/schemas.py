@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, model_validator
 
 from prunesearch.choices import DType, ExportStatus, HealMethod, JobStatus
 from prunesearch.pruning.healsettings import HealSettings
@@ -44,7 +44,7 @@ class JobCreate(SearchSpec):
     hub id where allowed); `calibration` a dataset id from `POST /v1/datasets` or a file under an allowed
     root."""
 
-    parallelism: int = Field(1, ge=1, le=64, description="how many workers may run trials of this job at once")
+    parallelism: StrictInt = Field(1, ge=1, le=64, description="how many workers may run trials of this job at once")
     owner: str | None = Field(None, max_length=200)
 
     @model_validator(mode="after")
@@ -115,15 +115,15 @@ class HealOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    tokens: int | None = Field(None, le=MAX_HEAL_TOKENS, description="training tokens (default 1,000,000)")
-    steps: int | None = Field(None, le=1_000_000, description="optimizer steps, instead of tokens")
+    tokens: StrictInt | None = Field(None, le=MAX_HEAL_TOKENS, description="training tokens (default 1,000,000)")
+    steps: StrictInt | None = Field(None, le=1_000_000, description="optimizer steps, instead of tokens")
     method: HealMethod = HealMethod.FULL
-    lr: float | None = Field(None, le=1.0, description="peak learning rate (default 1e-4 full, 1e-3 LoRA)")
-    lora_rank: int = Field(16, le=1024)
-    seq_len: int = Field(256, le=32_768)
-    batch: int = Field(8, le=4096)
-    ce_weight: float = Field(0.0, description="cross-entropy share of the loss, in [0, 1]")
-    temperature: float = Field(1.0, le=100.0)
+    lr: StrictFloat | None = Field(None, le=1.0, description="peak learning rate (default 1e-4 full, 1e-3 LoRA)")
+    lora_rank: StrictInt = Field(16, le=1024)
+    seq_len: StrictInt = Field(256, le=32_768)
+    batch: StrictInt = Field(8, le=4096)
+    ce_weight: StrictFloat = Field(0.0, description="cross-entropy share of the loss, in [0, 1]")
+    temperature: StrictFloat = Field(1.0, le=100.0)
     data: str | None = Field(
         None, max_length=4096, description="training text: a dataset id or an allowed file; default the job's"
     )
@@ -151,7 +151,7 @@ class HealOptions(BaseModel):
 class ExportCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    trial: int = Field(ge=0)
+    trial: StrictInt = Field(ge=0)
     dtype: DType = DType.FP32
     heal: HealOptions | None = Field(None, description="heal the checkpoint before archiving it (default: no)")
 

@@ -214,7 +214,8 @@ def _models(root: type) -> list[type]:
 
 
 def _is_float(annotation) -> bool:
-    return annotation is float or float in typing.get_args(annotation)
+    """`float`, also inside `X | None` and `Annotated[float, ...]` (`StrictFloat`)."""
+    return annotation is float or any(_is_float(arg) for arg in typing.get_args(annotation))
 
 
 def _float_fields() -> list[tuple[type, str]]:
@@ -239,3 +240,16 @@ def test_no_request_float_accepts_non_finite_values(value):
             validate({name: value})
         types = {e["type"] for e in info.value.errors() if e["loc"] == (name,)}
         assert types == {"finite_number"}, (model.__name__, name, types)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"n_trials": True}, {"n_trials": "5"}, {"timeout_s": "1.5"}, {"baselines": 1}, {"workload": {"batch": False}}],
+)
+def test_numbers_and_booleans_are_not_coerced(api, change):
+    """JSON has types: `true` is not 1 and "5" is not 5 (the schema says integer; schemathesis checks it)."""
+    response = api.post("/v1/jobs", json=job_body(**change))
+    assert response.status_code == 422, response.text
+    assert ExportCreate.model_json_schema()["properties"]["trial"]["type"] == "integer"
+    with pytest.raises(ValidationError):
+        ExportCreate.model_validate({"trial": False})
