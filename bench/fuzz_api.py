@@ -1,7 +1,7 @@
 """Fuzz the HTTP API with schemathesis, every check enabled, against a live `uvicorn` on loopback; count every
 request the server answered (from its access log) and the 5xx among them.
 
-    python bench/fuzz_api.py [--max-examples 400] [--seed 12] [--timeout 3000] [--out FILE.json]
+    python bench/fuzz_api.py [--max-examples 100] [--max-time 600] [--seed 12] [--timeout 3000] [--out FILE.json]
 
 Starts its own server (the API only, no worker; SQLite in a temporary data dir) on a free port, migrates the
 database, runs `st run URL/openapi.json --checks all` with `bench/schemathesis.toml` (one documented allowance:
@@ -135,8 +135,11 @@ def _stop(server: subprocess.Popen) -> None:
             server.wait()
 
 
-def fuzz_api(work: Path, *, max_examples: int, seed: int, timeout_s: float, workers: int = 1) -> FuzzResult:
-    """Run schemathesis against a fresh server whose data lives in `work` (its `.hypothesis` folder too)."""
+def fuzz_api(
+    work: Path, *, max_examples: int, seed: int, timeout_s: float, workers: int = 1, max_time: int | None = None
+) -> FuzzResult:
+    """Run schemathesis against a fresh server whose data lives in `work` (its `.hypothesis` folder too);
+    `max_time`: seconds over which fuzzing and stateful testing repeat (None: each runs its examples once)."""
     work.mkdir(parents=True, exist_ok=True)
     db_url = f"sqlite:///{work / 'data' / 'prunesearch.db'}"
     env = {
@@ -160,6 +163,7 @@ def fuzz_api(work: Path, *, max_examples: int, seed: int, timeout_s: float, work
         cmd = [str(st), "--no-color", "--config-file", str(config), "run", f"{url}/openapi.json"]
         cmd += ["--checks", "all", "--max-examples", str(max_examples), "--seed", str(seed)]
         cmd += ["--workers", str(workers), "--request-timeout", "30"]
+        cmd += ["--max-time", str(max_time)] if max_time else []
         started = time.monotonic()
         try:
             run = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=timeout_s)
@@ -175,15 +179,21 @@ def fuzz_api(work: Path, *, max_examples: int, seed: int, timeout_s: float, work
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--max-examples", type=int, default=400, help="test cases per operation and phase")
+    parser.add_argument("--max-examples", type=int, default=100, help="test cases per operation and phase")
     parser.add_argument("--seed", type=int, default=12)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--max-time", type=int, help="seconds over which fuzzing and stateful testing repeat")
     parser.add_argument("--timeout", type=float, default=3000, help="seconds schemathesis may run")
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="fuzz-api-") as tmp:
         result = fuzz_api(
-            Path(tmp), max_examples=args.max_examples, seed=args.seed, timeout_s=args.timeout, workers=args.workers
+            Path(tmp),
+            max_examples=args.max_examples,
+            seed=args.seed,
+            timeout_s=args.timeout,
+            workers=args.workers,
+            max_time=args.max_time,
         )
     print(result.output[-4000:])
     figures = {
@@ -193,6 +203,7 @@ def main() -> int:
         "schemathesis_exit": result.returncode,
         "seconds": round(result.seconds, 1),
         "max_examples": args.max_examples,
+        "max_time": args.max_time,
         "seed": args.seed,
         "cpu": _cpu(),
     }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import logging
 import math
+import re
 import reprlib
 from typing import Any
 
@@ -16,7 +17,6 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import BaseRoute, Match
 
 from prunesearch.profilers.hardware import HardwareError
 from prunesearch.service.paths import PathRejected
@@ -45,6 +45,7 @@ class ErrorBody(BaseModel):
     detail: str | list[FieldError]
 
 
+_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"}
 _DESCRIPTIONS = {
     400: "Bad request (a body that cannot be parsed)",
     404: "Not found",
@@ -115,17 +116,22 @@ async def _validation(_request: Request, exc: RequestValidationError) -> JSONRes
 
 
 async def _http(request: Request, exc: StarletteHTTPException) -> Response:
-    """FastAPI's handler, except that a 405's `Allow` lists the methods of every route on the path (Starlette
-    names those of the first route it matched only)."""
-    if exc.status_code == 405:
-        allowed = sorted({m for r in request.app.routes if _on_path(r, request) for m in getattr(r, "methods", ())})
+    """FastAPI's handler, except that a 405's `Allow` lists the methods of every operation on the path, as the
+    OpenAPI schema declares them (Starlette names those of the first route it matched only)."""
+    if exc.status_code == 405 and (allowed := _allowed_methods(request)):
         exc.headers = {**(exc.headers or {}), "Allow": ", ".join(allowed)}
     return await http_exception_handler(request, exc)
 
 
-def _on_path(route: BaseRoute, request: Request) -> bool:
-    match, _ = route.matches(request.scope)
-    return match != Match.NONE
+def _allowed_methods(request: Request) -> list[str]:
+    path = request.url.path
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        parts = re.split(r"(\{[^/]+\})", template)
+        pattern = "".join("[^/]+" if part.startswith("{") else re.escape(part) for part in parts)
+        if re.fullmatch(pattern, path):
+            methods = {method.upper() for method in operations if method.upper() in _METHODS}
+            return sorted(methods | ({"HEAD"} if "GET" in methods else set()))
+    return []
 
 
 async def _path_rejected(_request: Request, exc: PathRejected) -> JSONResponse:

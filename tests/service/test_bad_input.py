@@ -253,3 +253,9 @@ def test_numbers_and_booleans_are_not_coerced(api, change):
     assert ExportCreate.model_json_schema()["properties"]["trial"]["type"] == "integer"
     with pytest.raises(ValidationError):
         ExportCreate.model_validate({"trial": False})
+
+
+def test_a_405_lists_every_method_on_the_path(api):
+    assert api.options("/v1/jobs").headers["allow"] == "GET, HEAD, POST"
+    assert api.put("/v1/jobs/abc").headers["allow"] == "DELETE, GET, HEAD"
+    assert api.get("/v1/jobs/abc/cancel").headers["allow"] == "POST"
