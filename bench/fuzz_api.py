@@ -94,6 +94,11 @@ def _seeded(url: str, db_url: str, data_dir: Path) -> str:
     archive.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(archive, "w") as tar:
         tar.add(CONFIG, arcname="config.toml")
+    for _ in range(100):  # the API may commit just after its 202 (until acknowledgements are made durable)
+        with session_scope(db_url) as session:
+            if crud.get_job(session, job_id=job_id) is not None:
+                break
+        time.sleep(0.1)
     with session_scope(db_url) as session:
         crud.get_job(session, job_id=job_id).trials_claimed = 1
         export = crud.create_export(session, job_id=job_id, trial=0, dtype="fp32", heal=None)

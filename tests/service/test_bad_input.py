@@ -259,3 +259,12 @@ def test_a_405_lists_every_method_on_the_path(api):
     assert api.options("/v1/jobs").headers["allow"] == "GET, HEAD, POST"
     assert api.put("/v1/jobs/abc").headers["allow"] == "DELETE, GET, HEAD"
     assert api.get("/v1/jobs/abc/cancel").headers["allow"] == "POST"
+
+
+def test_non_finite_numbers_on_postgresql_get_422(pg_settings):
+    """PostgreSQL's JSON columns store no NaN: these used to reach the database and come back as a 500."""
+    with TestClient(create_app(pg_settings)) as api:
+        for fragment in ('"timeout_s": Infinity', '"constraints": {"latency_budget_ms": Infinity}'):
+            body = json.dumps(job_body())[:-1] + ", " + fragment + "}"
+            assert _post_raw(api, body).status_code == 422
+        assert api.post("/v1/jobs", json=job_body(timeout_s=5.0)).status_code == 202
