@@ -119,7 +119,7 @@ def _write_checkpoint(task: ExportTask, files: ExportFiles, backend: SearchBacke
     files.staging.mkdir(parents=True)
     if task.heal is None:
         summary = backend.export_trial(task.study, task.trial, files.staged_dir, dtype=task.dtype)
-        return summary | {"out": str(files.out_dir)}  # where it lies once published
+        return summary | ({"out": str(files.out_dir)} if "out" in summary else {})  # where it lies once published
     # The student trains in fp32; the heal writes the healed checkpoint in the export's dtype.
     shutil.rmtree(files.student, ignore_errors=True)  # a dead attempt's, perhaps half written
     summary = backend.export_trial(task.study, task.trial, files.student, dtype="fp32")
