@@ -12,14 +12,14 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Annotated, Any, Protocol, runtime_checkable
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, StrictInt
 from pydantic.dataclasses import dataclass as validated_dataclass
 
 from prunesearch.choices import DTYPE_BYTES, DType
 from prunesearch.pruning.plan import PrunePlan
 
 
-@validated_dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+@validated_dataclass(frozen=True, config=ConfigDict(extra="forbid", allow_inf_nan=False))
 class Workload:
     """What is timed: `batch` sequences of `prompt_tokens`, then `generate_tokens` new tokens each.
 
@@ -28,9 +28,9 @@ class Workload:
     At least one generated token: the prefill yields it, and decode time is per generated token.
     """
 
-    batch: Annotated[int, Field(ge=1, le=4096)] = 1
-    prompt_tokens: Annotated[int, Field(ge=1, le=1_048_576)] = 512
-    generate_tokens: Annotated[int, Field(ge=1, le=1_048_576)] = 128
+    batch: Annotated[StrictInt, Field(ge=1, le=4096)] = 1
+    prompt_tokens: Annotated[StrictInt, Field(ge=1, le=1_048_576)] = 512
+    generate_tokens: Annotated[StrictInt, Field(ge=1, le=1_048_576)] = 128
     dtype: DType = DType.BF16
 
     @property

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, model_validator
 
 from prunesearch.choices import CriterionName, DeployTarget, HealMethod, Sampler
 from prunesearch.profilers.latency import Workload
@@ -17,28 +17,30 @@ _HEAL_DEFAULTS = HealSettings()
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # JSON has no NaN; stores refuse it
 
 
 class MinKeep(_Strict):
     """Smallest kept fraction per knob (per layer for heads and MLP, of the whole model for depth and vocab)."""
 
-    heads: float = Field(0.25, ge=0, le=1)
-    ffn: float = Field(0.25, ge=0, le=1)
-    layers: float = Field(0.5, gt=0, le=1, description="fraction of attention and of MLP sublayers kept")
-    vocab: float = Field(0.25, gt=0, le=1)
+    heads: StrictFloat = Field(0.25, ge=0, le=1)
+    ffn: StrictFloat = Field(0.25, ge=0, le=1)
+    layers: StrictFloat = Field(0.5, gt=0, le=1, description="fraction of attention and of MLP sublayers kept")
+    vocab: StrictFloat = Field(0.25, gt=0, le=1)
 
 
 class SearchSpace(_Strict):
     """Which knobs the search may turn, and how far."""
 
-    heads: bool = True
-    ffn: bool = True
+    heads: StrictBool = True
+    ffn: StrictBool = True
     depth: Literal["none", "layers", "sublayers"] = "sublayers"
-    vocab: bool = False
-    ffn_step: int | None = Field(None, ge=1, description="MLP width granularity; default 64, or 8 for tiny models")
+    vocab: StrictBool = False
+    ffn_step: StrictInt | None = Field(
+        None, ge=1, description="MLP width granularity; default 64, or 8 for tiny models"
+    )
     min_keep: MinKeep = MinKeep()
-    layers: list[int] | None = Field(None, description="indices of layers the search may touch (default: all)")
+    layers: list[StrictInt] | None = Field(None, description="indices of layers the search may touch (default: all)")
     parametrization: Literal["per_layer", "profile"] = "per_layer"
 
     @model_validator(mode="after")
@@ -57,10 +59,10 @@ class Objectives(_Strict):
 
 
 class Constraints(_Strict):
-    latency_budget_fraction: float | None = Field(None, gt=0, le=1, description="at most this share of dense")
-    latency_budget_ms: float | None = Field(None, gt=0, description="at most this many milliseconds")
-    vocab_coverage: float | None = Field(None, gt=0, le=1, description="min fraction of calibration tokens kept")
-    fit_in_memory: bool = True
+    latency_budget_fraction: StrictFloat | None = Field(None, gt=0, le=1, description="at most this share of dense")
+    latency_budget_ms: StrictFloat | None = Field(None, gt=0, description="at most this many milliseconds")
+    vocab_coverage: StrictFloat | None = Field(None, gt=0, le=1, description="min fraction of calibration tokens kept")
+    fit_in_memory: StrictBool = True
     # A spec without the constraint dumps as before the field existed (stored specs, studies, job views).
     deploy: DeployTarget = Field(
         DeployTarget.ANY,
@@ -80,8 +82,8 @@ class CalibrationSampling(_Strict):
     (Not the latency calibration: that is `profilers.calibrate.LatencyFit`.) Its JSON field is
     `calibration_settings`."""
 
-    tokens: int = Field(16_384, ge=64, le=10_000_000)
-    seq_len: int = Field(256, ge=8, le=32_768)
+    tokens: StrictInt = Field(16_384, ge=64, le=10_000_000)
+    seq_len: StrictInt = Field(256, ge=8, le=32_768)
     criterion: CriterionName = CriterionName.FLAP
 
 
@@ -90,12 +92,12 @@ class HealSpec(_Strict):
     range for `tokens` tokens each (distillation from the dense model on the calibration text), and score them
     again with the search's own KL and perplexity."""
 
-    top_k: int = Field(4, ge=1, le=64, description="how many front candidates to heal")
-    tokens: int = Field(200_000, ge=64, le=100_000_000, description="training tokens per candidate")
+    top_k: StrictInt = Field(4, ge=1, le=64, description="how many front candidates to heal")
+    tokens: StrictInt = Field(200_000, ge=64, le=100_000_000, description="training tokens per candidate")
     method: HealMethod = HealMethod.FULL
-    lr: float | None = Field(None, gt=0, le=1, description="peak learning rate (default: the method's)")
-    seq_len: int = Field(_HEAL_DEFAULTS.seq_len, ge=8, le=32_768)
-    batch: int = Field(_HEAL_DEFAULTS.batch, ge=1, le=1024)
+    lr: StrictFloat | None = Field(None, gt=0, le=1, description="peak learning rate (default: the method's)")
+    seq_len: StrictInt = Field(_HEAL_DEFAULTS.seq_len, ge=8, le=32_768)
+    batch: StrictInt = Field(_HEAL_DEFAULTS.batch, ge=1, le=1024)
 
     @model_validator(mode="after")
     def _one_step(self) -> HealSpec:
@@ -122,10 +124,10 @@ class SearchSpec(_Strict):
     workload: Workload = Workload()
     calibration_settings: CalibrationSampling = CalibrationSampling()
     sampler: Sampler = Sampler.TPE
-    n_trials: int = Field(100, ge=1, le=100_000)
-    timeout_s: float | None = Field(None, gt=0)
-    seed: int = 0
-    baselines: bool = True
+    n_trials: StrictInt = Field(100, ge=1, le=100_000)
+    timeout_s: StrictFloat | None = Field(None, gt=0)
+    seed: StrictInt = 0
+    baselines: StrictBool = True
     # A spec without heal dumps exactly as before the field existed (stored specs, studies, job views).
     heal: HealSpec | None = Field(
         None,

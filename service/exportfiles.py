@@ -3,6 +3,7 @@ them, and the API, which removes them with the job (neither imports the other)."
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -21,9 +22,21 @@ class ExportFiles:
         self.archive = self.out_dir.with_suffix(".tar")
         self.student = root / f"{export_id}.student"
         self.healed = root / f"{export_id}.healed"
+        # Written here first, then renamed into place: a half-written checkpoint or archive never has the name
+        # of a finished one, and one folder holds all an attempt wrote.
+        self.staging = root / f".{export_id}-{attempt}.partial"
+        self.staged_dir = self.staging / self.out_dir.name
+        self.staged_archive = self.staging / self.archive.name
+
+    def publish(self) -> None:
+        """Rename the staged checkpoint and archive into place (same volume: atomic renames)."""
+        os.replace(self.staged_dir, self.out_dir)
+        os.replace(self.staged_archive, self.archive)
+        self.staging.rmdir()
 
     def remove_attempt(self) -> None:
-        """This attempt's checkpoint folder and archive."""
+        """This attempt's checkpoint folder and archive, finished or staged."""
+        shutil.rmtree(self.staging, ignore_errors=True)
         shutil.rmtree(self.out_dir, ignore_errors=True)
         self.archive.unlink(missing_ok=True)
 
@@ -37,8 +50,13 @@ class ExportFiles:
 
 
 def remove_export(root: Path, export_id: str, attempts: int) -> None:
-    """Every file export `export_id` may have under `root`: each attempt's checkpoint and archive, and the
-    files its attempts share."""
+    """Every file export `export_id` may have under `root`: each attempt's checkpoint and archive (those of
+    attempts the count missed too: whatever is named after the export), and the files its attempts share."""
     for attempt in range(1, max(attempts, 1) + 1):
         ExportFiles(root, export_id, attempt).remove_attempt()
     ExportFiles(root, export_id).remove_shared()
+    for path in [*root.glob(f"{export_id}-*"), *root.glob(f".{export_id}-*")]:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)

@@ -63,10 +63,11 @@ def _own_upload(path: Path, settings: Settings, session: Session, principal: Pri
 
 
 def checked_path(field: str, resolve) -> str:
-    """Run a path resolution, turning filesystem errors on odd input (NUL bytes, huge names) into a 422."""
+    """Run a path resolution, turning filesystem errors on odd input (NUL bytes, huge names, `~nosuchuser`,
+    symlink loops) into a 422."""
     try:
         return resolve()
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RuntimeError) as exc:
         if isinstance(exc, PathRejected):
             raise
         raise PathRejected(field, f"{field} is not a usable path: {exc}") from None

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, model_validator
 
 from prunesearch.choices import DType, ExportStatus, HealMethod, JobStatus
 from prunesearch.pruning.healsettings import HealSettings
@@ -19,6 +19,14 @@ MAX_HEAL_TOKENS = 1_000_000_000
 # The most tokens in one heal step (batch x seq_len): a bound on the memory one step takes.
 MAX_STEP_TOKENS = 1_048_576
 MAX_EVAL_FILES = 4
+
+
+def as_utc(value: datetime) -> datetime:
+    """SQLite returns naive datetimes (every stored one is UTC): responses always carry the offset."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+UTCDateTime = Annotated[datetime, AfterValidator(as_utc)]
 
 
 def check_heal_size(tokens: int, step_tokens: int, what: str) -> None:
@@ -36,7 +44,7 @@ class JobCreate(SearchSpec):
     hub id where allowed); `calibration` a dataset id from `POST /v1/datasets` or a file under an allowed
     root."""
 
-    parallelism: int = Field(1, ge=1, le=64, description="how many workers may run trials of this job at once")
+    parallelism: StrictInt = Field(1, ge=1, le=64, description="how many workers may run trials of this job at once")
     owner: str | None = Field(None, max_length=200, description="default: the caller; only an admin may name another")
 
     @model_validator(mode="after")
@@ -62,9 +70,9 @@ class JobPublic(BaseModel):
     hypervolume: float | None
     cancel_requested: bool
     error: str | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    created_at: UTCDateTime
+    started_at: UTCDateTime | None
+    finished_at: UTCDateTime | None
     eta_s: float | None = Field(description="seconds left at the rate so far (running jobs only)")
     spec: dict[str, Any]
     heal: dict[str, Any] | None = Field(
@@ -107,15 +115,15 @@ class HealOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    tokens: int | None = Field(None, le=MAX_HEAL_TOKENS, description="training tokens (default 1,000,000)")
-    steps: int | None = Field(None, le=1_000_000, description="optimizer steps, instead of tokens")
+    tokens: StrictInt | None = Field(None, le=MAX_HEAL_TOKENS, description="training tokens (default 1,000,000)")
+    steps: StrictInt | None = Field(None, le=1_000_000, description="optimizer steps, instead of tokens")
     method: HealMethod = HealMethod.FULL
-    lr: float | None = Field(None, le=1.0, description="peak learning rate (default 1e-4 full, 1e-3 LoRA)")
-    lora_rank: int = Field(16, le=1024)
-    seq_len: int = Field(256, le=32_768)
-    batch: int = Field(8, le=4096)
-    ce_weight: float = Field(0.0, description="cross-entropy share of the loss, in [0, 1]")
-    temperature: float = Field(1.0, le=100.0)
+    lr: StrictFloat | None = Field(None, le=1.0, description="peak learning rate (default 1e-4 full, 1e-3 LoRA)")
+    lora_rank: StrictInt = Field(16, le=1024)
+    seq_len: StrictInt = Field(256, le=32_768)
+    batch: StrictInt = Field(8, le=4096)
+    ce_weight: StrictFloat = Field(0.0, description="cross-entropy share of the loss, in [0, 1]")
+    temperature: StrictFloat = Field(1.0, le=100.0)
     data: str | None = Field(
         None, max_length=4096, description="training text: a dataset id or an allowed file; default the job's"
     )
@@ -141,9 +149,9 @@ class HealOptions(BaseModel):
 
 
 class ExportCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    trial: int = Field(ge=0)
+    trial: StrictInt = Field(ge=0)
     dtype: DType = DType.FP32
     heal: HealOptions | None = Field(None, description="heal the checkpoint before archiving it (default: no)")
 
@@ -163,8 +171,8 @@ class ExportPublic(BaseModel):
     sha256: str | None
     summary: dict[str, Any] | None
     error: str | None
-    created_at: datetime
-    finished_at: datetime | None
+    created_at: UTCDateTime
+    finished_at: UTCDateTime | None
     download_url: str | None
 
     @classmethod
@@ -180,7 +188,7 @@ class DatasetPublic(BaseModel):
     filename: str
     size: int
     sha256: str
-    created_at: datetime
+    created_at: UTCDateTime
 
     @classmethod
     def of(cls, dataset: Dataset) -> DatasetPublic:

@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     require_token: bool = Field(
         False, description="refuse requests without an API token (`serve` sets it when listening beyond loopback)"
     )
+    max_body_bytes: int = Field(2**20, description="largest request body other than an upload (413 beyond)")
+    min_free_bytes: int = Field(16 * 2**20, description="free disk an upload or export needs to start (507 below)")
     heartbeat_s: float = 5.0
     lease_s: float = 120.0
     poll_s: float = 1.0

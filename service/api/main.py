@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from prunesearch import __version__
 from prunesearch.search.backend import OptunaBackend, SearchBackend
 from prunesearch.service.api import errors, metrics
+from prunesearch.service.api.bodylimit import BodyLimit
 from prunesearch.service.api.routes import datasets, events, exports, jobs, system, web
 from prunesearch.service.settings import Settings, get_settings
 
@@ -22,6 +23,8 @@ def create_app(settings: Settings | None = None, backend: SearchBackend | None =
     web.install(app)  # the page at `/`
     errors.install(app)
     metrics.install(app, app.state.settings.db_url)
+    limits = app.state.settings
+    app.add_middleware(BodyLimit, max_body_bytes=limits.max_body_bytes, max_upload_bytes=limits.max_upload_bytes)
     return app
 
 

@@ -3,6 +3,7 @@ asks for a heal, the trial's checkpoint is healed by distillation from the job's
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -19,6 +20,7 @@ from prunesearch.choices import ExportStatus
 from prunesearch.search.backend import SearchBackend
 from prunesearch.service import crud
 from prunesearch.service.db import session_scope
+from prunesearch.service.diskspace import check_free_space
 from prunesearch.service.exportfiles import ExportFiles
 from prunesearch.service.schemas import HealOptions
 from prunesearch.service.settings import Settings
@@ -59,16 +61,18 @@ def run_export(export_id: str, settings: Settings, *, backend: SearchBackend, at
         with Heartbeat.for_export(url, export_id, attempt, settings.heartbeat_s):
             for earlier in range(1, attempt + 1):  # what workers that died on this export left (not the heal state)
                 ExportFiles(settings.export_root, export_id, earlier).remove_attempt()
+            check_free_space(files.root, settings.min_free_bytes)
             summary = _write_checkpoint(task, files, backend, progress)
             progress.phase("archiving")
-            size, digest = write_archive(files.out_dir, files.archive)
+            size, digest = write_archive(files.staged_dir, files.staged_archive)
+            files.publish()
         outcome = dict(path=str(files.archive), size=size, sha256=digest, summary=_jsonable(summary))
         fields = dict(status=ExportStatus.SUCCEEDED, **outcome)
     except ExportTakenOver:  # seen while writing progress: stop now rather than heal on for nothing
         fields = None
     except Exception as exc:
         log.exception("export %s failed", export_id, extra={"export_id": export_id, "trial": task.trial})
-        fields = dict(status=ExportStatus.FAILED, error=f"{type(exc).__name__}: {exc}"[:2000])
+        fields = dict(status=ExportStatus.FAILED, error=failure_message(exc))
     recorded = fields is not None and _finish(url, export_id, attempt, fields)
     if not recorded:
         ids = {"export_id": export_id, "trial": task.trial}
@@ -87,6 +91,17 @@ def run_export(export_id: str, settings: Settings, *, backend: SearchBackend, at
 def _heal_seconds(summary: dict[str, Any] | None) -> float | None:
     heal = (summary or {}).get("heal")
     return heal.get("wall_seconds") if isinstance(heal, dict) else None
+
+
+def failure_message(exc: Exception) -> str:
+    """What the export's `error` says: a full disk plainly (the export can be asked for again once there is
+    room), anything else as the exception's type and message."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (
+            "insufficient storage (507): the server's export volume is full; nothing was kept. Request the export "
+            "again once space has been freed"
+        )
+    return f"{type(exc).__name__}: {exc}"[:2000]
 
 
 def _read_task(url: str, export_id: str) -> ExportTask:
@@ -109,15 +124,17 @@ def _finish(url: str, export_id: str, attempt: int, fields: dict[str, Any]) -> b
 
 
 def _write_checkpoint(task: ExportTask, files: ExportFiles, backend: SearchBackend, progress: ExportProgress) -> dict:
-    """The trial's checkpoint in `files.out_dir`, healed when the task says so; the summary to store."""
+    """The trial's checkpoint in `files.staged_dir` (healed when the task says so); the summary to store."""
     progress.phase("exporting")
+    files.staging.mkdir(parents=True)
     if task.heal is None:
-        return backend.export_trial(task.study, task.trial, files.out_dir, dtype=task.dtype)
+        summary = backend.export_trial(task.study, task.trial, files.staged_dir, dtype=task.dtype)
+        return summary | ({"out": str(files.out_dir)} if "out" in summary else {})  # where it lies once published
     # The student trains in fp32; the heal writes the healed checkpoint in the export's dtype.
     shutil.rmtree(files.student, ignore_errors=True)  # a dead attempt's, perhaps half written
     summary = backend.export_trial(task.study, task.trial, files.student, dtype="fp32")
     result = _heal(task, files, progress)
-    os.replace(files.healed, files.out_dir)
+    os.replace(files.healed, files.staged_dir)
     return summary | {"out": str(files.out_dir), "dtype": task.dtype, "heal": result | {"out_dir": str(files.out_dir)}}
 
 

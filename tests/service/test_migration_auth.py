@@ -12,8 +12,8 @@ import sqlalchemy as sa
 from prunesearch import migrations
 from prunesearch.service.db import dispose_all
 
-from .test_migrations import HEAD
 from .conftest import _pg_admin
+from .test_migrations import HEAD
 
 NOW = "2026-11-24 00:00:00"
 

@@ -11,13 +11,20 @@ from prunesearch.choices import ExportStatus
 from prunesearch.service import crud
 from prunesearch.service.api.auth import UNAUTHORIZED, for_caller
 from prunesearch.service.api.deps import CurrentOwner, ExportDep, JobDep, SessionDep, SettingsDep, current_owner
+from prunesearch.service.api.errors import responses
+from prunesearch.service.diskspace import check_free_space
 from prunesearch.service.exports import heal_record
 from prunesearch.service.schemas import ExportCreate, ExportPublic
 
 router = APIRouter(tags=["exports"], dependencies=[Depends(current_owner)], responses=UNAUTHORIZED)
 
 
-@router.post("/v1/jobs/{job_id}/exports", status_code=202, response_model=ExportPublic)
+@router.post(
+    "/v1/jobs/{job_id}/exports",
+    status_code=202,
+    response_model=ExportPublic,
+    responses=responses(400, 404, 409, 413, 422, 507),
+)
 def create_export(
     job: JobDep,
     body: ExportCreate,
@@ -30,18 +37,23 @@ def create_export(
     so) and its archive."""
     if body.trial >= job.trials_claimed:
         raise HTTPException(409, f"job {job.id} has no trial {body.trial} yet ({job.trials_done} trials done)")
+    check_free_space(settings.export_root, settings.min_free_bytes)  # a 507 now, not a failed export later
     heal = heal_record(body.heal, job, settings, session, principal)
     export = crud.create_export(session, job_id=job.id, trial=body.trial, dtype=body.dtype, heal=heal, owner=job.owner)
     response.headers["Location"] = f"/v1/exports/{export.id}"
     return for_caller(ExportPublic.of(export), principal, settings)
 
 
-@router.get("/v1/exports/{export_id}", response_model=ExportPublic)
+@router.get("/v1/exports/{export_id}", response_model=ExportPublic, responses=responses(404))
 def get_export(export: ExportDep, settings: SettingsDep, principal: CurrentOwner) -> ExportPublic:
     return for_caller(ExportPublic.of(export), principal, settings)
 
 
-@router.get("/v1/exports/{export_id}/download", response_class=FileResponse)
+@router.get(
+    "/v1/exports/{export_id}/download",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/x-tar": {}}}} | responses(404, 409, 410),
+)
 def download_export(export: ExportDep) -> FileResponse:
     """Stream the checkpoint's tar archive; `X-Checksum-SHA256` and `Content-Length` let clients verify it."""
     if export.status != ExportStatus.SUCCEEDED or not export.path:

@@ -25,6 +25,7 @@ from prunesearch.service.api.deps import (
     SettingsDep,
     current_owner,
 )
+from prunesearch.service.api.errors import responses
 from prunesearch.service.auth import Principal
 from prunesearch.service.db import session_scope
 from prunesearch.service.exportfiles import remove_export
@@ -39,9 +40,7 @@ JOB_VIEWS: TTLCache[tuple[str, bytes, bytes]] = TTLCache(ttl_s=0.25)
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
-@router.post(
-    "", status_code=202, response_model=JobPublic, responses={403: {"description": "`owner` names another account"}}
-)
+@router.post("", status_code=202, response_model=JobPublic, responses=responses(400, 403, 413, 422))
 def create_job(
     body: JobCreate,
     response: Response,
@@ -59,7 +58,7 @@ def create_job(
     return for_caller(JobPublic.of(job), principal, settings)
 
 
-@router.get("", response_model=Page[JobPublic])
+@router.get("", response_model=Page[JobPublic], responses=responses(422))
 def list_jobs(
     session: SessionDep,
     settings: SettingsDep,
@@ -74,7 +73,7 @@ def list_jobs(
     return for_caller(page, principal, settings)
 
 
-@router.get("/{job_id}", response_model=JobPublic)
+@router.get("/{job_id}", response_model=JobPublic, responses=responses(404))
 async def get_job(job_id: str, settings: SettingsDep, backend: BackendDep, principal: CurrentOwner) -> Response:
     """The hot polling path: served from a 0.25 s cache, else one thread-pool hop for the whole read."""
     views = JOB_VIEWS.get(job_id)
@@ -111,7 +110,7 @@ def _heal_status(job: Job, backend: SearchBackend) -> dict | None:
         return None
 
 
-@router.get("/{job_id}/trials", response_model=Page[dict])
+@router.get("/{job_id}/trials", response_model=Page[dict], responses=responses(404, 422))
 def list_trials(
     job: JobDep,
     backend: BackendDep,
@@ -131,7 +130,7 @@ def list_trials(
     return for_caller(Page[dict](items=items, total=total, offset=offset, limit=limit), principal, settings)
 
 
-@router.get("/{job_id}/pareto", response_model=ParetoPublic)
+@router.get("/{job_id}/pareto", response_model=ParetoPublic, responses=responses(404))
 def get_pareto(
     job: JobDep, session: SessionDep, backend: BackendDep, settings: SettingsDep, principal: CurrentOwner
 ) -> ParetoPublic:
@@ -154,7 +153,7 @@ def get_pareto(
     return for_caller(pareto, principal, settings)
 
 
-@router.post("/{job_id}/cancel", status_code=202, response_model=JobPublic)
+@router.post("/{job_id}/cancel", status_code=202, response_model=JobPublic, responses=responses(404, 409))
 def cancel_job(job: JobDep, session: SessionDep, settings: SettingsDep, principal: CurrentOwner) -> JobPublic:
     """Cancel a queued job at once, or a running one between trials."""
     if job.status not in ACTIVE:
@@ -164,7 +163,7 @@ def cancel_job(job: JobDep, session: SessionDep, settings: SettingsDep, principa
     return for_caller(JobPublic.of(job), principal, settings)
 
 
-@router.delete("/{job_id}", status_code=204)
+@router.delete("/{job_id}", status_code=204, responses=responses(404, 409))
 def delete_job(job: JobDep, session: SessionDep, settings: SettingsDep, backend: BackendDep) -> Response:
     """Delete a finished job with its snapshots, exports (files too) and Optuna study."""
     if job.status in ACTIVE:

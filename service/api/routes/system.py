@@ -10,6 +10,7 @@ from prunesearch.profilers.hardware import known_profiles, user_profile_dir
 from prunesearch.profilers.registry import LOCAL_NAMES
 from prunesearch.service.api.auth import UNAUTHORIZED
 from prunesearch.service.api.deps import SessionDep, current_owner
+from prunesearch.service.api.errors import responses
 
 router = APIRouter(tags=["system"])
 
@@ -20,7 +21,7 @@ def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses=responses(503))
 def readyz(session: SessionDep) -> dict:
     """The database answers and its schema is migrated."""
     try:
