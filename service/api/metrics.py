@@ -12,6 +12,7 @@ import logging
 from collections.abc import Iterator, Sequence
 
 from fastapi import FastAPI
+from fastapi.responses import PlainTextResponse
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -36,7 +37,10 @@ def install(app: FastAPI, db_url: str) -> CollectorRegistry:
         excluded_handlers=["/metrics"],
         should_exclude_streaming_duration=True,  # an event stream lasts as long as its job
     )
-    instrumentator.instrument(app).expose(app, tags=["system"], summary="Prometheus metrics")
+    # documented as what it is, Prometheus' text format (not the API's JSON)
+    instrumentator.instrument(app).expose(
+        app, tags=["system"], summary="Prometheus metrics", response_class=PlainTextResponse
+    )
     return registry
 
 

@@ -37,7 +37,19 @@ EVENT_STREAM_DOC = {
             "`Last-Event-ID` to resume), `event` = " + " | ".join(kind.value for kind in EventKind) + ", "
             "`data` = a JSON object (see docs/service.md, Live events)."
         ),
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "content": {
+            "text/event-stream": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string"},
+                        "event": {"type": "string", "enum": [kind.value for kind in EventKind]},
+                        "data": {"type": "string", "description": "a JSON object"},
+                    },
+                    "required": ["id", "event", "data"],
+                }
+            }
+        },
     },
     404: {"description": "no such job"},
 }
@@ -48,7 +60,7 @@ async def job_events(
     job_id: str,
     settings: SettingsDep,
     principal: CurrentOwner,
-    last_event_id: Annotated[int | None, Header(ge=0, le=2**62, description="resume after this event")] = None,
+    last_event_id: Annotated[int, Header(ge=0, le=2**62, description="resume after this event")] = 0,
 ) -> EventSourceResponse:
     """The job's events: `status` (its state changed), `trial` (a trial finished), `front` (the Pareto front
     changed), `export` (an export of it changed state or progress: phase, heal step and loss)."""
@@ -56,7 +68,7 @@ async def job_events(
     if not is_id(job_id) or not await run_in_threadpool(job_visible, url, job_id, principal):
         raise HTTPException(404, f"job {job_id} not found")
     shutdown = anyio.Event()  # set by sse-starlette when the server stops: the stream then ends cleanly
-    events = stream(url, job_id, last_event_id or 0, settings.events_poll_s, shutdown)
+    events = stream(url, job_id, last_event_id, settings.events_poll_s, shutdown)
     return EventSourceResponse(events, ping=PING_S, shutdown_event=shutdown, shutdown_grace_period=SHUTDOWN_GRACE_S)
 
 
