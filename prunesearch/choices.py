@@ -49,6 +49,15 @@ class ExportStatus(StrEnum):
     FAILED = "failed"
 
 
+class EvaluationStatus(StrEnum):
+    """Lifecycle of an evaluation of an export (lm-evaluation-harness, run by a worker)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
 class Sampler(StrEnum):
     """Optuna samplers a search may use."""
 

@@ -7,7 +7,7 @@ from fastapi import FastAPI
 from prunesearch import __version__
 from prunesearch.search.backend import OptunaBackend, SearchBackend
 from prunesearch.service.api import errors
-from prunesearch.service.api.routes import datasets, exports, jobs, system
+from prunesearch.service.api.routes import datasets, evaluations, exports, jobs, system
 from prunesearch.service.settings import Settings, get_settings
 
 
@@ -17,7 +17,7 @@ def create_app(settings: Settings | None = None, backend: SearchBackend | None =
     app = FastAPI(title="prunesearch", version=__version__, description="Hardware-aware pruning search jobs.")
     app.state.settings = settings or get_settings()
     app.state.backend = backend or OptunaBackend(app.state.settings.db_url)
-    for module in (jobs, exports, datasets, system):
+    for module in (jobs, exports, evaluations, datasets, system):
         app.include_router(module.router)
     errors.install(app)
     return app
