@@ -32,6 +32,8 @@ INSTALL_HINT = 'pip install "prunesearch[eval]"'
 # What the harness and the datasets library would print at INFO/WARNING (task building, "pretrained is not a
 # str", cache notes): kept off the user's terminal unless asked for.
 _NOISY_LOGGERS = ("lm_eval", "lm-eval", "datasets", "accelerate")
+# What the report keeps of the harness's own results (what its table reads); it drops the task configs.
+_HARNESS_KEYS = ("results", "groups", "group_subtasks", "versions", "n-shot", "higher_is_better")
 _SEED = 1234  # lm_eval.simple_evaluate's default numpy, torch and few-shot seed
 
 
@@ -253,7 +255,7 @@ def _with_cache_dir(spec: str | dict[str, Any], cache: str) -> str | dict[str, A
 def _report(request: EvalRequest, raw: dict[str, Any], lm, tokenizer, device: str, version: str) -> dict[str, Any]:
     token_map = Path(request.model) / TOKEN_MAP_FILE
     results = {**raw.get("results", {}), **raw.get("groups", {})}
-    kept = {key: raw.get(key) for key in ("results", "groups", "group_subtasks", "versions", "n-shot", "higher_is_better")}
+    kept = {key: raw.get(key) for key in _HARNESS_KEYS}
     return {
         "model": str(Path(request.model).resolve()),
         "lm_eval_version": version,

@@ -123,7 +123,8 @@ def _check_multiple_choice(path: Path) -> None:
             raise TaskFileError(f"{path}:{number}: 'choices' must be a list of at least two strings")
         answer = record.get("answer")
         if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(choices):
-            raise TaskFileError(f"{path}:{number}: 'answer' must be the index of the right choice (0..{len(choices) - 1})")
+            last = len(choices) - 1
+            raise TaskFileError(f"{path}:{number}: 'answer' must be the index of the right choice (0..{last})")
 
 
 def _records(path: Path, lines: list[str]):

@@ -25,9 +25,8 @@ _TASK_NAME = re.compile(r"^[A-Za-z0-9][\w.-]{0,199}$")
 def evaluation_request(body: EvaluationCreate, settings: Settings, session: Session) -> dict[str, Any]:
     """The evaluation as stored: the body with every file a checked local path."""
     request = body.model_dump(mode="json")
-    request["data"] = [
-        _checked_file(f"data.{i}", value, settings, session, lmtasks.perplexity_task) for i, value in enumerate(body.data)
-    ]
+    text = lmtasks.perplexity_task
+    request["data"] = [_checked_file(f"data.{i}", value, settings, session, text) for i, value in enumerate(body.data)]
     request["tasks"] = [_task(f"tasks.{i}", value, settings, session) for i, value in enumerate(body.tasks)]
     return request
 

@@ -15,7 +15,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import update
 
-from prunesearch.choices import ExportStatus
+from prunesearch.choices import ExportStatus, JobStatus
 from prunesearch.service import crud
 from prunesearch.service.db import session_scope
 from prunesearch.service.models import Evaluation, Job, utcnow
@@ -161,8 +161,9 @@ def test_evaluations_fail_for_good_after_three_dead_workers(api, settings, expor
 def test_deleting_the_job_deletes_its_evaluations(api, settings, export_id):
     evaluation = api.post(f"/v1/exports/{export_id}/evaluations", json={"data": [_text(settings)]}).json()
     with session_scope(settings.db_url) as session:
-        job_id = crud.get_export(session, export_id=export_id).job_id
-    assert api.delete(f"/v1/jobs/{job_id}").status_code in (200, 202, 204)
+        job = session.get(Job, crud.get_export(session, export_id=export_id).job_id)
+        job.status, job_id = JobStatus.SUCCEEDED, job.id
+    assert api.delete(f"/v1/jobs/{job_id}").status_code == 204
     with session_scope(settings.db_url) as session:
         assert crud.get_evaluation(session, evaluation_id=evaluation["id"]) is None
 
@@ -186,3 +187,20 @@ assert not loaded, loaded
     env = {**os.environ, "PRUNESEARCH_HOME": str(tmp_path / "home")}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_claims_on_postgresql(pg_settings):
+    """`FOR UPDATE SKIP LOCKED` claims: one worker per evaluation; nothing left queued for later tests."""
+    url = pg_settings.db_url
+    with session_scope(url) as session:
+        job = crud.create_job(session, spec=job_body(), parallelism=1, owner=None, idempotency_key=None)
+        job.status = JobStatus.SUCCEEDED
+        export = crud.create_export(session, job_id=job.id, trial=0, dtype="fp32")
+        export.status = ExportStatus.SUCCEEDED
+        evaluation = crud.create_evaluation(session, export_id=export.id, request={"data": [str(CALIB)]})
+    claim = claim_evaluation(url, lease_s=60)
+    assert claim == (evaluation.id, 1)
+    assert claim_evaluation(url, lease_s=60) is None
+    with session_scope(url) as session:
+        assert crud.finish_evaluation(session, evaluation_id=evaluation.id, attempt=1, status="failed", error="test")
+        assert not crud.finish_evaluation(session, evaluation_id=evaluation.id, attempt=1, status="succeeded")

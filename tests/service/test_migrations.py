@@ -8,7 +8,7 @@ import sqlalchemy as sa
 
 from prunesearch import migrations
 
-HEAD = "0003"
+HEAD = "0004_evaluations"
 OURS = {"ps_jobs", "ps_pareto_snapshots", "ps_exports", "ps_datasets", migrations.VERSION_TABLE}
 
 
