@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -174,6 +174,7 @@ class ExportPublic(BaseModel):
 
 
 MAX_EVALUATION_FILES = 8
+EvaluationInput = Annotated[str, Field(min_length=1, max_length=4096)]
 
 
 class EvaluationCreate(BaseModel):
@@ -181,12 +182,12 @@ class EvaluationCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    data: list[str] = Field(
+    data: list[EvaluationInput] = Field(
         default_factory=list,
         max_length=MAX_EVALUATION_FILES,
         description="text to score by rolling log-likelihood (.txt or .jsonl): dataset ids or allowed files",
     )
-    tasks: list[str] = Field(
+    tasks: list[EvaluationInput] = Field(
         default_factory=list,
         max_length=MAX_EVALUATION_FILES,
         description="multiple-choice .jsonl files ({question, choices, answer}: dataset ids or allowed files) "
