@@ -139,22 +139,13 @@ def evaluate(request: EvalRequest) -> dict[str, Any]:
     device = request.device or default_device()
     check_device(device)
     harness = _import_harness(request.verbose)
-    model, tokenizer = load_model(Path(request.model), device=device, dtype=request.dtype)
-    lm = harness.lm_class(
-        pretrained=model, tokenizer=tokenizer, batch_size=request.batch_size, max_length=request.max_length
-    )
     with tempfile.TemporaryDirectory(prefix="prunesearch-eval-") as cache:
         specs = [_with_cache_dir(spec, cache) for spec in specs]  # the datasets library's cache: removed after
-        try:
-            tasks = harness.TaskManager(include_defaults=needs_registry).load(specs)
-        except (KeyError, ValueError, FileNotFoundError) as exc:  # an unknown task name, a task file's mistake
-            raise EvalInputError(f"lm-eval could not load the tasks: {exc}") from exc
-        except ConnectionError as exc:  # a named task whose data is not in the local datasets cache
-            raise EvalInputError(
-                f"lm-eval could not load the tasks: {exc}; evaluations run offline, so a named task needs its data "
-                "in the local datasets cache (or use local files: --data, or a task YAML / JSONL)"
-            ) from exc
-        _prepare(tasks)
+        tasks = _load_tasks(harness, specs, needs_registry)  # before the model: a mistake here fails fast
+        model, tokenizer = load_model(Path(request.model), device=device, dtype=request.dtype)
+        lm = harness.lm_class(
+            pretrained=model, tokenizer=tokenizer, batch_size=request.batch_size, max_length=request.max_length
+        )
         raw = harness.evaluate(
             lm=lm,
             task_dict=tasks,
@@ -164,6 +155,20 @@ def evaluate(request: EvalRequest) -> dict[str, Any]:
             verbosity="DEBUG" if request.verbose else "ERROR",
         )
     return _report(request, raw, lm, tokenizer, device, harness.version)
+
+
+def _load_tasks(harness: _Harness, specs: list[str | dict[str, Any]], needs_registry: bool) -> dict[str, Any]:
+    try:
+        tasks = harness.TaskManager(include_defaults=needs_registry).load(specs)
+    except (KeyError, ValueError, FileNotFoundError) as exc:  # an unknown task name, a task file's mistake
+        raise EvalInputError(f"lm-eval could not load the tasks: {exc}") from exc
+    except ConnectionError as exc:  # a named task whose data is not in the local datasets cache
+        raise EvalInputError(
+            f"lm-eval could not load the tasks: {exc}; evaluations run offline, so a named task needs its data "
+            "in the local datasets cache (or use local files: --data, or a task YAML / JSONL)"
+        ) from exc
+    _prepare(tasks)
+    return tasks
 
 
 def table(report: dict[str, Any]) -> str:
@@ -208,7 +213,7 @@ def _lm_class(hflm: type) -> type:
 
     class WindowProgressLM(hflm):
         def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
-            with tqdm(desc="rolling windows", unit="window", disable=disable_tqdm) as self._windows:
+            with tqdm(desc="rolling windows", unit=" windows", disable=disable_tqdm) as self._windows:
                 try:
                     return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
                 finally:
@@ -226,9 +231,9 @@ def _lm_class(hflm: type) -> type:
 
 
 def _import_harness(verbose: bool) -> _Harness:
-    # Local files only: the datasets library reads these when it is first imported.
+    # Local files only: the datasets library reads this when it is first imported. (Not HF_HUB_OFFLINE: a worker
+    # process may later load a hub model where the service allows hub ids.)
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         import lm_eval
         from lm_eval.models.huggingface import HFLM

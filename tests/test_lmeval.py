@@ -186,3 +186,36 @@ def test_a_missing_harness_names_the_extra(text_file, capsys, monkeypatch):
     code = main(["evaluate", "--model", str(TINY), "--data", str(text_file), "--device", "cpu"])
     err = capsys.readouterr().err
     assert code == 2 and 'pip install "prunesearch[eval]"' in err
+
+
+def _quiz(path: Path, answers: list[int]) -> Path:
+    rows = [{"question": f"q{i}", "choices": ["alpha beta", "gamma", "delta"], "answer": a} for i, a in enumerate(answers)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_a_task_yaml_over_local_files_runs_with_a_limit(tmp_path):
+    """lm-eval's own YAML format, reading a local JSONL; `--limit` caps the documents scored."""
+    data = _quiz(tmp_path / "quiz.jsonl", [0, 1, 2, 0])
+    task = tmp_path / "my_quiz.yaml"
+    task.write_text(
+        "task: my_quiz\ndataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n"
+        "output_type: multiple_choice\ndoc_to_text: '{{question}}'\ndoc_to_choice: choices\ndoc_to_target: answer\n"
+        "metric_list:\n  - metric: acc\n"
+    )
+    report = evaluate(EvalRequest(model=TINY, tasks=(str(task),), device="cpu", limit=2))
+    assert set(report["results"]) == {"my_quiz"} and report["limit"] == 2
+    assert report["results"]["my_quiz"]["acc"] in (0.0, 0.5, 1.0)  # the mean of 2 questions
+    assert report["lm_eval"]["n-shot"] == {"my_quiz": 0}
+
+
+def test_a_task_yaml_naming_a_missing_file_is_one_line(tmp_path, capsys):
+    task = tmp_path / "broken.yaml"
+    task.write_text(
+        f"task: broken\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {tmp_path / 'nope.jsonl'}\n"
+        "test_split: test\noutput_type: loglikelihood_rolling\ndoc_to_text: ''\ndoc_to_target: '{{text}}'\n"
+    )
+    code = main(["evaluate", "--model", str(TINY), "--tasks", str(task), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "could not load the tasks" in err and len(err.strip().splitlines()) == 1, err
