@@ -189,7 +189,8 @@ def test_a_missing_harness_names_the_extra(text_file, capsys, monkeypatch):
 
 
 def _quiz(path: Path, answers: list[int]) -> Path:
-    rows = [{"question": f"q{i}", "choices": ["alpha beta", "gamma", "delta"], "answer": a} for i, a in enumerate(answers)]
+    choices = ["alpha beta", "gamma", "delta"]
+    rows = [{"question": f"q{i}", "choices": choices, "answer": a} for i, a in enumerate(answers)]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
 
