@@ -39,6 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    if args.out is not None and args.out.is_dir():
+        raise CLIError(f"--out {args.out} is a directory; name the JSON file to write")
     request = EvalRequest(
         model=args.model,
         data=tuple(args.data),

@@ -168,6 +168,7 @@ def test_cli_prints_the_table_and_writes_json(text_file, tmp_path, capsys):
         (["--data", "EMPTY"], "empty"),
         (["--data", "DUP", "--batch-size", "0"], "batch size"),
         (["--data", "DUP", "--device", "cuda:7"], "cuda"),
+        (["--data", "DUP", "--out", "."], "is a directory"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path, capsys, monkeypatch):
