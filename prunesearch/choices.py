@@ -66,6 +66,15 @@ class LogFormat(StrEnum):
     JSON = "json"  # one JSON object a line, with job, trial and export ids as fields
 
 
+class EvaluationStatus(StrEnum):
+    """Lifecycle of an evaluation of an export (lm-evaluation-harness, run by a worker)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
 class Sampler(StrEnum):
     """Optuna samplers a search may use."""
 

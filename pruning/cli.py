@@ -10,7 +10,7 @@ import transformers
 from prunesearch.choices import CriterionName, DType, values
 from prunesearch.cliutil import CLIError, output_dir, print_json, read_text, user_errors
 
-from . import heal_cli
+from . import heal_cli, lmeval_cli
 from .architectures import UnsupportedArchitectureError
 from .calibration import CalibrationError
 from .export import DeviceError, check_device
@@ -44,6 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     inspect.set_defaults(handler=user_errors(*INPUT_ERRORS)(_inspect))
 
     heal_cli.register(subparsers)
+    lmeval_cli.register(subparsers)
 
 
 def _prune(args: argparse.Namespace) -> int:

@@ -9,10 +9,10 @@ from typing import Any
 from sqlalchemy import Text, cast, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from prunesearch.choices import ExportStatus, JobStatus
+from prunesearch.choices import EvaluationStatus, ExportStatus, JobStatus
 
 from .events import emit_export, emit_status
-from .models import LOCAL_OWNER, Dataset, Event, Export, Job, ParetoSnapshot, utcnow
+from .models import LOCAL_OWNER, Dataset, Evaluation, Event, Export, Job, ParetoSnapshot, utcnow
 
 
 def create_job(
@@ -69,6 +69,8 @@ def request_cancel(session: Session, *, job: Job) -> None:
 def delete_job(session: Session, *, job: Job) -> None:
     session.execute(delete(ParetoSnapshot).where(ParetoSnapshot.job_id == job.id))
     session.execute(delete(Event).where(Event.job_id == job.id))
+    exports = select(Export.id).where(Export.job_id == job.id)
+    session.execute(delete(Evaluation).where(Evaluation.export_id.in_(exports)))
     session.execute(delete(Export).where(Export.job_id == job.id))
     session.delete(job)
 
@@ -263,6 +265,60 @@ def finish_export(session: Session, *, export_id: str, attempt: int, **fields: A
         return False
     emit_export(session, export_id=export_id)
     return True
+
+
+def create_evaluation(session: Session, *, export_id: str, request: dict[str, Any]) -> Evaluation:
+    """Insert a queued evaluation; `request`: what to evaluate, with data and task files as checked paths."""
+    evaluation = Evaluation(export_id=export_id, request=request)
+    session.add(evaluation)
+    session.flush()
+    return evaluation
+
+
+def get_evaluation(session: Session, *, evaluation_id: str) -> Evaluation | None:
+    return session.get(Evaluation, evaluation_id)
+
+
+def claimable_evaluations(*, lease_s: float, for_update: bool):
+    """Queued evaluations, and running ones whose worker stopped renewing their lease (it died)."""
+    stale = utcnow() - timedelta(seconds=lease_s)
+    silent = (Evaluation.heartbeat_at < stale) | Evaluation.heartbeat_at.is_(None)
+    abandoned = (Evaluation.status == EvaluationStatus.RUNNING) & silent
+    query = select(Evaluation).where((Evaluation.status == EvaluationStatus.QUEUED) | abandoned)
+    query = query.order_by(Evaluation.created_at).limit(1)
+    return query.with_for_update(skip_locked=True) if for_update else query
+
+
+def start_evaluation(session: Session, *, evaluation: Evaluation) -> int | None:
+    """Start one more attempt at `evaluation` and return its number; None (and the evaluation failed) once the
+    attempts are used up."""
+    now = utcnow()
+    if evaluation.attempts >= MAX_EXPORT_ATTEMPTS:
+        evaluation.status, evaluation.finished_at = EvaluationStatus.FAILED, now
+        evaluation.error = f"its worker stopped {evaluation.attempts} times while running it"
+        return None
+    evaluation.status, evaluation.heartbeat_at = EvaluationStatus.RUNNING, now
+    evaluation.started_at, evaluation.attempts = now, evaluation.attempts + 1
+    return evaluation.attempts
+
+
+def evaluation_heartbeat(session: Session, *, evaluation_id: str, attempt: int) -> None:
+    session.execute(
+        update(Evaluation)
+        .where(Evaluation.id == evaluation_id, Evaluation.attempts == attempt)
+        .values(heartbeat_at=utcnow())
+    )
+
+
+def finish_evaluation(session: Session, *, evaluation_id: str, attempt: int, **fields: Any) -> bool:
+    """Record the outcome of `attempt`; False when a later attempt took the evaluation over."""
+    result = session.execute(
+        update(Evaluation)
+        .where(Evaluation.id == evaluation_id, Evaluation.attempts == attempt)
+        .where(Evaluation.status == EvaluationStatus.RUNNING)
+        .values(finished_at=utcnow(), **fields)
+    )
+    return result.rowcount == 1
 
 
 def create_dataset(

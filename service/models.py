@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from prunesearch.choices import ExportStatus, JobStatus
+from prunesearch.choices import EvaluationStatus, ExportStatus, JobStatus
 
 # Who owns what requests without a token create on a loopback server (and rows from before migration 0004).
 LOCAL_OWNER = "local"
@@ -119,6 +119,24 @@ class Event(Base):
     kind: Mapped[str] = mapped_column(String(16))  # `EventKind`
     data: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class Evaluation(Base):
+    """An lm-evaluation-harness run on an export's checkpoint; workers claim it as they claim exports."""
+
+    __tablename__ = "ps_evaluations"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    export_id: Mapped[str] = mapped_column(ForeignKey("ps_exports.id", ondelete="CASCADE"), index=True)
+    status: Mapped[str] = mapped_column(String(16), default=EvaluationStatus.QUEUED.value, index=True)
+    request: Mapped[dict[str, Any]]  # `schemas.EvaluationCreate` with data and task files as checked local paths
+    results: Mapped[dict[str, Any] | None]  # `pruning.lmeval.evaluate`'s report
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    heartbeat_at: Mapped[datetime | None]  # renewed while a worker runs it: its lease
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # only the latest may finish
 
 
 class Dataset(Base):

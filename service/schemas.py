@@ -7,11 +7,11 @@ from typing import Annotated, Any, Generic, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, model_validator
 
-from prunesearch.choices import DType, ExportStatus, HealMethod, JobStatus
+from prunesearch.choices import DType, EvaluationStatus, ExportStatus, HealMethod, JobStatus
 from prunesearch.pruning.healsettings import HealSettings
 from prunesearch.search.spec import SearchSpec
 
-from .models import Dataset, Export, Job
+from .models import Dataset, Evaluation, Export, Job
 
 # The most training tokens one export, or one job's heal stage (all its candidates together), may heal on: a
 # bound on the worker time one request can take.
@@ -180,6 +180,55 @@ class ExportPublic(BaseModel):
         fields = {name: getattr(export, name) for name in cls.model_fields if name != "download_url"}
         url = f"/v1/exports/{export.id}/download" if export.status == ExportStatus.SUCCEEDED else None
         return cls(**fields, download_url=url)
+
+
+MAX_EVALUATION_FILES = 8
+EvaluationInput = Annotated[str, Field(min_length=1, max_length=4096)]
+
+
+class EvaluationCreate(BaseModel):
+    """What `prunesearch evaluate` runs on the export's checkpoint (docs/evaluate.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: list[EvaluationInput] = Field(
+        default_factory=list,
+        max_length=MAX_EVALUATION_FILES,
+        description="text to score by rolling log-likelihood (.txt or .jsonl): dataset ids or allowed files",
+    )
+    tasks: list[EvaluationInput] = Field(
+        default_factory=list,
+        max_length=MAX_EVALUATION_FILES,
+        description="multiple-choice .jsonl files ({question, choices, answer}: dataset ids or allowed files) "
+        "or lm-eval task names (their data must be in the workers' datasets cache: they run offline)",
+    )
+    batch_size: int = Field(8, ge=1, le=512)
+    max_length: int | None = Field(None, ge=2, le=131_072, description="tokens per window (default: the model's)")
+    limit: int | None = Field(None, ge=1, le=10_000_000, description="at most this many documents per task")
+
+    @model_validator(mode="after")
+    def _something(self) -> EvaluationCreate:
+        if not self.data and not self.tasks:
+            raise ValueError("nothing to evaluate: name text (data) or tasks")
+        return self
+
+
+class EvaluationPublic(BaseModel):
+    id: str
+    export_id: str
+    status: EvaluationStatus
+    request: dict[str, Any] = Field(description="the evaluation asked for (files as resolved paths)")
+    results: dict[str, Any] | None = Field(
+        description="once succeeded: per task its metrics (results), the model, lm-eval's version and settings"
+    )
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, evaluation: Evaluation) -> EvaluationPublic:
+        return cls(**{name: getattr(evaluation, name) for name in cls.model_fields})
 
 
 class DatasetPublic(BaseModel):

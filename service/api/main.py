@@ -8,7 +8,7 @@ from prunesearch import __version__
 from prunesearch.search.backend import OptunaBackend, SearchBackend
 from prunesearch.service.api import errors, metrics
 from prunesearch.service.api.bodylimit import BodyLimit
-from prunesearch.service.api.routes import datasets, events, exports, jobs, system, web
+from prunesearch.service.api.routes import datasets, evaluations, events, exports, jobs, system, web
 from prunesearch.service.settings import Settings, get_settings
 
 
@@ -18,7 +18,7 @@ def create_app(settings: Settings | None = None, backend: SearchBackend | None =
     app = FastAPI(title="prunesearch", version=__version__, description="Hardware-aware pruning search jobs.")
     app.state.settings = settings or get_settings()
     app.state.backend = backend or OptunaBackend(app.state.settings.db_url)
-    for module in (jobs, events, exports, datasets, system):
+    for module in (jobs, events, exports, evaluations, datasets, system):
         app.include_router(module.router)
     web.install(app)  # the page at `/`
     errors.install(app)

@@ -1,5 +1,5 @@
-"""The worker loop: plain exports first (they are short), then jobs, then healed exports (they may take hours);
-bounded, and stopped cleanly by SIGTERM."""
+"""The worker loop: plain exports first (they are short), then jobs, then healed exports and evaluations (they may
+take long); bounded, and stopped cleanly by SIGTERM."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from prunesearch.service.settings import Settings
 
 from . import metrics
 from .claims import claim_export, claim_job
+from .evaluation import claim_evaluation, run_evaluation
 from .exporter import run_export
 from .runner import run_job
 
@@ -77,13 +78,22 @@ class Worker:
                 if self.max_jobs is not None and jobs >= self.max_jobs:
                     break
                 continue
-            if self.run_one_export(healed=True):  # no job to run: the worker has time for a heal
+            if self.run_one_export(healed=True) or self.run_one_evaluation():  # no job: time for long work
                 idle_since = time.monotonic()
                 continue
             if self.max_idle_s is not None and time.monotonic() - idle_since > self.max_idle_s:
                 break
             self.stopping.wait(self.settings.poll_s)
         return jobs
+
+    def run_one_evaluation(self) -> bool:
+        """Run the oldest queued evaluation (lm-evaluation-harness on an export), if any."""
+        claim = claim_evaluation(self.settings.db_url, lease_s=self.settings.lease_s)
+        if claim is None:
+            return False
+        log.info("evaluating %s (attempt %d)", claim.evaluation_id, claim.attempt)
+        run_evaluation(claim, self.settings)
+        return True
 
     def run_one_export(self, healed: bool = False) -> bool:
         """Run the oldest queued export, if any. Between trials (the default) only an export without a heal, so

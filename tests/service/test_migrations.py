@@ -8,7 +8,7 @@ import sqlalchemy as sa
 
 from prunesearch import migrations
 
-HEAD = "0005_events"
+HEAD = "0006_evaluations"
 OURS = {
     "ps_jobs",
     "ps_pareto_snapshots",
@@ -16,6 +16,7 @@ OURS = {
     "ps_datasets",
     "ps_tokens",
     "ps_events",
+    "ps_evaluations",
     migrations.VERSION_TABLE,
 }
 

@@ -16,13 +16,14 @@ from datetime import UTC, datetime
 import pytest
 from fastapi.routing import iter_route_contexts
 from fastapi.testclient import TestClient
+from sqlalchemy import func, select
 
 from prunesearch.choices import ExportStatus, JobStatus
 from prunesearch.service import crud
 from prunesearch.service.api.main import create_app
 from prunesearch.service.auth import create_token
 from prunesearch.service.db import session_scope
-from prunesearch.service.models import Export, Job
+from prunesearch.service.models import Evaluation, Export, Job
 from prunesearch.service.settings import EXAMPLES_DIR
 
 from ..fake_backend import FakeBackend
@@ -37,6 +38,7 @@ class Objects:
     finished: str
     export: str
     dataset: str
+    evaluation: str
 
 
 Call = Callable[[TestClient, Objects], object]
@@ -53,6 +55,12 @@ OWNED: dict[tuple[str, str], Call] = {
     ("GET", "/v1/exports/{export_id}/download"): lambda c, o: c.get(f"/v1/exports/{o.export}/download"),
     ("POST", "/v1/jobs/{job_id}/cancel"): lambda c, o: c.post(f"/v1/jobs/{o.job}/cancel"),
     ("DELETE", "/v1/jobs/{job_id}"): lambda c, o: c.delete(f"/v1/jobs/{o.finished}"),
+    ("POST", "/v1/exports/{export_id}/evaluations"): lambda c, o: c.post(
+        f"/v1/exports/{o.export}/evaluations", json={"data": [o.dataset]}
+    ),
+    ("GET", "/v1/exports/{export_id}/evaluations/{evaluation_id}"): lambda c, o: c.get(
+        f"/v1/exports/{o.export}/evaluations/{o.evaluation}"
+    ),
 }
 # Routes on the caller's own collection: checked by `test_collections_hold_only_ones_own`.
 COLLECTIONS = {("GET", "/v1/jobs"), ("POST", "/v1/jobs"), ("POST", "/v1/datasets")}
@@ -123,7 +131,10 @@ def _seed(client: TestClient, settings, fake: FakeBackend) -> Objects:
         row.status, row.path, row.size = ExportStatus.SUCCEEDED, str(archive), archive.stat().st_size
         row.sha256 = hashlib.sha256(archive.read_bytes()).hexdigest()
         row.summary = {"heal": {"eval": {f"{EXAMPLES_DIR}/tiny-llama/calib.txt": {"before": 9.0, "after": 8.0}}}}
-    return Objects(job=job, finished=finished, export=export.json()["id"], dataset=dataset.json()["id"])
+    evaluation = client.post(f"/v1/exports/{export.json()['id']}/evaluations", json={"data": [dataset.json()["id"]]})
+    assert evaluation.status_code == 202, evaluation.text
+    ids = {"export": export.json()["id"], "dataset": dataset.json()["id"], "evaluation": evaluation.json()["id"]}
+    return Objects(job=job, finished=finished, **ids)
 
 
 def _state(settings, objects: Objects) -> tuple:
@@ -131,7 +142,8 @@ def _state(settings, objects: Objects) -> tuple:
     with session_scope(settings.db_url) as session:
         job, finished = session.get(Job, objects.job), session.get(Job, objects.finished)
         exports = sorted(e.id for e in crud.list_exports(session, job_id=objects.job))
-        return job.status, job.cancel_requested, finished is not None, exports
+        evaluations = session.scalar(select(func.count()).select_from(Evaluation))
+        return job.status, job.cancel_requested, finished is not None, exports, evaluations
 
 
 def _no_server_paths(text: str, settings) -> None:
