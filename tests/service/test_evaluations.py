@@ -93,7 +93,11 @@ def test_a_failed_evaluation_records_its_error(api, settings, export_id):
     [
         ({}, 422, "nothing to evaluate"),
         ({"data": ["/etc/passwd"]}, 422, "outside the allowed calibration roots"),
-        ({"data": ["00000000-0000-4000-8000-000000000000"]}, 422, "dataset 00000000"),
+        (
+            {"data": ["00000000-0000-4000-8000-000000000000"]},
+            422,
+            "00000000-0000-4000-8000-000000000000' is neither a dataset id",
+        ),
         ({"tasks": ["my_tasks.yaml"]}, 422, "YAML"),
         ({"tasks": ["no spaces allowed"]}, 422, "neither a dataset id"),
         ({"tasks": ["BAD_MC"]}, 422, "'answer' must be the index"),
