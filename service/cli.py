@@ -15,6 +15,7 @@ from prunesearch.cliutil import CLIError
 from . import client_cli, demo
 from .db import upgrade_schema
 from .settings import Settings
+from .supervisor import WorkerSupervisor
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -67,12 +68,16 @@ def _db(args: argparse.Namespace) -> None:
 
 
 def _worker(args: argparse.Namespace) -> None:
+    from prunesearch.search.storage import has_optuna_schema
+
     from .worker.loop import Worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker[%(process)d] %(message)s")
     settings = settings_from(args)
     if migrations.current(settings.db_url) is None:
         raise CLIError(f"database {settings.db_url} has no prunesearch schema: run `prunesearch db upgrade`")
+    if not has_optuna_schema(settings.db_url):  # workers never create it: several would race to
+        raise CLIError(f"database {settings.db_url} has no Optuna tables: run `prunesearch db upgrade`")
     worker = Worker(settings, max_idle_s=args.max_idle, max_jobs=args.max_jobs)
     worker.backend.warm_up()  # import torch and the engine now, not when the first job is already waiting
     if args.threads:
@@ -95,16 +100,18 @@ def _serve(args: argparse.Namespace) -> None:
 
     settings = settings_from(args)
     upgrade_schema(settings.db_url)
-    worker = None if args.no_worker else start_worker(settings)
-    where = "API only" if worker is None else f"with worker pid {worker.pid}"
+    supervisor = None if args.no_worker else WorkerSupervisor(lambda: start_worker(settings)).start()
+    where = "API only" if supervisor is None else f"with worker pid {supervisor.process.pid}"
     print(f"prunesearch serving on http://{args.host}:{args.port} ({where}); data in {settings.data_dir}", flush=True)
     # uvicorn re-raises SIGTERM after its graceful shutdown; turn it into SystemExit so `finally` runs.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    app = create_app(settings)
+    app.state.worker_supervisor = supervisor  # restarts the worker if it dies; /readyz reports it
     try:
-        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning")
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     finally:
-        if worker is not None:
-            stop_process(worker)
+        if supervisor is not None:
+            supervisor.stop()
 
 
 def start_worker(settings: Settings) -> subprocess.Popen:
@@ -117,15 +124,3 @@ def start_worker(settings: Settings) -> subprocess.Popen:
     }
     cmd = [sys.executable, "-m", "prunesearch.cli", "worker", "--exit-with-parent", "--nice", "10", "--threads", "1"]
     return subprocess.Popen(cmd, env=env)
-
-
-def stop_process(process: subprocess.Popen, timeout: float = 30.0) -> None:
-    """SIGTERM (the worker finishes its trial and leaves), then SIGKILL if it does not exit in time."""
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()

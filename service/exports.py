@@ -7,6 +7,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from prunesearch.search.backend import SearchBackend
+
 from . import crud
 from .jobs import checked_path
 from .models import Job, is_id
@@ -33,3 +35,19 @@ def _text_file(field: str, value: str, settings: Settings, session: Session) -> 
     dataset = crud.get_dataset(session, dataset_id=value) if is_id(value) else None
     dataset_path = dataset.path if dataset else None
     return checked_path(field, lambda: resolve_calibration(value, settings, dataset_path, field))
+
+
+def export_conflict(backend: SearchBackend, job: Job, trial: int) -> str | None:
+    """Why trial `trial` of `job` cannot be exported (None: it can): it has not run, is still running, failed,
+    or broke a constraint. The API answers 409 with it when the export is asked for, not once a worker fails it."""
+    try:
+        record = backend.trial(job.study_name, trial)
+    except LookupError:  # the search has not started
+        record = None
+    if record is None:
+        return f"job {job.id} has no trial {trial} yet ({job.trials_done} trials done)"
+    if record["state"] != "complete":
+        return f"trial {trial} of job {job.id} is {record['state']}: only a complete trial can be exported"
+    if not record["feasible"]:
+        return f"trial {trial} of job {job.id} is infeasible (it breaks a constraint): export a feasible trial"
+    return None

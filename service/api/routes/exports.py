@@ -9,8 +9,8 @@ from fastapi.responses import FileResponse
 
 from prunesearch.choices import ExportStatus
 from prunesearch.service import crud
-from prunesearch.service.api.deps import ExportDep, JobDep, SessionDep, SettingsDep
-from prunesearch.service.exports import heal_record
+from prunesearch.service.api.deps import BackendDep, ExportDep, JobDep, SessionDep, SettingsDep
+from prunesearch.service.exports import export_conflict, heal_record
 from prunesearch.service.schemas import ExportCreate, ExportPublic
 
 router = APIRouter(tags=["exports"])
@@ -18,12 +18,17 @@ router = APIRouter(tags=["exports"])
 
 @router.post("/v1/jobs/{job_id}/exports", status_code=202, response_model=ExportPublic)
 def create_export(
-    job: JobDep, body: ExportCreate, session: SessionDep, settings: SettingsDep, response: Response
+    job: JobDep,
+    body: ExportCreate,
+    session: SessionDep,
+    settings: SettingsDep,
+    backend: BackendDep,
+    response: Response,
 ) -> ExportPublic:
-    """Queue an export of trial `body.trial`; a worker writes the checkpoint (healed first when `body.heal` says
-    so) and its archive."""
-    if body.trial >= job.trials_claimed:
-        raise HTTPException(409, f"job {job.id} has no trial {body.trial} yet ({job.trials_done} trials done)")
+    """Queue an export of trial `body.trial` (409 unless it is complete and feasible); a worker writes the
+    checkpoint (healed first when `body.heal` says so) and its archive."""
+    if conflict := export_conflict(backend, job, body.trial):
+        raise HTTPException(409, conflict)
     heal = heal_record(body.heal, job, settings, session)
     export = crud.create_export(session, job_id=job.id, trial=body.trial, dtype=body.dtype, heal=heal)
     response.headers["Location"] = f"/v1/exports/{export.id}"
