@@ -47,7 +47,8 @@ def export_conflict(backend: SearchBackend, job: Job, trial: int) -> str | None:
     if record is None:
         return f"job {job.id} has no trial {trial} yet ({job.trials_done} trials done)"
     if record["state"] != "complete":
-        return f"trial {trial} of job {job.id} is {record['state']}: only a complete trial can be exported"
+        state = {"running": "still running", "fail": "failed"}.get(record["state"], record["state"])
+        return f"trial {trial} of job {job.id} is {state}: only a complete trial can be exported"
     if not record["feasible"]:
         return f"trial {trial} of job {job.id} is infeasible (it breaks a constraint): export a feasible trial"
     return None
