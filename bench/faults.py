@@ -199,7 +199,7 @@ def worker_kill(kind: str, tmp: Path, kills: int) -> dict[str, Any]:
         for _ in range(kills):
             worker = procs.worker()
             # the new worker ran at least one trial of its own, and is in the middle of the next
-            wait_for(lambda: job_row(settings, job_id).trials_done > done_at_kill, 180, "a trial to finish")
+            wait_for(lambda n=done_at_kill: job_row(settings, job_id).trials_done > n, 180, "a trial to finish")
             wait_for(lambda: running_trial(settings, job_id), 60, "a trial to start")
             worker.kill()
             worker.wait()
@@ -296,7 +296,7 @@ def api_kill(kind: str, tmp: Path, kills: int, clients: int = 4) -> dict[str, An
             wait_for(lambda: ready(server), 60, "the API", 0.2)
             stop = threading.Event()
 
-            def client() -> None:
+            def client(stop: threading.Event) -> None:
                 nonlocal errors
                 with httpx.Client(timeout=5) as http:
                     while not stop.is_set():
@@ -308,11 +308,11 @@ def api_kill(kind: str, tmp: Path, kills: int, clients: int = 4) -> dict[str, An
                         if response.status_code == 202:
                             acked.append(response.json()["id"])
 
-            threads = [threading.Thread(target=client) for _ in range(clients)]
+            threads = [threading.Thread(target=client, args=(stop,)) for _ in range(clients)]
             for thread in threads:
                 thread.start()
             before = len(acked)
-            wait_for(lambda: len(acked) >= before + 20, 60, "jobs to be acknowledged", 0.01)
+            wait_for(lambda n=before: len(acked) >= n + 20, 60, "jobs to be acknowledged", 0.01)
             api.kill()
             api.wait()
             time.sleep(0.3)
@@ -335,13 +335,16 @@ def serve_worker_kill(kind: str, tmp: Path, kills: int) -> dict[str, Any]:
         for kill in range(1, kills + 1):
             pid = worker_pid(serve.pid)
             os.kill(pid, signal.SIGKILL)
-            status = wait_for(lambda: (r := ready(server)) and r.get("restarts") == kill and r, 60, "a restart", 0.2)
+            is_restart = lambda n=kill: (r := ready(server)) and r.get("restarts") == n and r  # noqa: E731
+            status = wait_for(is_restart, 60, "a restart", 0.2)
             reports.append(status)
         job = httpx.post(f"{server}/v1/jobs", json=job_spec(2), timeout=10).json()
         get = lambda: httpx.get(f"{server}/v1/jobs/{job['id']}", timeout=10).json()  # noqa: E731
         done = wait_for(lambda: (j := get())["status"] in FINAL and j, 300, "the job", 0.5)
-    restarted = sum(r == {"status": "ready", "schema": r["schema"], "worker": "restarted", "restarts": i + 1}
-                    for i, r in enumerate(reports))
+    restarted = sum(
+        r == {"status": "ready", "schema": r["schema"], "worker": "restarted", "restarts": i + 1}
+        for i, r in enumerate(reports)
+    )
     return {
         "database": kind,
         "kills": kills,

@@ -172,9 +172,7 @@ def trial_page(
     return page, len(trials)
 
 
-def started_trial(
-    storage: str | optuna.storages.BaseStorage, study_name: str, number: int
-) -> dict[str, Any] | None:
+def started_trial(storage: str | optuna.storages.BaseStorage, study_name: str, number: int) -> dict[str, Any] | None:
     """Trial `number` as `trial_page` lists it (one trial read, not the study's); None when the study has no
     started trial of that number (LookupError when there is no such study)."""
     storage = resolve(storage)

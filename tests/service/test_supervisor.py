@@ -62,8 +62,11 @@ def test_serve_restarts_its_killed_worker(tmp_path, processes):
     os.kill(worker_pid, signal.SIGKILL)
     ready = wait_for(lambda: _up(server) and httpx.get(f"{server}/readyz").json(), timeout=60)
     assert (ready["worker"], ready["restarts"]) == ("restarted", 1)
-    restarted = int(wait_for(lambda: "restarted as pid " in log.read_text() and log.read_text(), 10).split(
-        "restarted as pid ")[1].split()[0])
+    restarted = int(
+        wait_for(lambda: "restarted as pid " in log.read_text() and log.read_text(), 10)
+        .split("restarted as pid ")[1]
+        .split()[0]
+    )
     assert restarted != worker_pid
     os.kill(restarted, 0)  # alive
     processes.stop_all()
