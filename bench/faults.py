@@ -1,6 +1,6 @@
 """Fault injection against real worker and API processes: what a crash may lose (the goal: nothing).
 
-    python bench/faults.py [--quick] [--databases sqlite,postgresql] [--kills 10] [--out FILE.json]
+    python bench/faults.py [--quick] [--databases sqlite,postgresql] [--kills 10] [--scenarios A,B] [--out FILE]
 
 Scenarios (each on a fresh database: a SQLite file in a temporary folder, or a PostgreSQL database made for the
 run at 127.0.0.1:5432 and dropped after it):
@@ -57,6 +57,7 @@ PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 # Short leases, so a killed worker's job is taken over within seconds (a worker takes longer than that to start).
 WORKER_ENV = {"PRUNESEARCH_LEASE_S": "3", "PRUNESEARCH_HEARTBEAT_S": "0.5", "PRUNESEARCH_POLL_S": "0.2"}
 FINAL = ("succeeded", "failed", "cancelled")
+SCENARIOS = ("worker-kill", "export-kill", "api-kill", "serve-worker-kill", "fresh-postgresql")
 
 
 def job_spec(n_trials: int, **extra: Any) -> dict[str, Any]:
@@ -220,7 +221,7 @@ def export_kill(kind: str, tmp: Path) -> dict[str, Any]:
         wait_for(lambda: job_row(settings, job_id).status in FINAL, 180, "the search to finish", 0.2)
         front = [t for t in study_trials(settings, job_id) if t.state == TrialState.COMPLETE]
         heal = {
-            "tokens": 8192,
+            "tokens": 4096,
             "seq_len": 64,
             "batch": 8,
             "method": "lora",
@@ -321,7 +322,7 @@ def api_kill(kind: str, tmp: Path, kills: int, clients: int = 4) -> dict[str, An
                 thread.join(timeout=30)
         with session_scope(settings.db_url) as session:
             missing = [job_id for job_id in acked if crud.get_job(session, job_id=job_id) is None]
-    return {"database": kind, "kills": kills, "acknowledged": len(acked), "lost": len(missing), "refused": errors}
+    return {"database": kind, "kills": kills, "acknowledged": len(acked), "lost": len(missing), "client_errors": errors}
 
 
 def serve_worker_kill(kind: str, tmp: Path, kills: int) -> dict[str, Any]:
@@ -406,15 +407,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(json.dumps({name: result}), flush=True)
             results.setdefault(name, []).append(result)
 
-        for kind in databases:
-            record("worker-kill", lambda kind=kind: worker_kill(kind, tmp, args.kills))
-        if not args.quick:
+        scenarios = {
+            "worker-kill": lambda kind: worker_kill(kind, tmp, args.kills),
+            "export-kill": lambda kind: export_kill(kind, tmp),
+            "api-kill": lambda kind: api_kill(kind, tmp, args.api_kills),
+            "serve-worker-kill": lambda kind: serve_worker_kill(kind, tmp, args.serve_kills),
+        }
+        for name in args.scenarios.split(","):
+            if name == "fresh-postgresql":
+                if "postgresql" in databases:
+                    record(name, lambda: fresh_postgresql(tmp))
+                continue
             for kind in databases:
-                record("export-kill", lambda kind=kind: export_kill(kind, tmp))
-                record("api-kill", lambda kind=kind: api_kill(kind, tmp, args.api_kills))
-                record("serve-worker-kill", lambda kind=kind: serve_worker_kill(kind, tmp, args.serve_kills))
-            if "postgresql" in databases:
-                record("fresh-postgresql", lambda: fresh_postgresql(tmp))
+                record(name, lambda kind=kind, name=name: scenarios[name](kind))
     lost = sum(r.get("lost", 0) + r.get("duplicated", 0) for rs in results.values() for r in rs)
     return {"cpu": cpu_name(), "databases": databases, "quick": args.quick, "lost_or_duplicated": lost, **results}
 
@@ -433,10 +438,11 @@ def main() -> int:
     parser.add_argument("--kills", type=int, default=10, help="worker kills per database")
     parser.add_argument("--api-kills", type=int, default=3)
     parser.add_argument("--serve-kills", type=int, default=2)
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated, of: " + ", ".join(SCENARIOS))
     parser.add_argument("--out", type=Path, default=None, help="also write the summary here (JSON)")
     args = parser.parse_args()
     if args.quick:
-        args.databases, args.kills = "sqlite", 1
+        args.databases, args.kills, args.scenarios = "sqlite", 1, "worker-kill"
     summary = run(args)
     text = json.dumps(summary, indent=2)
     print(text)

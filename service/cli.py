@@ -116,11 +116,13 @@ def _serve(args: argparse.Namespace) -> None:
 
 def start_worker(settings: Settings) -> subprocess.Popen:
     """One local worker process on the same database and data directory: niced and on one torch thread, so
-    the API on the same machine stays responsive (and oversubscribed OpenMP threads do not thrash)."""
+    the API on the same machine stays responsive (and oversubscribed OpenMP threads do not thrash). In its own
+    session: a Ctrl-C in the terminal reaches `serve` alone, which then stops the worker itself (were the worker
+    to see it too, it would exit first, and be restarted)."""
     env = {
         **os.environ,
         "PRUNESEARCH_DATABASE_URL": settings.db_url,
         "PRUNESEARCH_DATA_DIR": str(settings.data_dir),
     }
     cmd = [sys.executable, "-m", "prunesearch.cli", "worker", "--exit-with-parent", "--nice", "10", "--threads", "1"]
-    return subprocess.Popen(cmd, env=env)
+    return subprocess.Popen(cmd, env=env, start_new_session=True)

@@ -116,10 +116,6 @@ def heartbeat(session: Session, *, job_id: str, epoch: int | None = None) -> boo
     return session.execute(query.values(heartbeat_at=utcnow())).rowcount == 1
 
 
-def holds_lease(session: Session, *, job_id: str, epoch: int) -> bool:
-    """Whether workers of lease `epoch` still own the job (no other worker took it over from them)."""
-    return session.scalar(select(Job.lease_epoch).where(Job.id == job_id)) == epoch
-
 
 def record_progress(
     session: Session, *, job_id: str, trials_done: int, front_size: int, hypervolume: float | None
