@@ -116,7 +116,6 @@ def heartbeat(session: Session, *, job_id: str, epoch: int | None = None) -> boo
     return session.execute(query.values(heartbeat_at=utcnow())).rowcount == 1
 
 
-
 def record_progress(
     session: Session, *, job_id: str, trials_done: int, front_size: int, hypervolume: float | None
 ) -> None:
