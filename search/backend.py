@@ -14,7 +14,15 @@ import optuna
 from prunesearch.choices import DType
 
 from .callbacks import SearchCallbacks
-from .results import SearchProgress, export_trial, heal_status, healed_front, pareto_front, trial_page
+from .results import (
+    SearchProgress,
+    export_trial,
+    heal_status,
+    healed_front,
+    pareto_front,
+    started_trial,
+    trial_page,
+)
 from .spec import SearchSpec
 from .storage import rdb_storage
 
@@ -26,9 +34,21 @@ class SearchBackend(Protocol):
     """Runs searches and reads them back, by study name. Reads raise LookupError for an unknown study."""
 
     def run(
-        self, spec: SearchSpec, study_name: str, callbacks: SearchCallbacks, *, shared: bool, recover: bool | None
+        self,
+        spec: SearchSpec,
+        study_name: str,
+        callbacks: SearchCallbacks,
+        *,
+        shared: bool,
+        recover: bool | None,
+        sampler_seed: int | None = None,
     ) -> SearchProgress:
-        """Run the study's trials (see `run_search`); the progress returned carries the Pareto front."""
+        """Run the study's trials (see `run_search`); the progress returned carries the Pareto front.
+        `sampler_seed`: this worker's sampler seed (default: the spec's)."""
+        ...
+
+    def trial(self, study_name: str, number: int) -> dict[str, Any] | None:
+        """Trial `number` as `trial_page` lists it; None when the study has no started trial of that number."""
         ...
 
     def front(self, study_name: str) -> list[dict[str, Any]]:
@@ -80,12 +100,15 @@ class OptunaBackend:
         *,
         shared: bool = False,
         recover: bool | None = None,
+        sampler_seed: int | None = None,
     ) -> SearchProgress:
         from .engine import run_search  # torch and transformers: only where searches run
 
-        return run_search(
-            spec, storage=self.storage, study_name=study_name, callbacks=callbacks, shared=shared, recover=recover
-        )
+        options = dict(callbacks=callbacks, shared=shared, recover=recover, sampler_seed=sampler_seed)
+        return run_search(spec, storage=self.storage, study_name=study_name, **options)
+
+    def trial(self, study_name: str, number: int) -> dict[str, Any] | None:
+        return started_trial(self.storage, study_name, number)
 
     def front(self, study_name: str) -> list[dict[str, Any]]:
         return pareto_front(self.storage, study_name)

@@ -51,17 +51,19 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 BASELINE_PARAMS_ATTR = "baseline_params"
 
 
-def make_sampler(spec: SearchSpec, *, shared: bool = False) -> optuna.samplers.BaseSampler:
-    """TPE (multi-objective, constraint-aware), NSGA-II or random, all seeded by the spec.
+def make_sampler(spec: SearchSpec, *, shared: bool = False, seed: int | None = None) -> optuna.samplers.BaseSampler:
+    """TPE (multi-objective, constraint-aware), NSGA-II or random, seeded by `seed` (default: the spec's; each
+    of the service's workers on one job has its own, see `seeds.worker_seed`).
 
     `shared`: other workers may run trials of the same study at the same time. Only then does TPE need its
     constant liar (running trials count as bad, so workers spread out), which re-reads the storage for every
     parameter; a lone worker reads it once per trial."""
+    seed = spec.seed if seed is None else seed
     if spec.sampler == Sampler.TPE:
-        return optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=10, constant_liar=shared)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=10, constant_liar=shared)
     if spec.sampler == Sampler.NSGA2:
-        return optuna.samplers.NSGAIISampler(seed=spec.seed, population_size=20)
-    return optuna.samplers.RandomSampler(seed=spec.seed)
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=20)
+    return optuna.samplers.RandomSampler(seed=seed)
 
 
 def objective_names(spec: SearchSpec) -> list[str]:
@@ -69,14 +71,19 @@ def objective_names(spec: SearchSpec) -> list[str]:
 
 
 def open_study(
-    spec: SearchSpec, storage: str | optuna.storages.BaseStorage, study_name: str, *, shared: bool = False
+    spec: SearchSpec,
+    storage: str | optuna.storages.BaseStorage,
+    study_name: str,
+    *,
+    shared: bool = False,
+    sampler_seed: int | None = None,
 ) -> optuna.Study:
     """Create the study or join the existing one of the same name (other workers share it)."""
     study = optuna.create_study(
         storage=resolve(storage),
         study_name=study_name,
         directions=["minimize"] * len(objective_names(spec)),
-        sampler=make_sampler(spec, shared=shared),
+        sampler=make_sampler(spec, shared=shared, seed=sampler_seed),
         load_if_exists=True,
     )
     if SPEC_ATTR not in study.user_attrs:
@@ -179,15 +186,16 @@ def run_search(
     shared: bool = False,
     recover: bool | None = None,
     progress_bar: bool = False,
+    sampler_seed: int | None = None,
 ) -> SearchProgress:
     """Run trials until n_trials have started, the timeout passes, or a callback (quota, stop) ends the search.
 
     `shared`: other workers may run trials of this study concurrently (the service's workers).
     `recover`: no other worker is running trials now, so RUNNING ones were abandoned by a dead worker and are
-    failed first (default: when not `shared`)."""
+    failed first (default: when not `shared`). `sampler_seed`: this worker's sampler seed (default: the spec's)."""
     callbacks = callbacks or SearchCallbacks()
     storage = resolve(storage)
-    study = open_study(spec, storage, study_name, shared=shared)
+    study = open_study(spec, storage, study_name, shared=shared, sampler_seed=sampler_seed)
     if recover if recover is not None else not shared:
         fail_abandoned_trials(study, storage)
     context = context or SearchContext(spec, progress=progress_bar)

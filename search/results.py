@@ -174,6 +174,24 @@ def trial_page(
     return page, len(trials)
 
 
+def started_trial(storage: str | optuna.storages.BaseStorage, study_name: str, number: int) -> dict[str, Any] | None:
+    """Trial `number` as `trial_page` lists it (one trial read, not the study's); None when the study has no
+    started trial of that number (LookupError when there is no such study)."""
+    storage = resolve(storage)
+    try:
+        study_id = storage.get_study_id_from_name(study_name)
+    except KeyError:
+        raise UnknownStudyError(f"no study named {study_name!r}") from None
+    try:
+        trial = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study_id, number))
+    except KeyError:
+        return None
+    if trial.state == TrialState.WAITING:
+        return None
+    healed = storage.get_study_user_attrs(study_id).get(healselect.result_key(number))
+    return trial_record(trial) | {"healed": healed}
+
+
 def trial_plan(study: optuna.Study, number: int) -> PrunePlan:
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     trial = trials.get(number)

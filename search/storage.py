@@ -8,15 +8,21 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import optuna
-from sqlalchemy import exc
+from sqlalchemy import create_engine, exc, inspect
+from sqlalchemy.engine import make_url
 
 _STORAGES: dict[str, optuna.storages.RDBStorage] = {}
 _LOCK = threading.Lock()
-# Workers that meet a fresh database at the same moment all create Optuna's tables; the losers get a duplicate
-# table or a unique violation on Optuna's version row. By then the tables exist, so building again succeeds.
+# Processes that meet a fresh database at the same moment all create Optuna's tables; the losers get a duplicate
+# table or a unique violation on Optuna's version row. By then the tables exist, so building again succeeds. The
+# service never races: `prunesearch db upgrade` creates the tables, and a storage on a database that has them
+# creates nothing (the retry is for lone searches from the CLI started side by side on a fresh database).
 SCHEMA_RACE_ATTEMPTS = 4
+# Optuna's tables: `version_info` is written last when Optuna creates its schema.
+OPTUNA_TABLES = ("studies", "trials", "version_info")
 _SCHEMA_RACE_ERRORS = (exc.ProgrammingError, exc.IntegrityError, exc.OperationalError)
 
 
@@ -30,13 +36,37 @@ def rdb_storage(url: str) -> optuna.storages.RDBStorage:
 
 
 def build_storage(url: str) -> optuna.storages.RDBStorage:
-    """A new `RDBStorage` for `url`, built again when another process was creating Optuna's tables meanwhile."""
+    """A new `RDBStorage` for `url`. On a database that has Optuna's tables it creates none (so it cannot race);
+    on one without, it creates them, and builds again when another process was creating them meanwhile."""
+    if has_optuna_schema(url):
+        return optuna.storages.RDBStorage(url, skip_table_creation=True)
     for attempt in range(1, SCHEMA_RACE_ATTEMPTS):
         try:
             return optuna.storages.RDBStorage(url)
         except _SCHEMA_RACE_ERRORS:
             time.sleep(0.1 * attempt)
     return optuna.storages.RDBStorage(url)  # the last attempt's error is the caller's
+
+
+def create_optuna_schema(url: str) -> None:
+    """Create Optuna's tables in the database at `url` if they are missing (`prunesearch db upgrade`)."""
+    build_storage(url).engine.dispose()
+
+
+def has_optuna_schema(url: str) -> bool:
+    """Whether the database at `url` holds Optuna's tables (a missing SQLite file holds none, and stays missing)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database
+        if not database or database == ":memory:" or not Path(database).is_file():
+            return False
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            names = set(inspect(connection).get_table_names())
+        return all(table in names for table in OPTUNA_TABLES)
+    finally:
+        engine.dispose()
 
 
 def resolve(storage: str | optuna.storages.BaseStorage) -> optuna.storages.BaseStorage:

@@ -18,6 +18,7 @@ from .auth import has_live_tokens, is_loopback
 from .db import session_scope, upgrade_schema
 from .logs import configure_logging
 from .settings import Settings
+from .supervisor import WorkerSupervisor
 
 LOG_LEVELS = ["debug", "info", "warning"]
 
@@ -84,12 +85,16 @@ def _db(args: argparse.Namespace) -> None:
 
 
 def _worker(args: argparse.Namespace) -> None:
+    from prunesearch.search.storage import has_optuna_schema
+
     from .worker.loop import Worker
 
     configure_logging(args.log_format, "worker", args.log_level.upper())
     settings = settings_from(args)
     if migrations.current(settings.db_url) is None:
         raise CLIError(f"database {settings.db_url} has no prunesearch schema: run `prunesearch db upgrade`")
+    if not has_optuna_schema(settings.db_url):  # workers never create it: several would race to
+        raise CLIError(f"database {settings.db_url} has no Optuna tables: run `prunesearch db upgrade`")
     if args.metrics_port is not None:
         _serve_worker_metrics(args.metrics_host, args.metrics_port)
     worker = Worker(settings, max_idle_s=args.max_idle, max_jobs=args.max_jobs)
@@ -127,19 +132,22 @@ def _serve(args: argparse.Namespace) -> None:
     settings = settings_from(args)
     upgrade_schema(settings.db_url)
     settings = guard_listen(args.host, settings)
-    worker = None if args.no_worker else start_worker(settings, args.log_format, args.log_level)
-    where = "API only" if worker is None else f"with worker pid {worker.pid}"
+    start = lambda: start_worker(settings, args.log_format, args.log_level)  # noqa: E731
+    supervisor = None if args.no_worker else WorkerSupervisor(start).start()
+    where = "API only" if supervisor is None else f"with worker pid {supervisor.process.pid}"
     print(f"prunesearch serving on http://{args.host}:{args.port} ({where}); data in {settings.data_dir}", flush=True)
     tokens = "required" if settings.require_token else "optional (requests without one act as the local admin)"
     print(f"API tokens: {tokens}", flush=True)
     # uvicorn re-raises SIGTERM after its graceful shutdown; turn it into SystemExit so `finally` runs.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    app = create_app(settings)
+    app.state.worker_supervisor = supervisor  # restarts the worker if it dies; /readyz reports it
     try:
         # log_config=None: uvicorn's records go through the handler configured above (text or JSON)
-        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning", log_config=None)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", log_config=None)
     finally:
-        if worker is not None:
-            stop_process(worker)
+        if supervisor is not None:
+            supervisor.stop()
 
 
 def guard_listen(host: str, settings: Settings) -> Settings:
@@ -159,7 +167,9 @@ def guard_listen(host: str, settings: Settings) -> Settings:
 
 def start_worker(settings: Settings, log_format: str = LogFormat.TEXT, log_level: str = "info") -> subprocess.Popen:
     """One local worker process on the same database and data directory: niced and on one torch thread, so
-    the API on the same machine stays responsive (and oversubscribed OpenMP threads do not thrash)."""
+    the API on the same machine stays responsive (and oversubscribed OpenMP threads do not thrash). In its own
+    session: a Ctrl-C in the terminal reaches `serve` alone, which then stops the worker itself (were the worker
+    to see it too, it would exit first, and be restarted)."""
     env = {
         **os.environ,
         "PRUNESEARCH_DATABASE_URL": settings.db_url,
@@ -167,16 +177,4 @@ def start_worker(settings: Settings, log_format: str = LogFormat.TEXT, log_level
     }
     cmd = [sys.executable, "-m", "prunesearch.cli", "worker", "--exit-with-parent", "--nice", "10", "--threads", "1"]
     cmd += ["--log-format", str(log_format), "--log-level", log_level]
-    return subprocess.Popen(cmd, env=env)
-
-
-def stop_process(process: subprocess.Popen, timeout: float = 30.0) -> None:
-    """SIGTERM (the worker finishes its trial and leaves), then SIGKILL if it does not exit in time."""
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    return subprocess.Popen(cmd, env=env, start_new_session=True)

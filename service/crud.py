@@ -75,14 +75,17 @@ def delete_job(session: Session, *, job: Job) -> None:
     session.delete(job)
 
 
-def claim_trial(session: Session, *, job_id: str) -> bool:
-    """Atomically reserve one trial of a running job; False once n_trials are claimed (or it stopped)."""
-    result = session.execute(
+def claim_trial(session: Session, *, job_id: str, epoch: int | None = None) -> bool:
+    """Atomically reserve one trial of a running job; False once n_trials are claimed (or it stopped, or, given
+    the caller's lease `epoch`, the job was taken over from the caller's generation of workers)."""
+    query = (
         update(Job)
         .where(Job.id == job_id, Job.trials_claimed < Job.n_trials, Job.status == JobStatus.RUNNING)
         .where(Job.cancel_requested.is_(False))
-        .values(trials_claimed=Job.trials_claimed + 1)
     )
+    if epoch is not None:
+        query = query.where(Job.lease_epoch == epoch)
+    result = session.execute(query.values(trials_claimed=Job.trials_claimed + 1))
     return result.rowcount == 1
 
 
@@ -100,21 +103,30 @@ def claimable_jobs(session: Session, *, lease_s: float, for_update: bool):
     return query.with_for_update(skip_locked=True) if for_update else query
 
 
-def join_job(session: Session, *, job: Job, lease_s: float) -> None:
-    """Mark the caller as one more worker on `job`; an expired lease means its workers died: recover it."""
+def join_job(session: Session, *, job: Job, lease_s: float) -> tuple[int, int]:
+    """Mark the caller as one more worker on `job`; an expired lease means its workers died: recover it, in a
+    new lease epoch (workers of the old one that still run stop claiming trials). Returns the caller's lease
+    epoch and its join slot (0 for the job's first worker, then 1, 2, ...)."""
     now, before = utcnow(), job.status
     if job.status == JobStatus.RUNNING and _aware(job.heartbeat_at) < now - timedelta(seconds=lease_s):
         # Trials claimed by dead workers never finished: hand them out again.
         job.active_workers, job.trials_claimed = 0, job.trials_done
+        job.lease_epoch += 1
     job.status, job.started_at = JobStatus.RUNNING, job.started_at or now
     job.active_workers += 1
     job.heartbeat_at = now
     if before != JobStatus.RUNNING:
         emit_status(session, job)
+    slot, job.joins = job.joins, job.joins + 1
+    return job.lease_epoch, slot
 
 
-def heartbeat(session: Session, *, job_id: str) -> None:
-    session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=utcnow()))
+def heartbeat(session: Session, *, job_id: str, epoch: int | None = None) -> bool:
+    """Renew the job's lease; False when the job was taken over from the caller's epoch (or is gone)."""
+    query = update(Job).where(Job.id == job_id)
+    if epoch is not None:
+        query = query.where(Job.lease_epoch == epoch)
+    return session.execute(query.values(heartbeat_at=utcnow())).rowcount == 1
 
 
 def record_progress(
@@ -140,14 +152,23 @@ def latest_snapshot(session: Session, *, job_id: str) -> ParetoSnapshot | None:
 
 
 def leave_job(
-    session: Session, *, job_id: str, error: str | None = None, requeue: bool = False, pending: bool = False
+    session: Session,
+    *,
+    job_id: str,
+    error: str | None = None,
+    requeue: bool = False,
+    pending: bool = False,
+    epoch: int | None = None,
 ) -> Job:
     """The caller stops working on the job; the last worker out (or any, once all trials are done and nothing
     is `pending`, such as candidates of the heal stage left to heal) settles its final status. An error fails
     the job for everyone; a worker shutting down (`requeue`), or the last one out with work `pending`, leaves an
-    unfinished job queued for another worker."""
+    unfinished job queued for another worker. A caller whose lease `epoch` is over changes nothing: the job is
+    its successors' now."""
     job = session.get(Job, job_id, with_for_update=True)
     assert job is not None
+    if epoch is not None and job.lease_epoch != epoch:
+        return job
     job.active_workers = max(0, job.active_workers - 1)
     if job.status != JobStatus.RUNNING:
         return job

@@ -95,11 +95,14 @@ def dispose_all() -> None:
 
 
 def upgrade_schema(url: str, revision: str = "head") -> None:
-    """Migrate the service's tables to `revision`: the service's side of `prunesearch.migrations.upgrade`, which
-    needs the directory of a SQLite file to exist and takes the tables' metadata from here."""
+    """Migrate the service's tables to `revision` (the service's side of `prunesearch.migrations.upgrade`, which
+    needs the directory of a SQLite file to exist and takes the tables' metadata from here), and create Optuna's
+    tables, once, here: workers that start together on a fresh database then have none to race to create."""
     from prunesearch import migrations
+    from prunesearch.search.storage import create_optuna_schema
 
     from .models import Base
 
     make_sqlite_dir(url)
     migrations.upgrade(url, revision, target_metadata=Base.metadata)
+    create_optuna_schema(url)

@@ -7,6 +7,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from prunesearch.search.backend import SearchBackend
+
 from .auth import Principal
 from .jobs import text_file
 from .models import Job
@@ -33,3 +35,20 @@ def heal_record(
     else:
         record["eval"] = [checked(f"heal.eval.{i}", v) for i, v in enumerate(options.eval)]
     return record
+
+
+def export_conflict(backend: SearchBackend, job: Job, trial: int) -> str | None:
+    """Why trial `trial` of `job` cannot be exported (None: it can): it has not run, is still running, failed,
+    or broke a constraint. The API answers 409 with it when the export is asked for, not once a worker fails it."""
+    try:
+        record = backend.trial(job.study_name, trial)
+    except LookupError:  # the search has not started
+        record = None
+    if record is None:
+        return f"job {job.id} has no trial {trial} yet ({job.trials_done} trials done)"
+    if record["state"] != "complete":
+        state = {"running": "still running", "fail": "failed"}.get(record["state"], record["state"])
+        return f"trial {trial} of job {job.id} is {state}: only a complete trial can be exported"
+    if not record["feasible"]:
+        return f"trial {trial} of job {job.id} is infeasible (it breaks a constraint): export a feasible trial"
+    return None

@@ -62,6 +62,9 @@ class Job(Base):
     finished_at: Mapped[datetime | None]
     heartbeat_at: Mapped[datetime | None] = mapped_column(doc="lease: refreshed by the job's workers")
     events_seq: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # the last event's `seq`
+    # One more each time the job is taken over from workers whose lease expired: older epochs' workers stop.
+    lease_epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    joins: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # workers that joined: seed slots
 
     @property
     def study_name(self) -> str:

@@ -26,6 +26,7 @@ class FakeBackend:
         self.heals: dict[str, dict[int, dict[str, Any]]] = {}  # study -> trial -> heal record
         self.heal_candidates: dict[str, list[int]] = {}
         self.lock = threading.Lock()  # the API reads from its thread pool
+        self.sampler_seeds: list[int | None] = []  # each run's, in order
 
     def add_trial(
         self,
@@ -61,7 +62,9 @@ class FakeBackend:
         *,
         shared: bool = False,
         recover: bool | None = None,
+        sampler_seed: int | None = None,
     ) -> SearchProgress:
+        self.sampler_seeds.append(sampler_seed)
         progress = self._progress(study_name, spec.n_trials)
         for _ in range(spec.n_trials):
             if callbacks.should_stop() or progress.trials_done >= spec.n_trials or not callbacks.claim():
@@ -116,6 +119,12 @@ class FakeBackend:
             heals = self.heals.get(study_name, {})
         page = [t | {"healed": heals.get(t["trial"])} for t in started[offset : offset + limit]]
         return page, len(started)
+
+    def trial(self, study_name: str, number: int) -> dict[str, Any] | None:
+        with self.lock:
+            started = {t["trial"]: dict(t) for t in self._study(study_name) if t["state"] != "waiting"}
+        record = started.get(number)
+        return None if record is None else record | {"healed": self.heals.get(study_name, {}).get(number)}
 
     def export_trial(self, study_name: str, trial: int, out_dir: Path, *, dtype: str = DType.FP32) -> dict[str, Any]:
         with self.lock:

@@ -14,6 +14,8 @@ from prunesearch.service.exportfiles import remove_export
 class JobClaim(NamedTuple):
     job_id: str
     alone: bool  # no other worker was on the job when this one joined: trials left RUNNING were abandoned
+    epoch: int = 0  # the job's lease epoch this worker joined in: it works on the job while that lasts
+    slot: int = 0  # how many workers joined the job before this one (its sampler seed derives from it)
 
 
 def claim_job(url: str, *, lease_s: float) -> JobClaim | None:
@@ -23,8 +25,8 @@ def claim_job(url: str, *, lease_s: float) -> JobClaim | None:
         job = session.scalar(crud.claimable_jobs(session, lease_s=lease_s, for_update=not sqlite))
         if job is None:
             return None
-        crud.join_job(session, job=job, lease_s=lease_s)
-        return JobClaim(job.id, alone=job.active_workers == 1)
+        epoch, slot = crud.join_job(session, job=job, lease_s=lease_s)
+        return JobClaim(job.id, alone=job.active_workers == 1, epoch=epoch, slot=slot)
 
 
 class ExportClaim(NamedTuple):
@@ -59,7 +61,8 @@ def claim_export(
                 remove_export(export_root, export_id, attempts)
 
 
-def claim_trial(url: str, job_id: str) -> bool:
-    """One more trial for this job, if its quota allows (a single conditional UPDATE: atomic everywhere)."""
+def claim_trial(url: str, job_id: str, epoch: int | None = None) -> bool:
+    """One more trial for this job, if its quota allows and (given `epoch`) the caller's lease still holds (a
+    single conditional UPDATE: atomic everywhere)."""
     with session_scope(url) as session:
-        return crud.claim_trial(session, job_id=job_id)
+        return crud.claim_trial(session, job_id=job_id, epoch=epoch)

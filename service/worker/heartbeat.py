@@ -24,8 +24,14 @@ class Heartbeat:
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{name}", daemon=True)
 
     @classmethod
-    def for_job(cls, url: str, job_id: str, interval_s: float) -> Heartbeat:
-        return cls(url, interval_s, lambda session: crud.heartbeat(session, job_id=job_id), f"job {job_id}")
+    def for_job(cls, url: str, job_id: str, interval_s: float, epoch: int | None = None) -> Heartbeat:
+        """Renews the job's lease while it is the caller's (`epoch`): a worker taken for dead renews no lease of
+        the workers that took the job over."""
+
+        def renew(session: Session) -> None:
+            crud.heartbeat(session, job_id=job_id, epoch=epoch)
+
+        return cls(url, interval_s, renew, f"job {job_id}")
 
     @classmethod
     def for_export(cls, url: str, export_id: str, attempt: int, interval_s: float) -> Heartbeat:

@@ -73,6 +73,8 @@ class Worker:
                         self.run_one_export,
                         backend=self.backend,
                         recover=claim.alone,
+                        epoch=claim.epoch,
+                        slot=claim.slot,
                     )
                 jobs, idle_since = jobs + 1, time.monotonic()
                 if self.max_jobs is not None and jobs >= self.max_jobs:

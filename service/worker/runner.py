@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from prunesearch.choices import EventKind, JobStatus
 from prunesearch.search.backend import SearchBackend, SearchCallbacks, SearchProgress
+from prunesearch.search.seeds import worker_seed
 from prunesearch.search.spec import SearchSpec
 from prunesearch.service import crud
 from prunesearch.service.db import session_scope
@@ -30,11 +31,15 @@ def run_job(
     *,
     backend: SearchBackend,
     recover: bool = False,
+    epoch: int | None = None,
+    slot: int = 0,
 ) -> None:
-    """Work on `job_id` until its trials are all claimed, it is cancelled, or this worker is stopping.
+    """Work on `job_id` until its trials are all claimed, it is cancelled, this worker is stopping, or its lease
+    is lost (another worker took the job over from this one's lease `epoch`, taking it for dead).
 
     `recover`: this worker joined the job alone (decided in the claim's transaction), so Optuna trials left
-    RUNNING belong to dead workers and are failed as abandoned first."""
+    RUNNING belong to dead workers and are failed as abandoned first. `slot`: how many workers joined the job
+    before this one; its sampler seed derives from it and the job's seed (`worker_seed`)."""
     url = settings.db_url
     with session_scope(url) as session:
         job = crud.get_job(session, job_id=job_id)
@@ -58,25 +63,29 @@ def run_job(
         between_trials()
 
     callbacks = SearchCallbacks(
-        claim=lambda: claim_trial(url, job_id),
-        should_stop=lambda: stopping.is_set() or _stopped(url, job_id),
+        claim=lambda: claim_trial(url, job_id, epoch),
+        should_stop=lambda: stopping.is_set() or _stopped(url, job_id, epoch),
         on_trial=on_trial,
         on_heal=lambda update: record_heal(url, job_id, update),
     )
 
-    error, pending = None, False
-    with Heartbeat.for_job(url, job_id, settings.heartbeat_s):
+    error, pending, seed = None, False, worker_seed(spec.seed, slot)
+    with Heartbeat.for_job(url, job_id, settings.heartbeat_s, epoch):
         try:
-            progress = backend.run(spec, study, callbacks, shared=shared, recover=recover)
+            progress = backend.run(spec, study, callbacks, shared=shared, recover=recover, sampler_seed=seed)
             record(url, job_id, progress)
             pending = spec.heal is not None and heal_pending(backend, study)
         except Exception as exc:
             log.exception("job %s failed", job_id, extra={"job_id": job_id})
             error = f"{type(exc).__name__}: {exc}"[:2000]
+    requeue = stopping.is_set()
     with session_scope(url, immediate=True) as session:
-        job = crud.leave_job(session, job_id=job_id, error=error, requeue=stopping.is_set(), pending=pending)
+        job = crud.leave_job(session, job_id=job_id, error=error, requeue=requeue, pending=pending, epoch=epoch)
         ids = {"job_id": job_id}
-        log.info("left job %s: %s, %d/%d trials", job_id, job.status, job.trials_done, job.n_trials, extra=ids)
+        if epoch is not None and job.lease_epoch != epoch:
+            log.warning("left job %s: its lease was taken over by another worker", job_id, extra=ids)
+        else:
+            log.info("left job %s: %s, %d/%d trials", job_id, job.status, job.trials_done, job.n_trials, extra=ids)
 
 
 def heal_pending(backend: SearchBackend, study: str) -> bool:
@@ -86,10 +95,16 @@ def heal_pending(backend: SearchBackend, study: str) -> bool:
     return status is None or len(status["healed"]) < len(status["candidates"])
 
 
-def _stopped(url: str, job_id: str) -> bool:
+def _stopped(url: str, job_id: str, epoch: int | None = None) -> bool:
+    """Whether to take no more trials: the job is gone, cancelled or over, or no longer this worker's."""
     with session_scope(url) as session:
         job = crud.get_job(session, job_id=job_id)
-        return job is None or job.cancel_requested or job.status != JobStatus.RUNNING
+        if job is None or job.cancel_requested or job.status != JobStatus.RUNNING:
+            return True
+        if epoch is not None and job.lease_epoch != epoch:
+            log.warning("job %s was taken over by another worker (lease lost): taking no more of its trials", job_id)
+            return True
+        return False
 
 
 def record_heal(url: str, job_id: str, update: dict) -> None:

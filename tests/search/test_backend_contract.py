@@ -146,6 +146,15 @@ def test_trial_page_lists_started_trials_in_pages(backend):
     assert backend.trial_page("s", offset=20) == ([], 10)
 
 
+def test_trial_reads_one_started_trial_as_the_page_lists_it(backend):
+    items, _ = backend.trial_page("s", limit=50)
+    assert [backend.trial("s", t["trial"]) for t in items] == items
+    assert backend.trial("s", 10) is None  # waiting: not started
+    assert backend.trial("s", 99) is None
+    with pytest.raises(LookupError, match="nope"):
+        backend.trial("nope", 0)
+
+
 def test_unknown_studies_raise_lookup_error(backend, tmp_path):
     for read in (backend.front, backend.trial_page):
         with pytest.raises(LookupError, match="nope"):

@@ -26,15 +26,15 @@ def _get(settings, job_id):
 def test_trial_claims_stop_at_n_trials(settings):
     job_id = _job(settings, n_trials=3)
     assert not claim_trial(settings.db_url, job_id)  # queued: nothing to claim yet
-    assert claim_job(settings.db_url, lease_s=60) == (job_id, True)
+    assert claim_job(settings.db_url, lease_s=60)[:2] == (job_id, True)
     assert [claim_trial(settings.db_url, job_id) for _ in range(5)] == [True] * 3 + [False] * 2
     assert _get(settings, job_id).trials_claimed == 3
 
 
 def test_parallelism_bounds_how_many_workers_join(settings):
     job_id = _job(settings, parallelism=2)
-    assert claim_job(settings.db_url, lease_s=60) == (job_id, True)
-    assert claim_job(settings.db_url, lease_s=60) == (job_id, False)  # the first worker is on it too
+    assert claim_job(settings.db_url, lease_s=60)[:2] == (job_id, True)
+    assert claim_job(settings.db_url, lease_s=60)[:2] == (job_id, False)  # the first worker is on it too
     assert claim_job(settings.db_url, lease_s=60) is None
     assert _get(settings, job_id).active_workers == 2
 
@@ -63,16 +63,16 @@ def test_pending_heal_keeps_the_job_running_until_the_last_worker_leaves(setting
     with session_scope(settings.db_url) as s:
         job = crud.leave_job(s, job_id=job_id, pending=True, requeue=True)
     assert (job.status, job.active_workers, job.finished_at) == ("queued", 0, None)
-    assert claim_job(settings.db_url, lease_s=60) == (job_id, True)
+    assert claim_job(settings.db_url, lease_s=60)[:2] == (job_id, True)
     with session_scope(settings.db_url) as s:
         job = crud.leave_job(s, job_id=job_id, pending=True)  # the last out, candidates still unhealed
     assert (job.status, job.active_workers, job.finished_at) == ("queued", 0, None)
-    assert claim_job(settings.db_url, lease_s=60) == (job_id, True)
+    assert claim_job(settings.db_url, lease_s=60)[:2] == (job_id, True)
     with session_scope(settings.db_url) as s:
         job = crud.leave_job(s, job_id=job_id, pending=False)
     assert (job.status, job.trials_done) == ("succeeded", 2)
     cancelled = _job(settings, n_trials=2)
-    assert claim_job(settings.db_url, lease_s=60) == (cancelled, True)
+    assert claim_job(settings.db_url, lease_s=60)[:2] == (cancelled, True)
     with session_scope(settings.db_url) as s:
         crud.request_cancel(s, job=crud.get_job(s, job_id=cancelled))
     with session_scope(settings.db_url) as s:
@@ -99,7 +99,7 @@ def test_an_expired_lease_is_recovered_by_another_worker(settings):
     with session_scope(settings.db_url) as s:
         crud.record_progress(s, job_id=job_id, trials_done=1, front_size=1, hypervolume=None)
         crud.get_job(s, job_id=job_id).heartbeat_at = utcnow() - timedelta(seconds=600)
-    assert claim_job(settings.db_url, lease_s=60) == (job_id, True)  # its only worker died: alone again
+    assert claim_job(settings.db_url, lease_s=60)[:2] == (job_id, True)  # its only worker died: alone again
     job = _get(settings, job_id)
     assert (job.status, job.active_workers, job.trials_claimed) == ("running", 1, 1)
 

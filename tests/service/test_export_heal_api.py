@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import typing
 
+import optuna
 import pytest
+from optuna.trial import create_trial
 
 from prunesearch.service.client_cli import HEAL_FLAGS, format_number
 from prunesearch.service.db import session_scope
@@ -17,10 +19,12 @@ from .conftest import job_body
 
 @pytest.fixture
 def job(api, settings) -> dict:
-    """A queued job whose trial 0 is claimed, so it may be exported."""
+    """A job whose trial 0 is complete and feasible, so it may be exported."""
     job = api.post("/v1/jobs", json=job_body()).json()
     with session_scope(settings.db_url) as session:
-        session.get(Job, job["id"]).trials_claimed = 1
+        study_name = session.get(Job, job["id"]).study_name
+    study = optuna.create_study(storage=settings.db_url, study_name=study_name, directions=["minimize"] * 2)
+    study.add_trial(create_trial(values=[0.1, 1.0], user_attrs={"plan": {}, "metrics": {}, "feasible": True}))
     return job
 
 

@@ -8,7 +8,7 @@ import sqlalchemy as sa
 
 from prunesearch import migrations
 
-HEAD = "0006_evaluations"
+HEAD = "0007_worker_lease"
 OURS = {
     "ps_jobs",
     "ps_pareto_snapshots",
@@ -176,6 +176,28 @@ def test_downgrading_below_0003_fails_the_healed_exports_not_yet_written(tmp_pat
             "queued-plain-sql-null": "queued",
         }
         assert "downgraded below 0003" in error
+    finally:
+        engine.dispose()
+
+
+def test_0004_numbers_the_leases_and_workers_of_jobs_and_takes_them_away(tmp_path):
+    url = f"sqlite:///{tmp_path / 'lease.db'}"
+    migrations.upgrade(url, "0003")
+    engine = sa.create_engine(url)
+
+    def job_columns() -> set[str]:
+        return {c["name"] for c in sa.inspect(engine).get_columns("ps_jobs")}
+
+    try:
+        assert not {"lease_epoch", "joins"} & job_columns()
+        with engine.begin() as conn:
+            _insert_finished_job(conn, "2026-11-24 00:00:00")
+        migrations.upgrade(url)
+        with engine.connect() as conn:
+            row = conn.execute(sa.text("SELECT lease_epoch, joins FROM ps_jobs WHERE id = 'j'")).one()
+        assert tuple(row) == (0, 0)  # a job from before 0004 is in its first epoch
+        migrations.downgrade(url, "0003")
+        assert not {"lease_epoch", "joins"} & job_columns()
     finally:
         engine.dispose()
 

@@ -10,10 +10,18 @@ from fastapi.responses import FileResponse
 from prunesearch.choices import ExportStatus
 from prunesearch.service import crud
 from prunesearch.service.api.auth import UNAUTHORIZED, for_caller
-from prunesearch.service.api.deps import CurrentOwner, ExportDep, JobDep, SessionDep, SettingsDep, current_owner
+from prunesearch.service.api.deps import (
+    BackendDep,
+    CurrentOwner,
+    ExportDep,
+    JobDep,
+    SessionDep,
+    SettingsDep,
+    current_owner,
+)
 from prunesearch.service.api.errors import responses
 from prunesearch.service.diskspace import check_free_space
-from prunesearch.service.exports import heal_record
+from prunesearch.service.exports import export_conflict, heal_record
 from prunesearch.service.schemas import ExportCreate, ExportPublic
 
 router = APIRouter(tags=["exports"], dependencies=[Depends(current_owner)], responses=UNAUTHORIZED)
@@ -31,12 +39,13 @@ def create_export(
     session: SessionDep,
     settings: SettingsDep,
     principal: CurrentOwner,
+    backend: BackendDep,
     response: Response,
 ) -> ExportPublic:
-    """Queue an export of trial `body.trial`; a worker writes the checkpoint (healed first when `body.heal` says
-    so) and its archive."""
-    if body.trial >= job.trials_claimed:
-        raise HTTPException(409, f"job {job.id} has no trial {body.trial} yet ({job.trials_done} trials done)")
+    """Queue an export of trial `body.trial` (409 unless it is complete and feasible); a worker writes the
+    checkpoint (healed first when `body.heal` says so) and its archive."""
+    if conflict := export_conflict(backend, job, body.trial):
+        raise HTTPException(409, conflict)
     check_free_space(settings.export_root, settings.min_free_bytes)  # a 507 now, not a failed export later
     heal = heal_record(body.heal, job, settings, session, principal)
     export = crud.create_export(session, job_id=job.id, trial=body.trial, dtype=body.dtype, heal=heal, owner=job.owner)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Request
 from sqlalchemy import text
 
 from prunesearch.migrations import VERSION_TABLE
@@ -22,15 +22,20 @@ def healthz() -> dict:
 
 
 @router.get("/readyz", responses=responses(503))
-def readyz(session: SessionDep) -> dict:
-    """The database answers and its schema is migrated."""
+def readyz(session: SessionDep, request: Request) -> dict:
+    """The database answers and its schema is migrated; under `prunesearch serve`, its worker runs too
+    (`worker`: running, or restarted `restarts` times; 503 while a dead one waits to be restarted)."""
     try:
         revision = session.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
     except Exception as exc:
         raise HTTPException(503, f"database not ready: {type(exc).__name__}") from None
     if revision is None:
         raise HTTPException(503, "database not migrated: run `prunesearch db upgrade`")
-    return {"status": "ready", "schema": revision}
+    supervisor = getattr(request.app.state, "worker_supervisor", None)
+    worker = supervisor.status() if supervisor is not None else {}
+    if worker.get("worker") == "down":
+        raise HTTPException(503, f"worker down, restarting ({worker['restarts']} restarts so far)")
+    return {"status": "ready", "schema": revision, **worker}
 
 
 @router.get("/v1/hardware", dependencies=[Depends(current_owner)], responses=UNAUTHORIZED)
