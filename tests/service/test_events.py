@@ -25,17 +25,24 @@ from prunesearch.service.events import emit, events_after
 from prunesearch.service.worker.claims import claim_export, claim_job, claim_trial
 from prunesearch.service.worker.runner import record, record_heal
 
+from ..fake_backend import FakeBackend
+
 # The target: a client sees a trial within 1 s of the worker recording it (the API polls every 0.2 s).
 FIRST_EVENT_S = 1.0
 
 
 @pytest.fixture
-def server(settings) -> Iterator[str]:
-    """The API on a free loopback port, in a thread; stopped after the test."""
+def fake() -> FakeBackend:
+    return FakeBackend()
+
+
+@pytest.fixture
+def server(settings, fake) -> Iterator[str]:
+    """The API on a free loopback port, in a thread; stopped after the test. Its searches are `fake`'s."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(settings), log_level="warning", timeout_graceful_shutdown=2)
+    config = uvicorn.Config(create_app(settings, backend=fake), log_level="warning", timeout_graceful_shutdown=2)
     uv = uvicorn.Server(config)
     thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -231,10 +238,12 @@ def test_concurrent_writers_number_a_jobs_events_without_gaps_on_postgresql(pg_s
     assert seqs == list(range(1, 52))  # the job's own `queued` event, then the 50 written
 
 
-def test_what_a_request_writes_is_committed_before_its_response(settings, server):
+def test_what_a_request_writes_is_committed_before_its_response(settings, server, fake):
     """A client that acts on a 202 at once (`export --wait` opens the job's stream) must find the export there."""
     url = settings.db_url
     job_id = _new_job(url, n_trials=1)
+    with session_scope(url) as session:
+        fake.add_trial(crud.get_job(session, job_id=job_id).study_name)  # trial 0, complete: exportable
     claim_job(url, lease_s=60)
     assert claim_trial(url, job_id)
     record(url, job_id, _progress(1, [0], trial=0))
