@@ -6,7 +6,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from prunesearch.profilers.hardware import HardwareError, known_profiles, user_profile_dir
-from prunesearch.profilers.registry import LOCAL_NAMES
+from prunesearch.profilers.registry import LOCAL_NAMES, check_engine
 
 from . import crud
 from .models import Job, is_id
@@ -25,6 +25,7 @@ def check_hardware(name: str) -> None:
 def resolved_spec(body: JobCreate, settings: Settings, session: Session) -> dict:
     """The stored spec: the body's search part with model and calibration as checked local paths."""
     check_hardware(body.hardware)
+    check_engine(body.hardware, body.workload.engine)
     dataset = crud.get_dataset(session, dataset_id=body.calibration) if is_id(body.calibration) else None
     spec = body.search_spec()
     spec["model"] = checked_path("model", lambda: resolve_model(body.model, settings))
