@@ -186,7 +186,9 @@ def evaluate(
         datasheet = RooflineModel(profile, dynamic_cache=True)
         rows = {}
         for shape, by_engine in measured.items():
-            held_out = [dataclasses.replace(m, workload=_with_engine(m.workload, engine)) for m in by_engine[engine][1::2]]
+            held_out = [
+                dataclasses.replace(m, workload=_with_engine(m.workload, engine)) for m in by_engine[engine][1::2]
+            ]
             everything = [dataclasses.replace(m, workload=_with_engine(m.workload, engine)) for m in by_engine[engine]]
             rows[shape] = {"datasheet": accuracy(datasheet, everything), "calibrated": accuracy(calibrated, held_out)}
         p = fit.profile

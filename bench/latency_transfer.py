@@ -41,7 +41,7 @@ from prunesearch.pruning.architectures import model_shape
 from prunesearch.pruning.plan import PrunePlan
 
 sys.path.insert(0, str(Path(__file__).parent))
-from latency_accuracy import MODEL, machine, table, update_doc  # noqa: E402
+from latency_accuracy import MODEL, machine, table, update_doc
 
 WORKLOAD = Workload(batch=1, prompt_tokens=128, generate_tokens=32, dtype="fp32")
 TEST_MODEL = {

@@ -101,7 +101,9 @@ def load_latency_fit(device_key: str, engine: Engine = Engine.EAGER) -> LatencyF
             if engine == Engine.EAGER
             else "fit one on a CUDA device with `python bench/gpu_validate.py`"
         )
-        raise LatencyFitMissingError(f"no {engine.value} latency calibration for device {device_key!r} at {path}; {how}")
+        raise LatencyFitMissingError(
+            f"no {engine.value} latency calibration for device {device_key!r} at {path}; {how}"
+        )
     return LatencyFit.from_dict(json.loads(path.read_text()))
 
 
@@ -131,12 +133,19 @@ def design_configs(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     half = max(heads // 2, 1)
     designs = {
         "base": base,
-        "narrow": base | {"hidden_size": half * head_dim, "num_attention_heads": half, "num_key_value_heads": max(kv // 2, 1), "head_dim": head_dim},
+        "narrow": base
+        | {
+            "hidden_size": half * head_dim,
+            "num_attention_heads": half,
+            "num_key_value_heads": max(kv // 2, 1),
+            "head_dim": head_dim,
+        },
         "shallow": base | {"num_hidden_layers": max(layers // 3, 1)},
         "gqa4": base | {"num_key_value_heads": max(heads // 4, 1)},
         "wide_mlp": base | {"intermediate_size": base["intermediate_size"] * 2},
         "big_vocab": base | {"vocab_size": base["vocab_size"] * 4},
-        "bias_tied": base | {"model_type": "qwen2", "tie_word_embeddings": True, "num_key_value_heads": max(heads // 2, 1)},
+        "bias_tied": base
+        | {"model_type": "qwen2", "tie_word_embeddings": True, "num_key_value_heads": max(heads // 2, 1)},
         "qk_norm": base | {"model_type": "qwen3", "num_key_value_heads": max(heads // 2, 1)},
     }
     return {name: d | {"head_dim": head_dim} for name, d in designs.items()}

@@ -36,7 +36,10 @@ def graphs_attention_ops(
     """The fused attention sublayer: add+norm, QKV GEMM, (q/k norm), rope+cache write, attention, o_proj."""
     d, hd, kv = dims.hidden, dims.head_dim, heads // dims.group
     tokens = batch * q
-    ops = [_add_norm("attn_add_norm", tokens, d, b), _gemm("qkv_proj", tokens, d, (heads + 2 * kv) * hd, b, dims.qkv_bias, tile)]
+    ops = [
+        _add_norm("attn_add_norm", tokens, d, b),
+        _gemm("qkv_proj", tokens, d, (heads + 2 * kv) * hd, b, dims.qkv_bias, tile),
+    ]
     if dims.qk_norm:
         ops.append(Op("qk_norm", "memory", 4.0 * tokens * (heads + kv) * hd, b * 2 * tokens * (heads + kv) * hd, 1))
     ops.append(_memory("rope_cache_write", tokens * hd * (2 * heads + 4 * kv), b, 1, 3.0))

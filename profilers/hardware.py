@@ -70,7 +70,9 @@ class HardwareProfile:
     memory_headroom_source: str = ""
 
     def __post_init__(self) -> None:
-        engines = {Engine(k): v if isinstance(v, EngineEfficiency) else _efficiency(k, v) for k, v in self.engines.items()}
+        engines = {
+            Engine(k): v if isinstance(v, EngineEfficiency) else _efficiency(k, v) for k, v in self.engines.items()
+        }
         object.__setattr__(self, "engines", engines)
         if self.gemm_tile is not None:
             if len(self.gemm_tile) != 3 or min(self.gemm_tile) < 1:
@@ -139,7 +141,11 @@ class HardwareProfile:
         """Build a profile from a dict, with a clear error for missing or unknown fields."""
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - set(fields))
-        required = [n for n, f in fields.items() if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        required = [
+            n
+            for n, f in fields.items()
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
         missing = [n for n in required if n not in data]
         if unknown or missing:
             raise HardwareError(f"hardware profile: unknown fields {unknown}, missing fields {missing}")

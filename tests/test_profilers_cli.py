@@ -84,8 +84,11 @@ def test_local_calibrated_and_measured_on_cpu(capsys, tiny_dir, tmp_path, monkey
     save_latency_fit(LatencyFit(key, BUILTIN_PROFILES["l4"]))
     code, result, _ = run(capsys, *args, "--hardware", "local-calibrated")
     assert code == 0 and result["method"].startswith("calibrated") and result["workload"]["dtype"] == "fp32"
-    code, result, _ = run(capsys, *args, "--hardware", "measured")
+    code, result, _ = run(capsys, *args, "--hardware", "measured", "--repeats", "3")
     assert code == 0 and result["method"].startswith("measured")
+    decode = result["details"]["decode"]
+    assert decode["repeats"] == 3 and decode["p10_ms"] <= decode["median_ms"] <= decode["p90_ms"]
+    assert decode["spread_pct"] == pytest.approx((decode["p90_ms"] - decode["p10_ms"]) / decode["median_ms"] * 100)
 
 
 @pytest.mark.parametrize(

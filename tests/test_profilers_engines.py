@@ -84,9 +84,11 @@ def test_tile_padding_exact_on_hand_computed_shapes():
 def test_one_channel_past_the_tile_costs_almost_a_whole_tile():
     profile = get_profile("h100-sxm")
     shape = model_shape(LLAMA3_8B)
+
     def prefill(ffn: int) -> float:
         plan = PrunePlan(layers=(LayerPlan(32, ffn),) * shape.num_layers)
         return RooflineModel(profile).estimate(LLAMA3_8B, plan, Workload(64, 512, 16, "bf16")).prefill_ms
+
     dense, one_more, tile_more = prefill(8192), prefill(8193), prefill(8192 + 128)
     assert dense < one_more  # one channel past the tile pads a whole tile of compute
     assert one_more - dense > 0.4 * (tile_more - dense)  # gate/up pad to 128 outputs, down to 64 inputs
@@ -125,14 +127,14 @@ def test_removing_anything_never_raises_latency_on_either_engine(engine, arch):
     workload = Workload(batch=2, prompt_tokens=64, generate_tokens=8, engine=engine)
     for _ in range(30):
         plan = random_plan(shape, rng)
-        layers = list(plan.layers)
-        i = rng.randrange(len(layers))
-        heads = max(layers[i].heads - shape.group_size, 0)
-        smaller = [
-            PrunePlan(tuple(layers[:i] + [LayerPlan(heads, layers[i].ffn)] + layers[i + 1 :]), plan.vocab),
-            PrunePlan(tuple(layers[:i] + [LayerPlan(layers[i].heads, layers[i].ffn // 2)] + layers[i + 1 :]), plan.vocab),
-            PrunePlan(plan.layers, max(shape.num_special_tokens, (plan.vocab or shape.vocab_size) - 7)),
+        i = rng.randrange(shape.num_layers)
+        layer = plan.layers[i]
+        narrower = [
+            LayerPlan(max(layer.heads - shape.group_size, 0), layer.ffn),
+            LayerPlan(layer.heads, layer.ffn // 2),
         ]
+        smaller = [_with_layer(plan, i, x) for x in narrower]
+        smaller.append(PrunePlan(plan.layers, max(shape.num_special_tokens, (plan.vocab or shape.vocab_size) - 7)))
         before = model.estimate(config, plan, workload)
         for other in smaller:
             if all(x.removed for x in other.layers):
@@ -140,6 +142,10 @@ def test_removing_anything_never_raises_latency_on_either_engine(engine, arch):
             after = model.estimate(config, other, workload)
             assert after.prefill_ms <= before.prefill_ms + 1e-12
             assert after.decode_ms_per_token <= before.decode_ms_per_token + 1e-12
+
+
+def _with_layer(plan: PrunePlan, index: int, layer: LayerPlan) -> PrunePlan:
+    return PrunePlan((*plan.layers[:index], layer, *plan.layers[index + 1 :]), plan.vocab)
 
 
 def test_engine_defaults_and_refusals():
