@@ -97,6 +97,14 @@ def main(argv: list[str] | None = None) -> int:
     }
     elapsed = time.time() - started
     fits = {"designed": designed.profile, "plans only": plans_only.profile}
+    model = CalibratedLatencyModel(designed)
+    for m in test_set:
+        e = model.estimate(m.config, m.plan, m.workload)
+        print(
+            f"  test params {e.params:>9,}: prefill {m.prefill_ms:7.2f} ms, predicted {e.prefill_ms:7.2f}; "
+            f"decode {m.decode_ms:6.2f} ms, predicted {e.decode_ms_per_token:6.2f}",
+            file=sys.stderr,
+        )
     print(table(rows))
     for name, p in fits.items():
         print(f"{name}: {_params(p)}")

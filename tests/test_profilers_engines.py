@@ -198,3 +198,16 @@ def test_box_lstsq_respects_bounds():
     assert x[0] == 0.5 and x[1] == pytest.approx(1.25)
     free = box_lstsq(design, target, np.array([-9.0, -9.0]), np.array([9.0, 9.0]))
     np.testing.assert_allclose(free, np.linalg.lstsq(design, target, rcond=None)[0])
+
+
+def test_search_cli_engine_flag_lands_in_the_workload(tmp_path):
+    import argparse
+
+    from prunesearch.search import cli as search_cli
+
+    parser = argparse.ArgumentParser()
+    search_cli.register(parser.add_subparsers())
+    base = ["search", "--model", "m", "--calibration", "c", "--out", str(tmp_path)]
+    spec = search_cli._spec_from_args(parser.parse_args([*base, "--engine", "eager"]))
+    assert spec.workload.engine == Engine.EAGER and spec.hardware == "h100-sxm"
+    assert search_cli._spec_from_args(parser.parse_args(base)).workload.engine is None  # the hardware's default
