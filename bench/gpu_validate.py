@@ -36,7 +36,7 @@ from transformers import StaticCache
 
 from prunesearch.choices import DType, Engine
 from prunesearch.profilers.analytical import RooflineModel
-from prunesearch.profilers.calibrate import Measurement, accuracy, fit_latency, random_plan
+from prunesearch.profilers.calibrate import CalibratedLatencyModel, Measurement, accuracy, fit_latency, random_plan
 from prunesearch.profilers.device import device_facts, device_key
 from prunesearch.profilers.hardware import EngineEfficiency, HardwareProfile, get_profile
 from prunesearch.profilers.latency import Workload
@@ -180,8 +180,6 @@ def evaluate(
     for engine in (Engine.EAGER, Engine.GRAPHS):
         fit_set = [m for shape in measured.values() for m in shape[engine][::2]]
         fit = fit_latency(fit_set, profile, key, engine=engine)
-        from prunesearch.profilers.calibrate import CalibratedLatencyModel
-
         calibrated = CalibratedLatencyModel(fit)
         datasheet = RooflineModel(profile, dynamic_cache=True)
         rows = {}

@@ -102,7 +102,7 @@ class RooflineModel:
             "prefill_memory_bound_share": float(prefill_mem.mean()),
             "decode_memory_bound_share": float(decode_mem.mean()),
             "decode_time_shares": decode_shares,
-            "decode_bound": max(decode_shares, key=decode_shares.get),
+            "decode_bound": _bound(decode_shares),
             "prefill_bound": _bound(time_shares(prefill_arrays, profile, workload.dtype)),
             "memory_needed_bytes": needed,
             "memory_usable_bytes": usable,
@@ -125,4 +125,5 @@ class RooflineModel:
 
 
 def _bound(shares: dict[str, float]) -> str:
+    """The largest share's name: what a phase is mostly bound by."""
     return max(shares, key=shares.get)

@@ -17,7 +17,7 @@ import numpy as np
 from prunesearch.choices import Engine
 
 from .latency import Workload
-from .ops import GemmTile, ModelDims, Number, Op, _gemm, _memory, forward_ops
+from .ops import GemmTile, ModelDims, Number, Op, forward_ops, gemm_op, memory_op
 
 
 def _add_norm(name: str, tokens: Number, width: int, b: int) -> Op:
@@ -38,11 +38,11 @@ def graphs_attention_ops(
     tokens = batch * q
     ops = [
         _add_norm("attn_add_norm", tokens, d, b),
-        _gemm("qkv_proj", tokens, d, (heads + 2 * kv) * hd, b, dims.qkv_bias, tile),
+        gemm_op("qkv_proj", tokens, d, (heads + 2 * kv) * hd, b, dims.qkv_bias, tile),
     ]
     if dims.qk_norm:
         ops.append(Op("qk_norm", "memory", 4.0 * tokens * (heads + kv) * hd, b * 2 * tokens * (heads + kv) * hd, 1))
-    ops.append(_memory("rope_cache_write", tokens * hd * (2 * heads + 4 * kv), b, 1, 3.0))
+    ops.append(memory_op("rope_cache_write", tokens * hd * (2 * heads + 4 * kv), b, 1, 3.0))
     keys_per_query = context - (q - 1) / 2  # causal: query i of q sees context - q + 1 + i keys
     ops.append(
         Op(
@@ -53,7 +53,7 @@ def graphs_attention_ops(
             1,
         )
     )
-    ops.append(_gemm("o_proj", tokens, heads * hd, d, b, dims.o_bias, tile))
+    ops.append(gemm_op("o_proj", tokens, heads * hd, d, b, dims.o_bias, tile))
     return ops
 
 
@@ -62,9 +62,9 @@ def graphs_mlp_ops(dims: ModelDims, ffn: int, tokens: int, b: int, tile: GemmTil
     d = dims.hidden
     return [
         _add_norm("mlp_add_norm", tokens, d, b),
-        _gemm("gate_up_proj", tokens, d, 2 * ffn, b, dims.mlp_bias, tile),
+        gemm_op("gate_up_proj", tokens, d, 2 * ffn, b, dims.mlp_bias, tile),
         Op("silu_mul", "memory", 5.0 * tokens * ffn, b * 3 * tokens * ffn, 1),
-        _gemm("down_proj", tokens, ffn, d, b, dims.mlp_bias, tile),
+        gemm_op("down_proj", tokens, ffn, d, b, dims.mlp_bias, tile),
     ]
 
 
@@ -73,7 +73,7 @@ def graphs_forward_ops(
 ) -> list[Op]:
     """Every kernel of one CUDA-graph engine forward (logits for the last position of each sequence)."""
     tokens, d = batch * q, dims.hidden
-    ops = [_memory("embedding", 2 * tokens * d, b, 1, 0.0)]
+    ops = [memory_op("embedding", 2 * tokens * d, b, 1, 0.0)]
     for layer, count in Counter(dims.layers).items():
         layer_ops = []
         if layer.heads:
@@ -81,8 +81,8 @@ def graphs_forward_ops(
         if layer.ffn:
             layer_ops += graphs_mlp_ops(dims, layer.ffn, tokens, b, tile)
         ops += [Op(op.name, op.kind, op.flops, op.bytes, op.launches, count) for op in layer_ops]
-    ops += [_add_norm("final_add_norm", tokens, d, b), _gemm("lm_head", batch, d, dims.vocab, b, tile=tile)]
-    ops.append(_memory("sample", batch * dims.vocab, b, 1))
+    ops += [_add_norm("final_add_norm", tokens, d, b), gemm_op("lm_head", batch, d, dims.vocab, b, tile=tile)]
+    ops.append(memory_op("sample", batch * dims.vocab, b, 1))
     return ops
 
 

@@ -104,12 +104,12 @@ def model_dims(config: Mapping[str, Any] | Any, plan: PrunePlan | None = None) -
     )
 
 
-def _gemm(name: str, tokens: int, k: int, n: int, b: int, bias: bool = False, tile: GemmTile | None = None) -> Op:
+def gemm_op(name: str, tokens: int, k: int, n: int, b: int, bias: bool = False, tile: GemmTile | None = None) -> Op:
     flops, moved = gemm_cost(tokens, k, n, b, bias, tile)
     return Op(name, "gemm", flops, moved, 1)
 
 
-def _memory(name: str, elements: Number, b: int, launches: int, flops_per: float = 1.0) -> Op:
+def memory_op(name: str, elements: Number, b: int, launches: int, flops_per: float = 1.0) -> Op:
     return Op(name, "memory", flops_per * elements, b * elements, launches)
 
 
@@ -133,10 +133,10 @@ def attention_ops(
     tokens = batch * q
     ops = [
         _norm("attn_norm", tokens, d, b),
-        _gemm("q_proj", tokens, d, heads * hd, b, dims.qkv_bias, tile),
-        _gemm("k_proj", tokens, d, kv * hd, b, dims.qkv_bias, tile),
-        _gemm("v_proj", tokens, d, kv * hd, b, dims.qkv_bias, tile),
-        _memory("rope", 6 * tokens * (heads + kv) * hd, b, 10),
+        gemm_op("q_proj", tokens, d, heads * hd, b, dims.qkv_bias, tile),
+        gemm_op("k_proj", tokens, d, kv * hd, b, dims.qkv_bias, tile),
+        gemm_op("v_proj", tokens, d, kv * hd, b, dims.qkv_bias, tile),
+        memory_op("rope", 6 * tokens * (heads + kv) * hd, b, 10),
     ]
     if dims.qk_norm:
         ops.append(_norm("qk_norm", tokens * (heads + kv), hd, b))
@@ -149,10 +149,10 @@ def attention_ops(
         b * (2 * tokens * heads * hd + cache * context),
         1,
     )
-    ops += [_memory("kv_cache_write", cache_moved, b, 2, 0.0), scores]
+    ops += [memory_op("kv_cache_write", cache_moved, b, 2, 0.0), scores]
     ops += [
-        _gemm("o_proj", tokens, heads * hd, d, b, dims.o_bias, tile),
-        _memory("attn_residual", 3 * tokens * d, b, 1),
+        gemm_op("o_proj", tokens, heads * hd, d, b, dims.o_bias, tile),
+        memory_op("attn_residual", 3 * tokens * d, b, 1),
     ]
     return ops
 
@@ -162,11 +162,11 @@ def mlp_ops(dims: ModelDims, ffn: int, tokens: int, b: int, tile: GemmTile | Non
     d = dims.hidden
     return [
         _norm("mlp_norm", tokens, d, b),
-        _gemm("gate_proj", tokens, d, ffn, b, dims.mlp_bias, tile),
-        _gemm("up_proj", tokens, d, ffn, b, dims.mlp_bias, tile),
-        _memory("silu_mul", 5 * tokens * ffn, b, 2),
-        _gemm("down_proj", tokens, ffn, d, b, dims.mlp_bias, tile),
-        _memory("mlp_residual", 3 * tokens * d, b, 1),
+        gemm_op("gate_proj", tokens, d, ffn, b, dims.mlp_bias, tile),
+        gemm_op("up_proj", tokens, d, ffn, b, dims.mlp_bias, tile),
+        memory_op("silu_mul", 5 * tokens * ffn, b, 2),
+        gemm_op("down_proj", tokens, ffn, d, b, dims.mlp_bias, tile),
+        memory_op("mlp_residual", 3 * tokens * d, b, 1),
     ]
 
 
@@ -184,8 +184,8 @@ def forward_ops(
     `logits_per_sequence` positions (1 in generation; q to price a full-sequence forward)."""
     b, tokens, d = dtype_bytes, batch * q, dims.hidden
     ops = [
-        _memory("embedding", 2 * tokens * d, b, 1, 0.0),
-        _memory("rotary_tables", tokens * dims.head_dim, b, 6),
+        memory_op("embedding", 2 * tokens * d, b, 1, 0.0),
+        memory_op("rotary_tables", tokens * dims.head_dim, b, 6),
     ]
     for layer, count in Counter(dims.layers).items():
         layer_ops = []
@@ -195,8 +195,8 @@ def forward_ops(
             layer_ops += mlp_ops(dims, layer.ffn, tokens, b, tile)
         ops += [replace(op, repeat=count) for op in layer_ops]
     logits = batch * logits_per_sequence
-    ops += [_norm("final_norm", tokens, d, b), _gemm("lm_head", logits, d, dims.vocab, b, tile=tile)]
-    ops.append(_memory("sample", logits * dims.vocab, b, 1))
+    ops += [_norm("final_norm", tokens, d, b), gemm_op("lm_head", logits, d, dims.vocab, b, tile=tile)]
+    ops.append(memory_op("sample", logits * dims.vocab, b, 1))
     return ops
 
 
