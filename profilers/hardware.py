@@ -1,21 +1,27 @@
 """Hardware profiles: the peak rates a roofline latency model needs, one frozen record per device.
 
-Pure logic: no torch. Built-in profiles come from NVIDIA datasheets (dense figures, never the "with sparsity"
-ones); users add their own as JSON files with the same field names.
+Pure logic: no torch. Built-in profiles are the JSON files in `profilers/hardware/` (datasheet peaks, dense
+figures, never the "with sparsity" ones), each citing its sources in `source` fields. A profile carries one set
+of efficiencies per serving engine (`engines`: eager transformers, or a CUDA-graph engine); users add their own
+profiles as JSON files with the same field names (a profile without `engines` prices its top-level fields as
+the eager engine).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prunesearch.choices import DTYPE_BYTES, DType
+from prunesearch.choices import DTYPE_BYTES, DType, Engine
 from prunesearch.home import home_dir
 
-__all__ = ["DTYPE_BYTES", "HardwareError", "HardwareProfile"]
+__all__ = ["DTYPE_BYTES", "EngineEfficiency", "HardwareError", "HardwareProfile"]
+
+BUILTIN_DIR = Path(__file__).parent / "hardware"
+EFFICIENCY_FIELDS = ("compute_efficiency", "bandwidth_efficiency", "launch_overhead_us", "step_overhead_us")
 
 
 class HardwareError(ValueError):
@@ -23,8 +29,26 @@ class HardwareError(ValueError):
 
 
 @dataclass(frozen=True)
+class EngineEfficiency:
+    """What one serving engine reaches on one device: shares of the peaks, and its fixed costs.
+
+    `launch_overhead_us` is paid per kernel (eager: host launch and dispatch, serial with GPU work at batch 1;
+    graphs: the in-graph kernel boundary), `step_overhead_us` per forward; `source` says where the numbers come
+    from."""
+
+    compute_efficiency: float
+    bandwidth_efficiency: float
+    launch_overhead_us: float
+    step_overhead_us: float
+    source: str = ""
+
+
+@dataclass(frozen=True)
 class HardwareProfile:
-    """Peak rates of one device and the fraction of them real kernels reach (efficiency factors)."""
+    """Peak rates of one device, the fraction of them real kernels reach, and its GEMM tile.
+
+    The top-level efficiency fields are the ones priced; `for_engine` returns the profile with an engine's
+    efficiencies in them (a fitted calibration stores its fitted values there)."""
 
     name: str
     bf16_tflops: float  # dense tensor-core peak; fp16 is the same on every profile here unless set
@@ -36,6 +60,28 @@ class HardwareProfile:
     compute_efficiency: float = 0.7
     bandwidth_efficiency: float = 0.8
     step_overhead_us: float = 0.0  # per forward pass: fixed framework cost (masks, rotary tables, sampling)
+    engines: dict[str, EngineEfficiency] = field(default_factory=dict)
+    default_engine: Engine | None = None  # None: graphs when the profile has it, else eager
+    sm_count: int = 0  # streaming multiprocessors (0: no wave quantisation, e.g. a CPU)
+    gemm_tile: tuple[int, int, int] | None = None  # (tokens M, outputs N, inputs K) a GEMM is padded to
+    memory_headroom: float = 0.0  # share of memory kept free (allocator, activations, fragmentation)
+    source: str = ""
+    gemm_tile_source: str = ""
+    memory_headroom_source: str = ""
+
+    def __post_init__(self) -> None:
+        engines = {
+            Engine(k): v if isinstance(v, EngineEfficiency) else _efficiency(k, v) for k, v in self.engines.items()
+        }
+        object.__setattr__(self, "engines", engines)
+        if self.gemm_tile is not None:
+            if len(self.gemm_tile) != 3 or min(self.gemm_tile) < 1:
+                raise HardwareError(f"gemm_tile must be three positive sizes (M, N, K), got {self.gemm_tile}")
+            object.__setattr__(self, "gemm_tile", tuple(int(x) for x in self.gemm_tile))
+        if self.default_engine is not None:
+            object.__setattr__(self, "default_engine", _engine(self.default_engine))
+        if not 0 <= self.memory_headroom < 1:
+            raise HardwareError(f"memory_headroom must be in [0, 1), got {self.memory_headroom}")
 
     def peak_flops(self, dtype: str) -> float:
         """Peak FLOP/s for `dtype` (a `DType`: "bf16", "fp16" or "fp32")."""
@@ -52,43 +98,85 @@ class HardwareProfile:
     def memory_bytes(self) -> int:
         return int(self.memory_gib * 2**30)
 
+    @property
+    def usable_memory_bytes(self) -> int:
+        """Memory a deployment may fill: the total less the headroom."""
+        return int(self.memory_bytes * (1 - self.memory_headroom))
+
+    @property
+    def engine(self) -> Engine:
+        """The engine this profile prices by default."""
+        if self.default_engine is not None:
+            return self.default_engine
+        return Engine.GRAPHS if Engine.GRAPHS in self.engines else Engine.EAGER
+
+    @property
+    def recommended_ffn_step(self) -> int | None:
+        """The MLP width granularity that tiles exactly (the GEMM tile's output width), or None without a tile."""
+        return self.gemm_tile[1] if self.gemm_tile else None
+
+    def for_engine(self, engine: Engine | str | None) -> HardwareProfile:
+        """This profile with `engine`'s efficiencies in the priced fields (None: the default engine). A profile
+        without that engine's section prices its top-level fields for eager (or its own default engine, as a
+        fitted calibration does) and refuses the other."""
+        engine = self.engine if engine is None else _engine(engine)
+        if engine in self.engines:
+            values = {name: getattr(self.engines[engine], name) for name in EFFICIENCY_FIELDS}
+            return dataclasses.replace(self, default_engine=engine, **values)
+        if engine in (Engine.EAGER, self.default_engine):  # the top-level fields are this engine's
+            return dataclasses.replace(self, default_engine=engine)
+        raise HardwareError(
+            f"hardware profile {self.name!r} has no efficiencies for the {engine.value!r} engine; "
+            f"known: {', '.join(e.value for e in self.engines) or 'eager'} (add an engines.{engine.value} section)"
+        )
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        data["engines"] = {str(k): dataclasses.asdict(v) for k, v in self.engines.items()}
+        data["gemm_tile"] = list(self.gemm_tile) if self.gemm_tile else None
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HardwareProfile:
         """Build a profile from a dict, with a clear error for missing or unknown fields."""
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - set(fields))
-        required = [n for n, f in fields.items() if f.default is dataclasses.MISSING]
+        required = [
+            n
+            for n, f in fields.items()
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
         missing = [n for n in required if n not in data]
         if unknown or missing:
             raise HardwareError(f"hardware profile: unknown fields {unknown}, missing fields {missing}")
         return cls(**data)
 
 
+def _engine(value: Any) -> Engine:
+    try:
+        return Engine(value)
+    except ValueError:
+        known = ", ".join(e.value for e in Engine)
+        raise HardwareError(f"unknown engine {value!r}; known: {known}") from None
+
+
+def _efficiency(engine: str, data: Any) -> EngineEfficiency:
+    _engine(engine)
+    if not isinstance(data, dict):
+        raise HardwareError(f"engines.{engine} must be an object with {', '.join(EFFICIENCY_FIELDS)}")
+    try:
+        return EngineEfficiency(**data)
+    except TypeError as exc:
+        raise HardwareError(f"engines.{engine}: {exc}") from None
+
+
+def _builtin_profiles() -> dict[str, HardwareProfile]:
+    profiles = (HardwareProfile.from_dict(json.loads(p.read_text())) for p in sorted(BUILTIN_DIR.glob("*.json")))
+    return {p.name: p for p in profiles}
+
+
 # Memory capacities are the datasheet's "GB" figure; the driver reports about that many GiB.
-BUILTIN_PROFILES: dict[str, HardwareProfile] = {
-    p.name: p
-    for p in (
-        # NVIDIA H100 Tensor Core GPU datasheet (SXM5 column): BF16/FP16 1,979 TFLOPS with sparsity -> 989.4
-        # dense; FP32 67 TFLOPS; 80 GB HBM3 at 3.35 TB/s.
-        HardwareProfile("h100-sxm", 989.4, 989.4, 67.0, 3350.0, 80.0),
-        # NVIDIA H200 Tensor Core GPU datasheet (SXM column): BF16/FP16 1,979 TFLOPS sparse -> 989.4 dense;
-        # FP32 67 TFLOPS; 141 GB HBM3e at 4.8 TB/s.
-        HardwareProfile("h200", 989.4, 989.4, 67.0, 4800.0, 141.0),
-        # NVIDIA A100 Tensor Core GPU datasheet (80GB SXM column): BF16/FP16 312 TFLOPS dense (624 sparse);
-        # FP32 19.5 TFLOPS; 80 GB HBM2e at 2,039 GB/s.
-        HardwareProfile("a100-80g", 312.0, 312.0, 19.5, 2039.0, 80.0),
-        # NVIDIA L4 Tensor Core GPU datasheet: BF16/FP16 242 TFLOPS with sparsity -> 121 dense; FP32 30.3
-        # TFLOPS; 24 GB GDDR6 at 300 GB/s.
-        HardwareProfile("l4", 121.0, 121.0, 30.3, 300.0, 24.0),
-        # NVIDIA Ada GPU Architecture whitepaper (GeForce RTX 4090): BF16/FP16 tensor with FP32 accumulate
-        # 165.2 TFLOPS dense (330.4 sparse; PyTorch accumulates in FP32); FP32 82.6 TFLOPS; 24 GB GDDR6X at
-        # 1,008 GB/s.
-        HardwareProfile("rtx4090", 165.2, 165.2, 82.6, 1008.0, 24.0),
-    )
-}
+BUILTIN_PROFILES: dict[str, HardwareProfile] = _builtin_profiles()
 
 
 def data_dir() -> Path:

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Protocol, runtime_checkable
 from pydantic import ConfigDict, Field, StrictInt
 from pydantic.dataclasses import dataclass as validated_dataclass
 
-from prunesearch.choices import DTYPE_BYTES, DType
+from prunesearch.choices import DTYPE_BYTES, DType, Engine
 from prunesearch.pruning.plan import PrunePlan
 
 
@@ -26,12 +26,16 @@ class Workload:
     The one definition: the search spec's `workload` field is this class, so the API, the CLIs and every latency
     model validate the same bounds. Construction validates (a `pydantic.ValidationError`, a `ValueError`).
     At least one generated token: the prefill yields it, and decode time is per generated token.
+    `batch` is the serving concurrency: sequences decoded together, each step producing one token per sequence.
+    `engine` is how the model runs (`Engine`); None means the hardware's default (graphs on datacenter GPU
+    profiles, eager for `local`). A workload without an engine dumps exactly as before the field existed.
     """
 
     batch: Annotated[StrictInt, Field(ge=1, le=4096)] = 1
     prompt_tokens: Annotated[StrictInt, Field(ge=1, le=1_048_576)] = 512
     generate_tokens: Annotated[StrictInt, Field(ge=1, le=1_048_576)] = 128
     dtype: DType = DType.BF16
+    engine: Engine | None = Field(None, exclude_if=lambda value: value is None)
 
     @property
     def dtype_bytes(self) -> int:

@@ -16,10 +16,11 @@ import numpy as np
 import torch
 import transformers
 
-from prunesearch.choices import TORCH_DTYPE_NAMES, DType
+from prunesearch.choices import TORCH_DTYPE_NAMES, DType, Engine
 from prunesearch.pruning.plan import PrunePlan
 
 from .device import device_facts
+from .hardware import HardwareError
 from .latency import LatencyEstimate, Workload, totals
 from .ops import kv_bytes_per_token, model_dims
 
@@ -144,7 +145,9 @@ def build_model(config: Any, plan: PrunePlan | None, dtype: str, device: str):
 
 @dataclass(frozen=True)
 class MeasuredLatencyModel:
-    """`LatencyModel` that times the real (random-weight) model on `device`."""
+    """`LatencyModel` that times the real (random-weight) model on `device`: transformers eager, `repeats` timed
+    runs after `warmup`, each a prefill followed by its decode steps (prefill and decode interleaved, so slow
+    phases of a shared machine hit both); medians, with p10/p90 and their spread in `details`."""
 
     device: str = "cpu"
     warmup: int = 2
@@ -153,6 +156,10 @@ class MeasuredLatencyModel:
 
     def estimate(self, config: Any, plan: PrunePlan | None, workload: Workload) -> LatencyEstimate:
         """Build, warm up and time `config` pruned by `plan`; medians with p10/p90 in `details`."""
+        if workload.engine not in (None, Engine.EAGER):
+            raise HardwareError(
+                "measured latency times transformers eager; the graphs engine is measured by bench/gpu_validate.py"
+            )
         model = build_model(config, plan, workload.dtype, self.device)
         prefill, decode = measure_latency(model, workload, warmup=self.warmup, repeats=self.repeats, timer=self.timer)
         total_ms, tokens_per_s = totals(prefill.median, decode.median, workload)
@@ -178,5 +185,6 @@ def _stats_dict(stats: Stats) -> dict[str, float]:
         "median_ms": stats.median,
         "p10_ms": stats.p10,
         "p90_ms": stats.p90,
+        "spread_pct": (stats.p90 - stats.p10) / stats.median * 100 if stats.median else 0.0,
         "repeats": len(stats.samples),
     }

@@ -7,7 +7,11 @@ decode step at once. Counting conventions:
   math kernels execute, and what `FlopCounterMode` counts), reading Q, K, V and writing its output once;
 - the KV cache is appended in place (static/paged cache) unless `dynamic_cache`, which also counts the copy
   that transformers' DynamicCache (`torch.cat`) makes of the whole cache at every step;
-- launches are eager-PyTorch kernels per operation in transformers 5.23 modeling (views excluded).
+- launches are eager-PyTorch kernels per operation in transformers 5.23 modeling (views excluded);
+- on a device with a GEMM tile (`GemmTile`), a GEMM's tokens, outputs and inputs are padded up to the tile
+  (tile quantisation: FLOPs and weight bytes), and a GEMM of more output tiles than the device has SMs runs
+  in whole waves (wave quantisation: FLOPs).
+The CUDA-graph engine's fused forward is `engines.graphs_forward_ops`.
 """
 
 from __future__ import annotations
@@ -43,6 +47,32 @@ class ModelDims:
 
 
 @dataclass(frozen=True)
+class GemmTile:
+    """The tile a device's GEMM kernels work in: `m` tokens x `n` outputs, `k` inputs per step; `sms` tiles run at
+    once (one wave). A GEMM is priced as if padded to whole tiles, and to whole waves once it needs more than one."""
+
+    m: int
+    n: int
+    k: int
+    sms: int = 0
+
+
+def _pad(x: int, step: int) -> int:
+    return -(-int(x) // step) * step
+
+
+def gemm_cost(tokens: int, k: int, n: int, b: int, bias: bool = False, tile: GemmTile | None = None):
+    """(FLOPs, bytes) of a GEMM of `tokens` x `k` inputs -> `n` outputs, padded to `tile` (see the module doc)."""
+    if tile is None:
+        return 2.0 * tokens * k * n, b * (k * n + tokens * (k + n) + (n if bias else 0))
+    m_pad, n_pad, k_pad = _pad(tokens, tile.m), _pad(n, tile.n), _pad(k, tile.k)
+    tiles = (m_pad // tile.m) * (n_pad // tile.n)
+    slots = _pad(tiles, tile.sms) if tile.sms and tiles > tile.sms else tiles  # a partial last wave costs a wave
+    flops = 2.0 * slots * tile.m * tile.n * k_pad
+    return flops, b * (k_pad * n_pad + tokens * (k + n) + (n if bias else 0))
+
+
+@dataclass(frozen=True)
 class Op:
     """One operation: `kind` is "gemm", "attention" (both count as matmul FLOPs) or "memory"."""
 
@@ -74,12 +104,12 @@ def model_dims(config: Mapping[str, Any] | Any, plan: PrunePlan | None = None) -
     )
 
 
-def _gemm(name: str, tokens: Number, k: int, n: int, b: int, bias: bool = False) -> Op:
-    moved = k * n + tokens * (k + n) + (n if bias else 0)
-    return Op(name, "gemm", 2.0 * tokens * k * n, b * moved, 1)
+def gemm_op(name: str, tokens: int, k: int, n: int, b: int, bias: bool = False, tile: GemmTile | None = None) -> Op:
+    flops, moved = gemm_cost(tokens, k, n, b, bias, tile)
+    return Op(name, "gemm", flops, moved, 1)
 
 
-def _memory(name: str, elements: Number, b: int, launches: int, flops_per: float = 1.0) -> Op:
+def memory_op(name: str, elements: Number, b: int, launches: int, flops_per: float = 1.0) -> Op:
     return Op(name, "memory", flops_per * elements, b * elements, launches)
 
 
@@ -88,16 +118,25 @@ def _norm(name: str, tokens: Number, width: int, b: int) -> Op:
     return Op(name, "memory", 4.0 * tokens * width, b * (2 * tokens * width + width), 6)
 
 
-def attention_ops(dims: ModelDims, heads: int, batch: int, q: int, context: Number, b: int, dynamic_cache: bool):
+def attention_ops(
+    dims: ModelDims,
+    heads: int,
+    batch: int,
+    q: int,
+    context: Number,
+    b: int,
+    dynamic_cache: bool,
+    tile: GemmTile | None = None,
+):
     """The attention sublayer with `heads` query heads: q new tokens per sequence, `context` keys."""
     d, hd, kv = dims.hidden, dims.head_dim, heads // dims.group
     tokens = batch * q
     ops = [
         _norm("attn_norm", tokens, d, b),
-        _gemm("q_proj", tokens, d, heads * hd, b, dims.qkv_bias),
-        _gemm("k_proj", tokens, d, kv * hd, b, dims.qkv_bias),
-        _gemm("v_proj", tokens, d, kv * hd, b, dims.qkv_bias),
-        _memory("rope", 6 * tokens * (heads + kv) * hd, b, 10),
+        gemm_op("q_proj", tokens, d, heads * hd, b, dims.qkv_bias, tile),
+        gemm_op("k_proj", tokens, d, kv * hd, b, dims.qkv_bias, tile),
+        gemm_op("v_proj", tokens, d, kv * hd, b, dims.qkv_bias, tile),
+        memory_op("rope", 6 * tokens * (heads + kv) * hd, b, 10),
     ]
     if dims.qk_norm:
         ops.append(_norm("qk_norm", tokens * (heads + kv), hd, b))
@@ -110,24 +149,24 @@ def attention_ops(dims: ModelDims, heads: int, batch: int, q: int, context: Numb
         b * (2 * tokens * heads * hd + cache * context),
         1,
     )
-    ops += [_memory("kv_cache_write", cache_moved, b, 2, 0.0), scores]
+    ops += [memory_op("kv_cache_write", cache_moved, b, 2, 0.0), scores]
     ops += [
-        _gemm("o_proj", tokens, heads * hd, d, b, dims.o_bias),
-        _memory("attn_residual", 3 * tokens * d, b, 1),
+        gemm_op("o_proj", tokens, heads * hd, d, b, dims.o_bias, tile),
+        memory_op("attn_residual", 3 * tokens * d, b, 1),
     ]
     return ops
 
 
-def mlp_ops(dims: ModelDims, ffn: int, tokens: int, b: int) -> list[Op]:
+def mlp_ops(dims: ModelDims, ffn: int, tokens: int, b: int, tile: GemmTile | None = None) -> list[Op]:
     """The gated MLP sublayer with `ffn` channels."""
     d = dims.hidden
     return [
         _norm("mlp_norm", tokens, d, b),
-        _gemm("gate_proj", tokens, d, ffn, b, dims.mlp_bias),
-        _gemm("up_proj", tokens, d, ffn, b, dims.mlp_bias),
-        _memory("silu_mul", 5 * tokens * ffn, b, 2),
-        _gemm("down_proj", tokens, ffn, d, b, dims.mlp_bias),
-        _memory("mlp_residual", 3 * tokens * d, b, 1),
+        gemm_op("gate_proj", tokens, d, ffn, b, dims.mlp_bias, tile),
+        gemm_op("up_proj", tokens, d, ffn, b, dims.mlp_bias, tile),
+        memory_op("silu_mul", 5 * tokens * ffn, b, 2),
+        gemm_op("down_proj", tokens, ffn, d, b, dims.mlp_bias, tile),
+        memory_op("mlp_residual", 3 * tokens * d, b, 1),
     ]
 
 
@@ -139,24 +178,25 @@ def forward_ops(
     dtype_bytes: int,
     logits_per_sequence: int = 1,
     dynamic_cache: bool = False,
+    tile: GemmTile | None = None,
 ) -> list[Op]:
     """Every op of one forward: `q` new tokens per sequence, `context` keys (cache + new), logits for the last
     `logits_per_sequence` positions (1 in generation; q to price a full-sequence forward)."""
     b, tokens, d = dtype_bytes, batch * q, dims.hidden
     ops = [
-        _memory("embedding", 2 * tokens * d, b, 1, 0.0),
-        _memory("rotary_tables", tokens * dims.head_dim, b, 6),
+        memory_op("embedding", 2 * tokens * d, b, 1, 0.0),
+        memory_op("rotary_tables", tokens * dims.head_dim, b, 6),
     ]
     for layer, count in Counter(dims.layers).items():
         layer_ops = []
         if layer.heads:
-            layer_ops += attention_ops(dims, layer.heads, batch, q, context, b, dynamic_cache)
+            layer_ops += attention_ops(dims, layer.heads, batch, q, context, b, dynamic_cache, tile)
         if layer.ffn:
-            layer_ops += mlp_ops(dims, layer.ffn, tokens, b)
+            layer_ops += mlp_ops(dims, layer.ffn, tokens, b, tile)
         ops += [replace(op, repeat=count) for op in layer_ops]
     logits = batch * logits_per_sequence
-    ops += [_norm("final_norm", tokens, d, b), _gemm("lm_head", logits, d, dims.vocab, b)]
-    ops.append(_memory("sample", logits * dims.vocab, b, 1))
+    ops += [_norm("final_norm", tokens, d, b), gemm_op("lm_head", logits, d, dims.vocab, b, tile=tile)]
+    ops.append(memory_op("sample", logits * dims.vocab, b, 1))
     return ops
 
 

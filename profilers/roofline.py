@@ -23,6 +23,7 @@ class OpArrays:
     bytes: np.ndarray  # [ops, contexts]
     repeat: np.ndarray  # [ops, 1]
     launches: int  # kernel launches of the whole op list (repeats included)
+    kinds: tuple[str, ...] = ()  # each op's kind ("gemm", "attention", "memory"), for `time_shares`
 
     @classmethod
     def of(cls, ops: list[Op]) -> OpArrays:
@@ -31,6 +32,7 @@ class OpArrays:
             bytes=_broadcast(ops, "bytes"),
             repeat=np.array([op.repeat for op in ops], dtype=float)[:, None],
             launches=sum(op.launches * op.repeat for op in ops),
+            kinds=tuple(op.kind for op in ops),
         )
 
 
@@ -63,3 +65,23 @@ def phase_seconds(arrays: OpArrays, profile: HardwareProfile, dtype: str) -> tup
     memory_bound = memory_bound_seconds(arrays, flops_per_s, bytes_per_s)
     launches = arrays.launches * profile.launch_overhead_us * 1e-6
     return roof + launches + profile.step_overhead_us * 1e-6, memory_bound / roof
+
+
+# What a memory-bound op of each kind mostly reads: GEMMs their weights, attention the KV cache.
+MEMORY_BOUND_BY_KIND = {"gemm": "weights", "attention": "kv_cache", "memory": "activations"}
+
+
+def time_shares(arrays: OpArrays, profile: HardwareProfile, dtype: str) -> dict[str, float]:
+    """Shares of a phase's time (mean over contexts): compute-bound ops, memory-bound GEMMs (weight reads),
+    memory-bound attention (KV-cache reads), other memory-bound ops (activations), and fixed overheads."""
+    flops_per_s = profile.peak_flops(dtype) * profile.compute_efficiency
+    bytes_per_s = profile.bandwidth_bytes_per_s * profile.bandwidth_efficiency
+    compute, memory = arrays.flops / flops_per_s, arrays.bytes / bytes_per_s
+    per_op = (np.maximum(compute, memory) * arrays.repeat).mean(axis=1)
+    compute_bound = (compute > memory).mean(axis=1) >= 0.5
+    seconds = dict.fromkeys(["compute", "weights", "kv_cache", "activations"], 0.0)
+    for kind, bound, t in zip(arrays.kinds, compute_bound, per_op, strict=True):
+        seconds["compute" if bound else MEMORY_BOUND_BY_KIND[kind]] += float(t)
+    seconds["overhead"] = arrays.launches * profile.launch_overhead_us * 1e-6 + profile.step_overhead_us * 1e-6
+    total = sum(seconds.values())
+    return {name: value / total for name, value in seconds.items()}

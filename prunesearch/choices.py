@@ -26,6 +26,14 @@ DTYPE_BYTES: dict[DType, int] = {DType.FP32: 4, DType.BF16: 2, DType.FP16: 2}
 TORCH_DTYPE_NAMES: dict[DType, str] = {DType.FP32: "float32", DType.BF16: "bfloat16", DType.FP16: "float16"}
 
 
+class Engine(StrEnum):
+    """How a model is run when its latency is priced: transformers' eager `generate`, or a CUDA-graph serving
+    engine (vLLM, SGLang, TensorRT-LLM: fused kernels, paged KV cache, no per-kernel host cost)."""
+
+    EAGER = "eager"
+    GRAPHS = "graphs"
+
+
 class JobStatus(StrEnum):
     """Lifecycle of a search job in the service."""
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from prunesearch.choices import DeployTarget, HealMethod, Sampler, values
+from prunesearch.choices import DeployTarget, Engine, HealMethod, Sampler, values
 from prunesearch.cliutil import CLIError, one_line, output_dir, print_json, read_json, user_errors, validation_message
 from prunesearch.profilers.calibrate import LatencyFitMissingError
 from prunesearch.profilers.hardware import HardwareError
@@ -41,6 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     search.add_argument("--trials", type=int, default=100)
     search.add_argument("--sampler", choices=values(Sampler), default=Sampler.TPE.value)
     search.add_argument("--hardware", default="h100-sxm", help="a hardware profile name, local, or a JSON file")
+    search.add_argument(
+        "--engine", choices=values(Engine), help="eager or graphs (default: the hardware's; graphs on GPU profiles)"
+    )
     search.add_argument("--latency-budget", type=float, help="at most this fraction of dense latency (0-1]")
     search.add_argument(
         "--deploy",
@@ -100,6 +103,8 @@ def _spec_from_args(args: argparse.Namespace) -> SearchSpec:
         base.setdefault("constraints", {})["latency_budget_fraction"] = args.latency_budget
     if args.deploy is not None:
         base.setdefault("constraints", {})["deploy"] = args.deploy
+    if args.engine is not None:
+        base.setdefault("workload", {})["engine"] = args.engine
     heal = {"top_k": args.heal_top_k, "tokens": args.heal_tokens, "method": args.heal_method}
     if any(v is not None for v in heal.values()):
         if args.heal_top_k is None and not base.get("heal"):

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from prunesearch.profilers.latency import LatencyEstimate, LatencyModel, Workload
-from prunesearch.profilers.registry import latency_model_for
+from prunesearch.profilers.registry import latency_model_for, recommended_ffn_step
 from prunesearch.pruning.architectures import get_spec, model_shape
 from prunesearch.pruning.calibration import load_calibration, token_blocks
 from prunesearch.pruning.deploy import stock_head_counts
@@ -25,6 +25,13 @@ from .spec import SearchSpec
 # Quality recorded for trials that violate a constraint: the expensive proxy is never run for them.
 INFEASIBLE_QUALITY = 1e6
 LATENCY_FIELDS = {"prefill": "prefill_ms", "decode": "decode_ms_per_token", "total": "total_ms"}
+
+
+def latency_value(estimate: LatencyEstimate, objective: str) -> float:
+    """The minimised latency of an objective; `throughput` is ms per generated token over the whole batch."""
+    if objective == "throughput":
+        return 1e3 / estimate.tokens_per_s
+    return float(getattr(estimate, LATENCY_FIELDS[objective]))
 
 
 @dataclass
@@ -58,10 +65,12 @@ class SearchContext:
         if spec.stock_only:  # deploy: stock: the space holds stock-loadable plans only (see parametrize)
             self.scores = self.scores.stock_compensation(architecture)
             stock_heads = stock_head_counts(architecture, self.shape)
-        self.knobs: Knobs = resolve(self.shape, spec.space, stats.influence.tolist(), stock_heads=stock_heads)
+        step = recommended_ffn_step(spec.hardware) if spec.space.ffn_step == "hardware" else None
+        influence = stats.influence.tolist()
+        self.knobs: Knobs = resolve(self.shape, spec.space, influence, step, stock_heads=stock_heads)
         self.evaluator = CandidateEvaluator(self.model, blocks, self.scores)
         self.frequencies = token_frequencies(self.tokenizer, [doc.coverage_text for doc in docs])
-        self.latency_model: LatencyModel = latency_model_for(spec.hardware)
+        self.latency_model: LatencyModel = latency_model_for(spec.hardware, spec.workload.engine)
         self.config = self.model.config.to_dict()
         self.workload: Workload = spec.workload
         self.dense_latency = self._latency(self.latency_model.estimate(self.config, None, self.workload))
@@ -69,7 +78,7 @@ class SearchContext:
         self.kept_tokens = lru_cache(maxsize=256)(self._kept_tokens)
 
     def _latency(self, estimate: LatencyEstimate) -> float:
-        return float(getattr(estimate, LATENCY_FIELDS[self.spec.objectives.latency]))
+        return latency_value(estimate, self.spec.objectives.latency)
 
     def _kept_tokens(self, size: int | None) -> tuple[int, ...] | None:
         if size is None or size >= self.shape.vocab_size:
@@ -97,6 +106,7 @@ class SearchContext:
             "prefill_ms": estimate.prefill_ms,
             "decode_ms_per_token": estimate.decode_ms_per_token,
             "total_ms": estimate.total_ms,
+            "tokens_per_s": estimate.tokens_per_s,
             "params": estimate.params,
             "weight_bytes": estimate.weight_bytes,
             "vocab_coverage": self.coverage(kept),

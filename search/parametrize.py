@@ -52,12 +52,19 @@ class Knobs:
     def stock(self) -> bool:
         return self.stock_group_cuts is not None
 
+    aligned: bool = False  # kept MLP widths are multiples of ffn_step (the hardware's tile)
+
     @property
     def max_removed_sublayers(self) -> int:
         return math.floor(len(self.touchable) * (1 - self.space.min_keep.layers))
 
     def ffn_for(self, cuts: int) -> int:
-        return self.shape.intermediate_size - cuts * self.ffn_step
+        return self.ffn_top() - cuts * self.ffn_step if cuts else self.shape.intermediate_size
+
+    def ffn_top(self) -> int:
+        """The width the cuts count down from: the dense width, or (aligned) the next multiple of the step."""
+        size, step = self.shape.intermediate_size, self.ffn_step
+        return -(-size // step) * step if self.aligned else size
 
     def vocab_bounds(self) -> tuple[int, int]:
         low = max(self.shape.num_special_tokens, math.ceil(self.shape.vocab_size * self.space.min_keep.vocab))
@@ -73,17 +80,24 @@ def resolve(
     shape: ModelShape,
     space: SearchSpace,
     influence: Sequence[float] | None = None,
+    hardware_step: int | None = None,
     *,
     stock_heads: Sequence[int] | None = None,
 ) -> Knobs:
     """Bounds of every knob for this model; raises ValueError for layers the model does not have.
 
+    `hardware_step`: the hardware profile's recommended MLP granularity (for `ffn_step: "hardware"`).
     `stock_heads` (`pruning.deploy.stock_head_counts`) restricts the space to stock-loadable plans."""
     touchable = tuple(space.layers) if space.layers is not None else tuple(range(shape.num_layers))
     bad = [i for i in touchable if i >= shape.num_layers]
     if bad:
         raise ValueError(f"space.layers names layers {bad}, but the model has {shape.num_layers} layers")
-    step = space.ffn_step or default_ffn_step(shape)
+    aligned = space.ffn_step == "hardware"
+    if aligned:
+        step = min(hardware_step or default_ffn_step(shape), shape.intermediate_size)
+    else:
+        step = space.ffn_step or default_ffn_step(shape)
+    top = -(-shape.intermediate_size // step) * step if aligned else shape.intermediate_size
     min_groups = max(1, math.ceil(shape.num_kv_heads * space.min_keep.heads))
     min_ffn = max(1, math.ceil(shape.intermediate_size * space.min_keep.ffn))
     scores = list(influence) if influence is not None else [0.0] * shape.num_layers
@@ -99,11 +113,12 @@ def resolve(
         space=space,
         ffn_step=step,
         max_group_cuts=max_group_cuts,
-        max_ffn_cuts=((shape.intermediate_size - min_ffn) // step) if space.ffn else 0,
+        max_ffn_cuts=((top - min_ffn) // step) if space.ffn else 0,
         touchable=touchable,
         order=order,
         depth="layers" if stock_cuts is not None and space.depth == "sublayers" else space.depth,
         stock_group_cuts=stock_cuts,
+        aligned=aligned,
     )
 
 

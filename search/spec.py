@@ -36,8 +36,10 @@ class SearchSpace(_Strict):
     ffn: StrictBool = True
     depth: Literal["none", "layers", "sublayers"] = "sublayers"
     vocab: StrictBool = False
-    ffn_step: StrictInt | None = Field(
-        None, ge=1, description="MLP width granularity; default 64, or 8 for tiny models"
+    ffn_step: StrictInt | Literal["hardware"] | None = Field(
+        None,
+        description="MLP width granularity; default 64, or 8 for tiny models; 'hardware': the hardware profile's "
+        "GEMM tile width, with every kept width a multiple of it (no padded tiles)",
     )
     min_keep: MinKeep = MinKeep()
     layers: list[StrictInt] | None = Field(None, description="indices of layers the search may touch (default: all)")
@@ -45,6 +47,8 @@ class SearchSpace(_Strict):
 
     @model_validator(mode="after")
     def _some_knob(self) -> SearchSpace:
+        if isinstance(self.ffn_step, int) and self.ffn_step < 1:
+            raise ValueError("ffn_step must be at least 1 (or 'hardware')")
         if not (self.heads or self.ffn or self.vocab or self.depth != "none"):
             raise ValueError("the search space has no knob: enable heads, ffn, depth or vocab")
         if self.layers is not None and (not self.layers or min(self.layers) < 0):
@@ -54,7 +58,9 @@ class SearchSpace(_Strict):
 
 class Objectives(_Strict):
     quality: Literal["kl", "ppl"] = "kl"
-    latency: Literal["prefill", "decode", "total"] = "total"
+    # decode = time per output token at the workload's concurrency (`workload.batch`); throughput = the inverse
+    # of generated tokens/s at that concurrency (ms per generated token over the whole batch), minimised
+    latency: Literal["prefill", "decode", "total", "throughput"] = "total"
     extra: list[Literal["params", "memory"]] = Field(default_factory=list)
 
 

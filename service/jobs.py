@@ -8,7 +8,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from prunesearch.profilers.hardware import HardwareError, known_profiles, user_profile_dir
-from prunesearch.profilers.registry import LOCAL_NAMES
+from prunesearch.profilers.registry import LOCAL_NAMES, check_engine
 
 from . import crud
 from .auth import Principal
@@ -29,6 +29,7 @@ def resolved_spec(body: JobCreate, settings: Settings, session: Session, princip
     """The stored spec: the body's search part with model and calibration as checked local paths (uploads of
     other owners are not `principal`'s to name)."""
     check_hardware(body.hardware)
+    check_engine(body.hardware, body.workload.engine)
     spec = body.search_spec()
     spec["model"] = checked_path("model", lambda: resolve_model(body.model, settings))
     spec["calibration"] = text_file("calibration", body.calibration, settings, session, principal)

@@ -81,4 +81,4 @@ def test_calibrated_model_predicts_like_its_profile():
     workload = Workload(1, 64, 8, "fp32")
     got = CalibratedLatencyModel(LatencyFit("x", TRUTH)).estimate(CONFIG, None, workload)
     want = RooflineModel(TRUTH, dynamic_cache=True).estimate(CONFIG, None, workload)
-    assert got.decode_ms_per_token == want.decode_ms_per_token and got.method == "calibrated:local:test"
+    assert got.decode_ms_per_token == want.decode_ms_per_token and got.method == "calibrated:local:test:eager"

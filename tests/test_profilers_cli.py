@@ -46,8 +46,18 @@ def run(capsys, *argv: str) -> tuple[int, dict | None, str]:
 def test_prices_llama3_8b_on_every_builtin_profile(capsys, model_dir, hardware):
     code, result, _ = run(capsys, "--model", str(model_dir), "--hardware", hardware, "--batch", "1")
     assert code == 0 and set(result) >= FIELDS
-    assert result["method"] == f"roofline:{hardware}" and result["workload"]["dtype"] == "bf16"
+    assert result["method"] == f"roofline:{hardware}:graphs" and result["workload"]["dtype"] == "bf16"
+    assert result["workload"]["engine"] == "graphs" and result["details"]["engine"] == "graphs"
     assert result["params"] == pytest.approx(8.03e9, rel=0.01)
+
+
+def test_engine_flag_prices_eager_slower_and_local_refuses_graphs(capsys, model_dir):
+    _, graphs, _ = run(capsys, "--model", str(model_dir), "--hardware", "h100-sxm")
+    code, eager, _ = run(capsys, "--model", str(model_dir), "--hardware", "h100-sxm", "--engine", "eager")
+    assert code == 0 and eager["method"] == "roofline:h100-sxm:eager"
+    assert eager["decode_ms_per_token"] >= 1.5 * graphs["decode_ms_per_token"]
+    code, _, err = run(capsys, "--model", str(model_dir), "--hardware", "local", "--engine", "graphs")
+    assert code == 2 and "runs transformers eager" in err
 
 
 def test_plan_and_dtype(capsys, model_dir, tmp_path):
@@ -62,7 +72,7 @@ def test_custom_profile_file(capsys, model_dir, tmp_path):
     profile = tmp_path / "mine.json"
     profile.write_text(json.dumps(BUILTIN_PROFILES["a100-80g"].to_dict() | {"name": "mine"}))
     code, result, _ = run(capsys, "--model", str(model_dir), "--hardware", str(profile))
-    assert code == 0 and result["method"] == "roofline:mine"
+    assert code == 0 and result["method"] == "roofline:mine:graphs"
 
 
 def test_local_calibrated_and_measured_on_cpu(capsys, tiny_dir, tmp_path, monkeypatch):
@@ -74,8 +84,11 @@ def test_local_calibrated_and_measured_on_cpu(capsys, tiny_dir, tmp_path, monkey
     save_latency_fit(LatencyFit(key, BUILTIN_PROFILES["l4"]))
     code, result, _ = run(capsys, *args, "--hardware", "local-calibrated")
     assert code == 0 and result["method"].startswith("calibrated") and result["workload"]["dtype"] == "fp32"
-    code, result, _ = run(capsys, *args, "--hardware", "measured")
+    code, result, _ = run(capsys, *args, "--hardware", "measured", "--repeats", "3")
     assert code == 0 and result["method"].startswith("measured")
+    decode = result["details"]["decode"]
+    assert decode["repeats"] == 3 and decode["p10_ms"] <= decode["median_ms"] <= decode["p90_ms"]
+    assert decode["spread_pct"] == pytest.approx((decode["p90_ms"] - decode["p10_ms"]) / decode["median_ms"] * 100)
 
 
 @pytest.mark.parametrize(
@@ -125,6 +138,8 @@ def test_latency_calibrate_saves_a_calibration_for_this_device(capsys, tiny_dir,
     argv = ["latency-calibrate", "--model", str(tiny_dir), "--plans", "3", "--prompt", "8", "--generate", "3"]
     assert main(argv) == 0
     saved = json.loads(capsys.readouterr().out)
-    assert Path(saved["saved"]).is_file() and saved["metrics"]["fit_samples"] == 3
+    # the model's 3 plans, then 7 designed shapes around it, each dense and with one random plan
+    assert Path(saved["saved"]).is_file() and saved["metrics"]["fit_samples"] == 3 + 7 * 2
+    assert saved["engine"] == "eager" and saved["profile"]["launch_overhead_us"] > 0  # bounded: never 0
     code, result, _ = run(capsys, "--model", str(tiny_dir), "--hardware", "local-calibrated")
     assert code == 0 and result["method"].startswith("calibrated")

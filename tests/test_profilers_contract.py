@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -19,7 +20,8 @@ from prunesearch.pruning.plan import LayerPlan, PrunePlan
 TINY = json.loads((Path(__file__).parent / "profilers" / "tiny_configs.json").read_text())
 CPU_LIKE = HardwareProfile("cpu-like", 0.002, 0.002, 0.06, 15.0, 16.0, 10.0, 1.0, 1.0, step_overhead_us=500.0)
 IMPLEMENTATIONS = {
-    "roofline-h100": lambda: RooflineModel(get_profile("h100-sxm")),
+    "roofline-h100-graphs": lambda: RooflineModel(get_profile("h100-sxm")),  # the profile's default engine
+    "roofline-h100-eager": lambda: RooflineModel(dataclasses.replace(get_profile("h100-sxm"), default_engine="eager")),
     "roofline-dynamic-cache": lambda: RooflineModel(CPU_LIKE, dynamic_cache=True),
     "measured-cpu": lambda: MeasuredLatencyModel(warmup=1, repeats=2),
     "calibrated": lambda: CalibratedLatencyModel(LatencyFit("test-device", CPU_LIKE)),

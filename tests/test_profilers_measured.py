@@ -70,7 +70,7 @@ def test_measured_estimate_records_device_facts():
     assert estimate.details["device"]["kind"] == "cpu"
     assert estimate.details["device"]["threads"] == torch.get_num_threads()
     assert estimate.method.startswith("measured:")
-    assert set(estimate.details["prefill"]) == {"median_ms", "p10_ms", "p90_ms", "repeats"}
+    assert set(estimate.details["prefill"]) == {"median_ms", "p10_ms", "p90_ms", "spread_pct", "repeats"}
 
 
 def test_cpu_facts_and_device_key():

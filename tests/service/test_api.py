@@ -40,6 +40,8 @@ def test_submit_returns_202_with_location_and_queued_job(api):
         ({"workload": {"batch": 0}}, "body.workload.batch"),
         ({"workload": {"dtype": "int8"}}, "body.workload.dtype"),
         ({"workload": {"prompt": 64}}, "body.workload.prompt"),
+        ({"workload": {"engine": "warp"}}, "body.workload.engine"),
+        ({"hardware": "local", "workload": {"engine": "graphs"}}, "body.hardware"),
     ],
 )
 def test_invalid_specs_get_422_with_the_field(api, change, field):
@@ -57,6 +59,13 @@ def test_a_workload_without_generated_tokens_is_refused_before_any_job_exists(ap
     workload = {"batch": 1, "prompt_tokens": 64, "generate_tokens": 1}
     accepted = api.post("/v1/jobs", json=job_body(workload=workload))
     assert accepted.status_code == 202
+    assert accepted.json()["spec"]["workload"] == {**workload, "dtype": "bf16"}
+
+
+def test_the_engine_flows_into_the_stored_spec(api):
+    workload = {"batch": 8, "prompt_tokens": 64, "generate_tokens": 4, "engine": "eager"}
+    accepted = api.post("/v1/jobs", json=job_body(workload=workload, hardware="h100-sxm"))
+    assert accepted.status_code == 202, accepted.text
     assert accepted.json()["spec"]["workload"] == {**workload, "dtype": "bf16"}
 
 
