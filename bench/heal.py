@@ -280,7 +280,8 @@ def done(path: list[str], lr: float) -> bool:
 def selection(args) -> None:
     """Heal-aware against proxy-only selection: one search as bench/search_quality.py runs it, `--candidates`
     front plans just under the budgets (`heal.budgets`' rule; the proxy's pick at each budget among them)
-    healed alike, then per budget the plan each rule picks: proxy-only the lowest KL, heal-aware the lowest healed pydocs-valid perplexity."""
+    healed alike, then per budget the plan each rule picks: proxy-only the lowest KL, heal-aware the lowest
+    healed pydocs-valid perplexity."""
     sys.path.insert(0, str(ROOT / "bench"))
     import search_quality as sq
 
