@@ -279,13 +279,15 @@ def done(path: list[str], lr: float) -> bool:
 
 def selection(args) -> None:
     """Heal-aware against proxy-only selection: one search as bench/search_quality.py runs it, `--candidates`
-    front plans spread over latency (the proxy's pick at each budget among them) healed alike, then per budget
-    the plan each rule picks: proxy-only the lowest KL, heal-aware the lowest healed pydocs-valid perplexity."""
+    front plans just under the budgets (`heal.budgets`' rule; the proxy's pick at each budget among them)
+    healed alike, then per budget the plan each rule picks: proxy-only the lowest KL, heal-aware the lowest
+    healed pydocs-valid perplexity."""
     sys.path.insert(0, str(ROOT / "bench"))
     import search_quality as sq
 
     from prunesearch.search.context import SearchContext
     from prunesearch.search.engine import run_search
+    from prunesearch.search.healselect import pick_candidates
     from prunesearch.search.results import pareto_front
 
     os.environ["PRUNESEARCH_HOME"] = str(args.workdir / "home")
@@ -299,8 +301,8 @@ def selection(args) -> None:
     front = sorted(pareto_front(storage, "selection"), key=lambda x: x["metrics"]["latency_fraction"])
     under = {b: [x for x in front if x["metrics"]["latency_fraction"] <= b] for b in args.plans}
     proxy = {b: min(xs, key=lambda x: x["metrics"]["kl"])["trial"] for b, xs in under.items() if xs}
-    spread = [front[round(i * (len(front) - 1) / max(1, args.candidates - 1))]["trial"] for i in range(args.candidates)]
-    chosen = list(dict.fromkeys([*proxy.values(), *spread]))[: max(args.candidates, len(proxy))]
+    # the search's own rule (`heal.budgets`): the members just under each budget, which includes the proxy's picks
+    chosen = pick_candidates(front, args.candidates, "kl", [b * context.dense_latency for b in args.plans])
     lr = best_lr("full") if args.lr.get("full", "best") == "best" else float(args.lr["full"])
     healed = {}
     for record_ in (x for x in front if x["trial"] in chosen):

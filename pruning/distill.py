@@ -11,8 +11,14 @@ restricted to the kept tokens K and renormalised, p_K; this is the KL(p_K || q) 
 a training loss.
 
 Logits never exist for all positions at once: positions go through the heads in row chunks of about
-`CHUNK_BYTES` of fp32 logits, each chunk under activation checkpointing, so backward recomputes that chunk's
-logits instead of keeping every chunk's alive (a 128k vocabulary fits).
+`CHUNK_BYTES` of fp32 logits (a 128k vocabulary fits). When the student needs gradients, each chunk's gradient
+is computed in the forward pass, the way fused linear-cross-entropy kernels do it (Liger-Kernel's
+FusedLinearCrossEntropy): the gradient of the loss with respect to the student's logits has a closed form,
+
+    dloss/dz = (1 - w) * T * (q_T - p_T) + w * (softmax(z) - onehot(target)),
+
+so the chunk's logits are used at once for the hidden-state and head gradients and then freed. Backward only
+scales the stored gradients: no chunk is recomputed, and the teacher's logits are computed once.
 """
 
 from __future__ import annotations
@@ -22,7 +28,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 # fp32 logits per chunk (student and teacher each); small enough for any vocabulary, large enough for speed.
 CHUNK_BYTES = 32 << 20
@@ -88,14 +93,93 @@ def distill_loss(
         targets.reshape(-1) if targets is not None else torch.empty(hs.shape[0], dtype=torch.long, device=hs.device)
     )
     step = chunk_rows or max(1, CHUNK_BYTES // (4 * student_head.vocab_size))
+    config = _ChunkConfig(teacher_head, temperature, ce_weight, step)
+    weight, bias = student_head.weight, student_head.bias
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hs, weight, bias)):
+        return _FusedDistill.apply(hs, weight, bias, ht, flat_targets, config)
+    return _summed_loss(hs, student_head, ht, flat_targets, config) / max(1, hs.shape[0])
+
+
+@dataclass(frozen=True)
+class _ChunkConfig:
+    """What every chunk shares besides the student's tensors."""
+
+    teacher_head: LogitHead
+    temperature: float
+    ce_weight: float
+    rows: int
+
+
+def _summed_loss(
+    hs: torch.Tensor, head: LogitHead, ht: torch.Tensor, targets: torch.Tensor, config: _ChunkConfig
+) -> torch.Tensor:
+    """The loss summed over positions, without gradients."""
     total = hs.new_zeros((), dtype=torch.float32)
-    for start in range(0, hs.shape[0], step):
-        rows = slice(start, start + step)
-        args = (hs[rows], ht[rows], flat_targets[rows], student_head, teacher_head, temperature, ce_weight)
-        total = total + (
-            checkpoint(_chunk_loss, *args, use_reentrant=False) if hs.requires_grad else _chunk_loss(*args)
+    for start in range(0, hs.shape[0], config.rows):
+        rows = slice(start, start + config.rows)
+        total = total + _chunk_loss(
+            hs[rows], ht[rows], targets[rows], head, config.teacher_head, config.temperature, config.ce_weight
         )
-    return total / max(1, hs.shape[0])
+    return total
+
+
+class _FusedDistill(torch.autograd.Function):
+    """Mean loss over positions; each chunk's gradients are computed in forward from the closed-form logit
+    gradient (module docstring) and only scaled in backward."""
+
+    @staticmethod
+    def forward(ctx, hs, weight, bias, ht, targets, config: _ChunkConfig):
+        count = max(1, hs.shape[0])
+        grad_hs = torch.zeros_like(hs) if ctx.needs_input_grad[0] else None
+        grad_w = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
+        grad_b = torch.zeros_like(bias, dtype=torch.float32) if ctx.needs_input_grad[2] else None
+        head = LogitHead(weight, bias)
+        total = hs.new_zeros((), dtype=torch.float32)
+        for start in range(0, hs.shape[0], config.rows):
+            rows = slice(start, start + config.rows)
+            loss, grad_logits = _chunk_loss_and_grad(hs[rows], ht[rows], targets[rows], head, config)
+            total += loss
+            grad_logits = grad_logits.to(hs.dtype)
+            if grad_hs is not None:
+                grad_hs[rows] = grad_logits @ weight.to(hs.dtype)
+            if grad_w is not None:
+                grad_w += (grad_logits.T @ hs[rows]).float()
+            if grad_b is not None:
+                grad_b += grad_logits.sum(0).float()
+        ctx.save_for_backward(*(g if g is not None else torch.empty(0) for g in (grad_hs, grad_w, grad_b)))
+        ctx.present = (grad_hs is not None, grad_w is not None, grad_b is not None)
+        ctx.dtypes = (hs.dtype, weight.dtype, bias.dtype if bias is not None else None)
+        ctx.count = count
+        return total / count
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        scale = grad_output / ctx.count
+        grads = [
+            (g * scale).to(dtype) if present else None
+            for g, present, dtype in zip(ctx.saved_tensors, ctx.present, ctx.dtypes, strict=True)
+        ]
+        return grads[0], grads[1], grads[2], None, None, None
+
+
+def _chunk_loss_and_grad(
+    hs: torch.Tensor, ht: torch.Tensor, targets: torch.Tensor, head: LogitHead, config: _ChunkConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed loss of one row chunk and its gradient with respect to the student's (fp32) logits."""
+    temperature, ce_weight = config.temperature, config.ce_weight
+    logits = head.logits(hs)
+    log_p = F.log_softmax(config.teacher_head.logits(ht) / temperature, dim=-1)
+    log_q = F.log_softmax(logits / temperature, dim=-1)
+    p = log_p.exp()
+    loss = (1.0 - ce_weight) * (p * (log_p - log_q)).sum() * temperature**2
+    grad = log_q.exp().sub_(p).mul_((1.0 - ce_weight) * temperature)
+    if ce_weight:
+        log_probs = F.log_softmax(logits, dim=-1)
+        loss = loss + ce_weight * F.nll_loss(log_probs, targets, reduction="sum")
+        probs = log_probs.exp_()
+        probs[torch.arange(len(targets), device=probs.device), targets] -= 1.0
+        grad.add_(probs, alpha=ce_weight)
+    return loss, grad
 
 
 def _chunk_loss(

@@ -67,6 +67,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     search.add_argument("--heal-tokens", type=int, help="training tokens per healed candidate (with --heal-top-k)")
     search.add_argument("--heal-method", choices=values(HealMethod), help="full or lora (with --heal-top-k)")
+    search.add_argument(
+        "--heal-budgets",
+        type=_fractions,
+        help="comma-separated latency budgets as shares of dense (e.g. 0.5,0.7): heal the front members just "
+        "under each one (with --heal-top-k)",
+    )
     search.add_argument("--out", required=True, type=Path)
     search.set_defaults(handler=user_errors(*INPUT_ERRORS)(_search))
 
@@ -105,10 +111,15 @@ def _spec_from_args(args: argparse.Namespace) -> SearchSpec:
         base.setdefault("constraints", {})["deploy"] = args.deploy
     if args.engine is not None:
         base.setdefault("workload", {})["engine"] = args.engine
-    heal = {"top_k": args.heal_top_k, "tokens": args.heal_tokens, "method": args.heal_method}
+    heal = {
+        "top_k": args.heal_top_k,
+        "tokens": args.heal_tokens,
+        "method": args.heal_method,
+        "budgets": args.heal_budgets,
+    }
     if any(v is not None for v in heal.values()):
         if args.heal_top_k is None and not base.get("heal"):
-            raise CLIError("--heal-tokens and --heal-method need --heal-top-k")
+            raise CLIError("--heal-tokens, --heal-method and --heal-budgets need --heal-top-k")
         base["heal"] = (base.get("heal") or {}) | {k: v for k, v in heal.items() if v is not None}
     try:
         return SearchSpec.model_validate(base)
@@ -155,6 +166,13 @@ def _search(args: argparse.Namespace) -> int:
 def _short(metrics: dict) -> dict:
     keys = ("kl", "ppl", "latency_ms", "latency_fraction", "params")
     return {k: round(metrics[k], 5) if isinstance(metrics[k], float) else metrics[k] for k in keys if k in metrics}
+
+
+def _fractions(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
 def _healed_short(record: dict) -> dict:

@@ -37,14 +37,20 @@ def progress_key(trial: int) -> str:
     return f"{PROGRESS_PREFIX}{trial}"
 
 
-def pick_candidates(front: Sequence[dict[str, Any]], top_k: int, quality: str) -> list[int]:
-    """Up to `top_k` trial numbers of `front` (records with `trial`, `metrics`, `baseline`) spread over its
-    latency range, fastest first: always the fastest and the best `quality`, the rest the members nearest
-    (by latency) to evenly spaced latency quantiles. Deterministic: ties go to the earlier trial."""
+def pick_candidates(
+    front: Sequence[dict[str, Any]], top_k: int, quality: str, budgets_ms: Sequence[float] | None = None
+) -> list[int]:
+    """Up to `top_k` trial numbers of `front` (records with `trial`, `metrics`, `baseline`), fastest first.
+
+    Without `budgets_ms`: spread over the front's latency range: always the fastest and the best `quality`, the
+    rest the members nearest (by latency) to evenly spaced latency quantiles. With `budgets_ms`: the members
+    just under each budget, taken in turns (`near_budgets`). Deterministic: ties go to the earlier trial."""
     members = sorted(
         (r for r in front if r.get("baseline") not in SKIPPED_BASELINES and quality in r["metrics"]),
         key=lambda r: (r["metrics"]["latency_ms"], r["trial"]),
     )
+    if budgets_ms:
+        return near_budgets(members, top_k, budgets_ms)
     if len(members) <= top_k:
         return [r["trial"] for r in members]
     latency = np.array([r["metrics"]["latency_ms"] for r in members], dtype=float)
@@ -63,6 +69,23 @@ def pick_candidates(front: Sequence[dict[str, Any]], top_k: int, quality: str) -
         if i not in chosen:
             chosen.append(i)
     return [members[i]["trial"] for i in sorted(chosen)]
+
+
+def near_budgets(members: Sequence[dict[str, Any]], top_k: int, budgets_ms: Sequence[float]) -> list[int]:
+    """Up to `top_k` of `members` (sorted by latency): for each budget in turn, the slowest member at or under it
+    not yet taken. On a front, the slowest member under a budget is the proxy's pick there, and the next
+    slowest are its closest rivals: the plans a heal may reorder, since healing changes quality by similar
+    amounts for plans of similar latency. A budget no member meets adds nothing."""
+    queues = [[r["trial"] for r in reversed(members) if r["metrics"]["latency_ms"] <= b] for b in budgets_ms]
+    chosen: list[int] = []
+    while len(chosen) < top_k and any(queues):
+        for queue in queues:
+            while queue and queue[0] in chosen:
+                queue.pop(0)
+            if queue and len(chosen) < top_k:
+                chosen.append(queue.pop(0))
+    order = {r["trial"]: i for i, r in enumerate(members)}
+    return sorted(chosen, key=order.__getitem__)
 
 
 def healed_records(user_attrs: dict[str, Any]) -> list[dict[str, Any]]:

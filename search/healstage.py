@@ -70,7 +70,8 @@ def run_heal_stage(
     candidates = study.user_attrs.get(CANDIDATES_ATTR)
     if candidates is None:
         front = [front_record(t) for t in front_trials(study)]
-        candidates = pick_candidates(front, heal.top_k, context.spec.objectives.quality)
+        budgets = [b * context.dense_latency for b in heal.budgets] if heal.budgets else None
+        candidates = pick_candidates(front, heal.top_k, context.spec.objectives.quality, budgets)
         study.set_user_attr(CANDIDATES_ATTR, candidates)
     owner, healed = uuid.uuid4().hex, []
     for number in candidates:

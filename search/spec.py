@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, model_validator
 
@@ -104,6 +104,13 @@ class HealSpec(_Strict):
     lr: StrictFloat | None = Field(None, gt=0, le=1, description="peak learning rate (default: the method's)")
     seq_len: StrictInt = Field(_HEAL_DEFAULTS.seq_len, ge=8, le=32_768)
     batch: StrictInt = Field(_HEAL_DEFAULTS.batch, ge=1, le=1024)
+    budgets: list[Annotated[StrictFloat, Field(gt=0, le=1, allow_inf_nan=False)]] | None = Field(
+        None,
+        max_length=16,
+        description="latency budgets as shares of dense latency: heal the front members just under each one "
+        "(default: spread over the whole front)",
+        exclude_if=lambda value: value is None,  # heal blocks stored before it existed dump as they did
+    )
 
     @model_validator(mode="after")
     def _one_step(self) -> HealSpec:

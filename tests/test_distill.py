@@ -101,3 +101,34 @@ def test_row_chunks_change_neither_loss_nor_gradients():
 def test_a_teacher_head_of_another_vocabulary_is_refused():
     with pytest.raises(ValueError, match="restrict the teacher"):
         distill_loss(_hidden(0), LogitHead.of(_head(0, 8)), _hidden(1), LogitHead.of(_head(1)), None)
+
+
+@pytest.mark.parametrize("head_trains", [True, False])
+def test_fused_gradients_equal_autograd_through_the_plain_formula(head_trains):
+    """The closed-form chunk gradients (KL with temperature plus cross-entropy) equal autograd's."""
+    teacher, ht = _head(1), _hidden(1)
+    targets = torch.randint(0, VOCAB, (2, 7), generator=torch.Generator().manual_seed(3))
+    temperature, ce_weight = 2.0, 0.3
+    grads = []
+    for fused in (True, False):
+        student = _head(0).requires_grad_(head_trains)
+        hs = _hidden(0).requires_grad_(True)
+        if fused:
+            loss = distill_loss(
+                hs, LogitHead.of(student), ht, LogitHead.of(teacher), targets,
+                temperature=temperature, ce_weight=ce_weight, chunk_rows=4,
+            )  # fmt: skip
+        else:
+            log_p = F.log_softmax(teacher(ht) / temperature, -1).detach()
+            log_q = F.log_softmax(student(hs) / temperature, -1)
+            kl = F.kl_div(log_q, log_p, log_target=True, reduction="none").sum(-1).mean() * temperature**2
+            ce = F.cross_entropy(student(hs).reshape(-1, VOCAB), targets.reshape(-1))
+            loss = (1 - ce_weight) * kl + ce_weight * ce
+        (3.0 * loss).backward()  # an upstream gradient other than 1 reaches every input
+        grads.append((loss.detach(), hs.grad, student.weight.grad, student.bias.grad))
+    for fused, plain in zip(*grads, strict=True):
+        if plain is None:
+            assert fused is None
+        else:
+            torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-6)
+    assert grads[0][1].abs().sum() > 0

@@ -30,6 +30,29 @@ def test_candidates_spread_over_latency_and_include_the_extremes():
     assert len(set(pick_candidates(front, 6, "kl"))) == 6
 
 
+def test_budgets_pick_the_members_just_under_each_budget_in_turns():
+    latencies = [1.0, 1.1, 1.2, 1.3, 2.0, 3.0, 4.0, 4.5, 5.0]
+    front = _front(latencies, [0.9, 0.85, 0.8, 0.7, 0.5, 0.3, 0.2, 0.15, 0.1])
+    # budget 1.25 ms: 12 (1.2), then 11, 10; budget 4.2 ms: 16 (4.0), then 15, 14 -- alternating
+    assert pick_candidates(front, 4, "kl", budgets_ms=[1.25, 4.2]) == [11, 12, 15, 16]
+    assert pick_candidates(front, 3, "kl", budgets_ms=[1.25, 4.2]) == [11, 12, 16]
+    # budgets whose members overlap take each member once; a budget no member meets adds nothing
+    assert pick_candidates(front, 3, "kl", budgets_ms=[1.15, 1.25, 0.5]) == [10, 11, 12]
+    assert pick_candidates(front, 20, "kl", budgets_ms=[1.05]) == [10]
+    assert pick_candidates(front, 2, "kl", budgets_ms=[0.5]) == []
+
+
+def test_spec_heal_budgets_are_shares_of_dense_and_omitted_when_unset():
+    base = {"model": "m", "calibration": "c"}
+    spec = SearchSpec(**base, heal={"top_k": 2, "tokens": 4096, "seq_len": 64, "batch": 2})
+    assert "budgets" not in spec.model_dump()["heal"]
+    spec = SearchSpec(**base, heal={"top_k": 2, "tokens": 4096, "seq_len": 64, "batch": 2, "budgets": [0.5, 0.7]})
+    assert spec.heal.budgets == [0.5, 0.7]
+    for budgets in ([0.0], [1.5], [float("nan")], [0.5] * 17):
+        with pytest.raises(ValidationError):
+            SearchSpec(**base, heal={"top_k": 2, "tokens": 4096, "seq_len": 64, "batch": 2, "budgets": budgets})
+
+
 def test_best_quality_is_kept_even_when_it_is_not_the_slowest_and_dense_is_never_a_candidate():
     front = _front([1.0, 2.0, 3.0, 4.0, 9.0], [0.5, 0.4, 0.05, 0.3, 0.0], [None, None, None, None, "dense"])
     picked = pick_candidates(front, 2, "kl")

@@ -178,7 +178,7 @@ def test_cli_heals_and_writes_both_fronts(scratch, tmp_path, capsys):
 
 def test_cli_heal_flags_are_checked(tmp_path, capsys):
     for extra, message in (
-        (["--heal-tokens", "128"], "--heal-tokens and --heal-method need --heal-top-k"),
+        (["--heal-tokens", "128"], "--heal-tokens, --heal-method and --heal-budgets need --heal-top-k"),
         (["--heal-top-k", "0"], "heal.top_k"),
         (["--heal-top-k", "2", "--heal-method", "sgd"], "invalid choice"),
     ):
@@ -275,3 +275,24 @@ def test_workers_healing_side_by_side_report_progress_apart(tmp_path, monkeypatc
     status = heal_status(optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'p.db'}"), "p")
     assert status["current"] == {"trial": 7, "step": 1, "total_steps": 4, "loss": 2.5}  # the newest
     assert study.user_attrs[progress_key(2)]["step"] == 3  # the other heal's progress is still there
+
+
+def test_stage_with_budgets_heals_the_members_just_under_them(scratch, tmp_path, monkeypatch):
+    budgets = [0.6, 0.9]
+    spec = _spec(heal={"top_k": 2, "tokens": 256, "seq_len": 32, "batch": 2, "budgets": budgets})
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    context = SearchContext(spec)
+    healed: list[int] = []
+
+    def recorded(storage_, study, context_, number, progress=None):
+        healed.append(number)
+        return {"trial": number, "healed_kl": 0.1, "healed_ppl": 2.0}
+
+    monkeypatch.setattr(healstage, "heal_candidate", recorded)
+    run_search(spec, storage=storage, study_name="s", context=context)
+    study = load_study(storage, "s")
+    front = [front_record(t) for t in front_trials(study)]
+    expected = pick_candidates(front, 2, "kl", [b * context.dense_latency for b in budgets])
+    assert study.user_attrs[CANDIDATES_ATTR] == expected and sorted(healed) == sorted(expected)
+    latency = {r["trial"]: r["metrics"]["latency_ms"] for r in front}
+    assert expected and all(latency[t] <= max(budgets) * context.dense_latency for t in expected)
