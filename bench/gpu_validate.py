@@ -110,7 +110,7 @@ def static_cache_run(model, workload: Workload, compiled: Callable | None, cache
 
 
 def _static_step(model, ids: torch.Tensor, cache) -> torch.Tensor:
-    out = model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    out = model(ids, cache=cache, use_cache=True, logits_to_keep=1)  # `cache`: transformers 5 name
     return out.logits[:, -1:].argmax(-1)
 
 

@@ -42,7 +42,7 @@ def test_a_bug_keeps_its_traceback_and_exits_1(model_dir):
     script = (
         "import sys\n"
         "import prunesearch.profilers.cli as c\n"
-        "def broken(name):\n"
+        "def broken(*args):\n"
         "    raise OSError('disk on fire')\n"
         "c.latency_model_for = broken\n"
         "from prunesearch.cli import main\n"
@@ -54,7 +54,7 @@ def test_a_bug_keeps_its_traceback_and_exits_1(model_dir):
 
 
 def test_bugs_propagate_from_main(model_dir, monkeypatch):
-    def broken(name):
+    def broken(*args):
         raise ValueError("a bug")
 
     monkeypatch.setattr("prunesearch.profilers.cli.latency_model_for", broken)

@@ -21,6 +21,7 @@ from prunesearch.service.api.routes import datasets
 from prunesearch.service.schemas import ExportCreate, JobCreate
 from prunesearch.service.settings import Settings
 
+from ..fake_backend import FakeBackend
 from .conftest import job_body
 
 JSON = {"content-type": "application/json"}
@@ -107,13 +108,17 @@ def test_odd_paths_get_422(api, value):
 
 
 def _with_a_trial(api, settings) -> str:
-    """A job whose first trial is claimed: exports of trial 0 pass the state check."""
+    """A job whose first trial is claimed and, where the app's searches are a `FakeBackend`, complete: exports of
+    trial 0 pass the state check."""
     from prunesearch.service.db import session_scope
     from prunesearch.service.models import Job
 
     job_id = api.post("/v1/jobs", json=job_body()).json()["id"]
     with session_scope(settings.db_url) as session:
-        session.get(Job, job_id).trials_claimed = 1
+        job = session.get(Job, job_id)
+        job.trials_claimed = 1
+        if isinstance(api.app.state.backend, FakeBackend):
+            api.app.state.backend.add_trial(job.study_name)
     return job_id
 
 
@@ -160,7 +165,7 @@ def test_too_little_free_space_refuses_uploads_and_exports_with_507(tmp_path):
 
     settings = Settings(data_dir=tmp_path / "data", min_free_bytes=2**62)
     upgrade_schema(settings.db_url)
-    with TestClient(create_app(settings)) as api:
+    with TestClient(create_app(settings, backend=FakeBackend())) as api:
         assert api.post("/v1/datasets", files={"file": ("a.txt", b"hello")}).status_code == 507
         response = api.post(f"/v1/jobs/{_with_a_trial(api, settings)}/exports", json={"trial": 0})
         assert response.status_code == 507
@@ -218,6 +223,11 @@ def _is_float(annotation) -> bool:
     return annotation is float or any(_is_float(arg) for arg in typing.get_args(annotation))
 
 
+def _is_list(annotation) -> bool:
+    """A list field (also `list[...] | None`): it takes the float inside a list."""
+    return typing.get_origin(annotation) is list or any(_is_list(arg) for arg in typing.get_args(annotation))
+
+
 def _float_fields() -> list[tuple[type, str]]:
     models = {m for root in (JobCreate, ExportCreate) for m in _models(root)}
     return sorted(
@@ -236,9 +246,11 @@ def test_no_request_float_accepts_non_finite_values(value):
     for model, name in _float_fields():
         adapter = model if issubclass(model, BaseModel) else TypeAdapter(model)
         validate = adapter.model_validate if issubclass(model, BaseModel) else adapter.validate_python
+        listed = _is_list(model.__pydantic_fields__[name].annotation)
         with pytest.raises(ValidationError) as info:
-            validate({name: value})
-        types = {e["type"] for e in info.value.errors() if e["loc"] == (name,)}
+            validate({name: [value] if listed else value})
+        loc = (name, 0) if listed else (name,)
+        types = {e["type"] for e in info.value.errors() if e["loc"] == loc}
         assert types == {"finite_number"}, (model.__name__, name, types)
 
 

@@ -22,17 +22,19 @@ ROUNDS = 200
 EVERY = 4  # exports and uploads: each 4th round
 
 
-def _job_with_a_trial(settings) -> str:
-    """A queued job whose trial 0 is claimed, so exports of it are accepted."""
+def _job_with_a_trial(settings, backend: FakeBackend) -> str:
+    """A queued job whose trial 0 is claimed and complete, so exports of it are accepted."""
     with session_scope(settings.db_url) as session:
         job = crud.create_job(session, spec=job_body(), parallelism=1, owner=None, idempotency_key=None)
         job.trials_claimed = 1
+        backend.add_trial(job.study_name)
         return job.id
 
 
 def _missing_on_immediate_read(settings) -> Counter:
-    job_id, missing = _job_with_a_trial(settings), Counter()
-    with live_server(create_app(settings, backend=FakeBackend())) as url, httpx.Client(base_url=url) as http:
+    backend = FakeBackend()
+    job_id, missing = _job_with_a_trial(settings, backend), Counter()
+    with live_server(create_app(settings, backend=backend)) as url, httpx.Client(base_url=url) as http:
         for i in range(ROUNDS):
             job = http.post("/v1/jobs", json=job_body())
             assert job.status_code == 202, job.text

@@ -40,7 +40,7 @@ def test_the_page_and_its_files_are_served_and_the_api_docs_still_are(api):
     assert api.get("/web/missing.js").status_code == 404
     assert api.get("/docs").status_code == 200
     paths = api.get("/openapi.json").json()["paths"]
-    assert "/" not in paths and all(p.startswith(("/v1", "/healthz", "/readyz")) for p in paths)
+    assert "/" not in paths and all(p.startswith(("/v1", "/healthz", "/readyz", "/metrics")) for p in paths)
 
 
 def test_every_file_of_the_page_ships_in_the_package():

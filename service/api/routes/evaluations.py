@@ -10,13 +10,14 @@ from prunesearch.choices import ExportStatus
 from prunesearch.service import crud
 from prunesearch.service.api.auth import UNAUTHORIZED, for_caller
 from prunesearch.service.api.deps import CurrentOwner, ExportDep, SessionDep, SettingsDep, current_owner
+from prunesearch.service.api.errors import responses
 from prunesearch.service.evaluations import evaluation_request
 from prunesearch.service.models import Evaluation, is_id
 from prunesearch.service.schemas import EvaluationCreate, EvaluationPublic
 
 router = APIRouter(tags=["evaluations"], dependencies=[Depends(current_owner)], responses=UNAUTHORIZED)
 
-_ERRORS = {404: {"description": "no such export or evaluation"}}
+_ERRORS = responses(404)
 
 
 def get_evaluation(export: ExportDep, evaluation_id: str, session: SessionDep) -> Evaluation:
@@ -33,7 +34,7 @@ EvaluationDep = Annotated[Evaluation, Depends(get_evaluation)]
     "/v1/exports/{export_id}/evaluations",
     status_code=202,
     response_model=EvaluationPublic,
-    responses={**_ERRORS, 409: {"description": "the export has not succeeded (yet)"}},
+    responses=responses(400, 404, 409, 413, 422),
 )
 def create_evaluation(
     export: ExportDep,

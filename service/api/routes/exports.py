@@ -44,10 +44,10 @@ def create_export(
 ) -> ExportPublic:
     """Queue an export of trial `body.trial` (409 unless it is complete and feasible); a worker writes the
     checkpoint (healed first when `body.heal` says so) and its archive."""
+    heal = heal_record(body.heal, job, settings, session, principal)  # bad options: 422 first
     if conflict := export_conflict(backend, job, body.trial):
         raise HTTPException(409, conflict)
     check_free_space(settings.export_root, settings.min_free_bytes)  # a 507 now, not a failed export later
-    heal = heal_record(body.heal, job, settings, session, principal)
     export = crud.create_export(session, job_id=job.id, trial=body.trial, dtype=body.dtype, heal=heal, owner=job.owner)
     response.headers["Location"] = f"/v1/exports/{export.id}"
     return for_caller(ExportPublic.of(export), principal, settings)
