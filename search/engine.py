@@ -17,7 +17,6 @@ from tqdm.auto import tqdm
 
 from prunesearch.choices import Sampler
 
-from .baselines import baseline_params
 from .callbacks import SearchCallbacks
 from .context import SearchContext
 from .results import (
@@ -26,6 +25,7 @@ from .results import (
     SearchProgress,
     export_trial,
     list_trials,
+    front_trials,
     pareto_front,
     progress_of,
     trial_page,
@@ -93,7 +93,7 @@ def _prepare(study: optuna.Study, context: SearchContext) -> None:
     if not context.spec.baselines or study.user_attrs.get("baselines"):
         return
     names = []
-    for name, params in baseline_params(context.knobs):
+    for name, params in context.starting_points():
         study.enqueue_trial(params, user_attrs={"baseline": name, BASELINE_PARAMS_ATTR: params}, skip_if_exists=True)
         names.append(name)
     study.set_user_attr("baselines", names)
@@ -136,8 +136,10 @@ def _abandon(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
 
 def _run_trial(study: optuna.Study, context: SearchContext) -> None:
     trial = study.ask()
+    # baselines are scored in full; others may stop early when they cannot enter the front (search/fidelity.py)
+    front = None if "baseline" in trial.user_attrs else [t.values for t in front_trials(study)]
     try:
-        outcome = context.evaluate(trial)
+        outcome = context.evaluate(trial, front)
     except optuna.exceptions.UpdateFinishedTrialError:
         _lost_race(trial)
         return
