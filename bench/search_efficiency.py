@@ -6,6 +6,7 @@ the figures hold on a loaded or a different machine; variants are interleaved pe
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -87,9 +88,7 @@ def audit_stops(context: SearchContext, trials) -> dict:
         stopped += 1
         plan = PrunePlan.from_dict(trial.user_attrs["plan"])
         full = context.evaluator.evaluate(plan, context.kept_tokens(plan.vocab))
-        before = [
-            t.values for t in trials if t.number < trial.number and t.user_attrs.get("feasible") and t.values
-        ]
+        before = [t.values for t in trials if t.number < trial.number and t.user_attrs.get("feasible") and t.values]
         entered += fidelity.could_enter_front([full.kl, *trial.values[1:]], before)
     return {"stopped": stopped, "would_have_entered_front": entered}
 
@@ -106,6 +105,8 @@ def efficiency_ablation(args, context: SearchContext, workdir: Path) -> dict:
                 run["audit"] = audit_stops(context, run["trials"])
             runs[variant][seed] = run
             print(f"efficiency {variant} seed {seed}: {run['seconds'] / dense_s:.1f} dense forwards", flush=True)
+            partial = {f"{v} {s}": [_point(t) for t in r["trials"]] for v, per in runs.items() for s, r in per.items()}
+            (workdir / "eff-points.json").write_text(json.dumps(partial))
     points = {v: {s: [_point(t) for t in r["trials"]] for s, r in per.items()} for v, per in runs.items()}
     classic_kl = [p[0] for per in points.values() for run in per.values() for p in run if p[2] and p[3]]
     q_ref = max(classic_kl) * 1.1

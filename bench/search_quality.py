@@ -55,7 +55,7 @@ from prunesearch.search.context import SearchContext
 from prunesearch.search.engine import run_search
 from prunesearch.search.pareto import hypervolume
 from prunesearch.search.results import list_trials, pareto_front
-from prunesearch.search.spec import Efficiency, SearchSpec
+from prunesearch.search.spec import SearchSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -304,6 +304,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench/results/search-work")
     parser.add_argument("--skip-hv", action="store_true")
     parser.add_argument("--only-hv", action="store_true", help="run only the sampler comparison")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench/results/search_quality.json")
     parser.add_argument("--skip-quality-speed", action="store_true", help="skip parts 1 and 2 (keep the last)")
     parser.add_argument("--efficiency", action="store_true", help="run part 4 (issue 15's ablation)")
     parser.add_argument("--eff-trials", type=lambda s: [int(x) for x in s.split(",")], default=[25, 50, 100])
@@ -326,7 +327,7 @@ def main() -> None:
     for home in [] if args.only_hv else args.workdir.glob("home-*"):
         shutil.rmtree(home)
     report: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"}
-    out = ROOT / "bench/results/search_quality.json"
+    out = args.out
     previous = json.loads(out.read_text()) if out.is_file() else {}
     if args.only_hv or args.skip_quality_speed:
         report = previous | {"machine": report["machine"]}

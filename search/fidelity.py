@@ -47,10 +47,12 @@ def estimate(block_values: Sequence[float], total_blocks: int) -> Estimate:
 
 def dominated(point: Sequence[float], front: Sequence[Sequence[float]]) -> bool:
     """Whether a front member is no worse than `point` in every objective and better in one (all minimised)."""
-    return any(
-        all(f <= p for f, p in zip(member, point, strict=True)) and any(f < p for f, p in zip(member, point, strict=True))
-        for member in front
-    )
+    return any(_dominates(member, point) for member in front)
+
+
+def _dominates(a: Sequence[float], b: Sequence[float]) -> bool:
+    pairs = list(zip(a, b, strict=True))
+    return all(x <= y for x, y in pairs) and any(x < y for x, y in pairs)
 
 
 def could_enter_front(optimistic_values: Sequence[float], front: Sequence[Sequence[float]]) -> bool:

@@ -2,7 +2,7 @@
 
 - `flap-global-S`: FLAP's global ranking (An et al., 2024) at sparsity S of the attention and MLP widths: the
   importance scores of every KV group and MLP channel are standardised per kind over the whole model and
-  ranked together, and the least important units are cut, cheapest score per parameter first, until S of the
+  ranked together, and the least important units are cut, lowest standardised score first, until S of the
   width parameters are gone; each layer keeps what survives (within the space's bounds).
 - `shortgpt-K+uniform-R`: the K least influential layers (block influence) removed and the remaining layers
   cut uniformly to R, depth and width combined.

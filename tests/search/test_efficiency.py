@@ -104,12 +104,12 @@ def _search_spec(calibration, **overrides) -> SearchSpec:
     body = {
         "model": str(LLAMA_DOCS),
         "calibration": str(calibration),
-        "calibration_settings": {"tokens": 1024, "seq_len": 32},  # 32 blocks: 4 batches, the first is a stage
+        "calibration_settings": {"tokens": 512, "seq_len": 16},  # 32 blocks: 4 batches, the first is a stage
         "constraints": {"latency_budget_fraction": 0.9},
         "sampler": "random",
-        "n_trials": 24,
+        "n_trials": 20,
         "seed": 0,
-        "efficiency": {"margin": 0.0},
+        "efficiency": {"margin": 0.0, "informed_starts": False},
     }
     return SearchSpec.model_validate(body | overrides)
 
@@ -146,7 +146,9 @@ def test_early_stopped_trials_are_recorded_counted_and_never_on_the_front(tmp_pa
 def test_low_fidelity_off_scores_every_trial_in_full(tmp_path, prunesearch_home):
     calibration = tmp_path / "calib.txt"
     calibration.write_text(PYDOCS_CALIB.read_text()[:20_000])
-    spec = _search_spec(calibration, n_trials=14, efficiency={"low_fidelity": 1.0, "prefix_cache_mib": 0})
+    spec = _search_spec(
+        calibration, n_trials=6, baselines=False, efficiency={"low_fidelity": 1.0, "prefix_cache_mib": 0}
+    )
     storage = f"sqlite:///{tmp_path / 's.db'}"
     run_search(spec, storage=storage, study_name="s")
     scored = [r for r in list_trials(storage, "s", limit=100) if "fidelity" in r["metrics"]]
