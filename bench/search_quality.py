@@ -68,7 +68,7 @@ def make_spec(args, sampler: str, trials: int, tokens: int) -> SearchSpec:
             "calibration": str(args.data / "pydocs-calib.txt"),
             "hardware": "h100-sxm",
             "workload": {"batch": 1, "prompt_tokens": 512, "generate_tokens": 128, "dtype": "bf16"},
-            "calibration_settings": {"tokens": tokens, "criterion": "flap"},
+            "calibration_settings": {"tokens": tokens, "seq_len": args.seq_len, "criterion": "flap"},
             "space": {"min_keep": {"layers": args.min_keep_layers}},
             "sampler": sampler,
             "n_trials": trials,
@@ -310,6 +310,7 @@ def main() -> None:
     parser.add_argument("--eff-trials", type=lambda s: [int(x) for x in s.split(",")], default=[25, 50, 100])
     parser.add_argument("--eff-seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
     parser.add_argument("--eff-tokens", type=int, default=16_384)
+    parser.add_argument("--seq-len", type=int, default=256, help="calibration block length of every search")
     parser.add_argument("--eff-startup", type=int, default=10, help="TPE n_startup_trials in part 4")
     parser.add_argument(
         "--eff-variants",

@@ -28,6 +28,8 @@ from .starts import informed_params
 
 # Quality recorded for trials that violate a constraint: the expensive proxy is never run for them.
 INFEASIBLE_QUALITY = 1e6
+# Informed starting points take at most 1 / INFORMED_SHARE of a search's trials.
+INFORMED_SHARE = 4
 LATENCY_FIELDS = {"prefill": "prefill_ms", "decode": "decode_ms_per_token", "total": "total_ms"}
 
 
@@ -88,11 +90,13 @@ class SearchContext:
         return tuple(select_kept_tokens(self.tokenizer, self.frequencies, size))
 
     def starting_points(self) -> list[tuple[str, dict[str, Any]]]:
-        """(name, complete params) of the baselines, then of the informed starting points (search/starts.py)."""
+        """(name, complete params) of the baselines, then of the informed starting points (search/starts.py), at
+        most a quarter of `n_trials` of those, so that they never crowd out the sampler."""
         points = baseline_params(self.knobs)
         if self.spec.efficiency.informed_starts:
             kv = [s.tolist() for s in self.scores.kv_groups]
-            points += informed_params(self.knobs, kv, [s.tolist() for s in self.scores.channels])
+            informed = informed_params(self.knobs, kv, [s.tolist() for s in self.scores.channels])
+            points += informed[: self.spec.n_trials // INFORMED_SHARE]
         return points
 
     def coverage(self, kept: tuple[int, ...] | None) -> float:
