@@ -1,8 +1,8 @@
 """Informed starting points, enqueued after the baselines and before the sampler's own trials. Pure logic.
 
 - `flap-global-S`: FLAP's global ranking (An et al., 2024) at sparsity S of the attention and MLP widths: the
-  importance scores of every KV group and MLP channel are standardised per kind over the whole model and
-  ranked together, and the least important units are cut, lowest standardised score first, until S of the
+  importance scores of every KV group and MLP channel are standardised per layer and kind and ranked
+  together over the whole model, and the least important units are cut, lowest standardised score first, until S of the
   width parameters are gone; each layer keeps what survives (within the space's bounds).
 - `shortgpt-K+uniform-R`: the K least influential layers (block influence) removed and the remaining layers
   cut uniformly to R, depth and width combined.
@@ -30,10 +30,14 @@ DEEP_MODEL_LAYERS = 12
 
 
 def _standardised(per_layer: Sequence[Sequence[float]]) -> list[list[float]]:
-    flat = [x for layer in per_layer for x in layer]
-    mean = sum(flat) / len(flat)
-    std = math.sqrt(sum((x - mean) ** 2 for x in flat) / max(len(flat) - 1, 1)) or 1.0
-    return [[(x - mean) / std for x in layer] for layer in per_layer]
+    """Each layer's scores standardised over that layer (as FLAP's code does before its global sort)."""
+    return [_z_scores(layer) for layer in per_layer]
+
+
+def _z_scores(values: Sequence[float]) -> list[float]:
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((x - mean) ** 2 for x in values) / max(len(values) - 1, 1)) or 1.0
+    return [(x - mean) / std for x in values]
 
 
 def flap_global(

@@ -78,12 +78,13 @@ def test_every_starting_point_is_a_valid_plan_of_the_space(shape, space):
         assert plan != plan.dense(shape), name
 
 
-def test_flap_global_cuts_more_where_scores_are_low_and_grows_with_sparsity():
+def test_flap_global_follows_each_layers_score_distribution_and_grows_with_sparsity():
     knobs = resolve(SHALLOW, SearchSpace(depth="none"))
-    kv = [[0.1 if i == 5 else 1.0 + 0.01 * j for j in range(4)] for i in range(6)]
-    channels = [[0.1 if i == 5 else 1.0 + 1e-4 * j for j in range(688)] for i in range(6)]
-    light, heavy = (flap_global(knobs, kv, channels, s) for s in (0.1, 0.4))
-    # the weak layer goes first
-    assert light["ffn_cuts_5"] > 0
-    assert all(light[f"ffn_cuts_{i}"] == light[f"group_cuts_{i}"] == 0 for i in range(5))
+    kv = [[float(j) for j in range(4)] for _ in range(6)]
+    spread = [j / 687 for j in range(688)]
+    bimodal = [1.0 if j % 10 == 0 else 0.0 for j in range(688)]  # 90% equally weak: z = -1/3, none in the tail
+    channels = [spread] * 5 + [bimodal]
+    light, heavy = (flap_global(knobs, kv, channels, s) for s in (0.1, 0.6))
+    assert light["ffn_cuts_5"] == 0 and all(light[f"ffn_cuts_{i}"] > 0 for i in range(5))
+    assert heavy["ffn_cuts_5"] > 0  # its weak 90% go once the threshold passes z = -1/3
     assert sum(heavy.values()) > sum(light.values())
