@@ -89,7 +89,9 @@ class Efficiency(_Strict):
         0.25, gt=0, le=1, description="share of calibration blocks scored before deciding to finish (1: off)"
     )
     margin: float = Field(2.0, ge=0, le=100, description="standard errors of optimism when deciding")
-    informed_starts: bool = Field(True, description="enqueue FLAP-global, depth+width and profile starting points")
+    informed_starts: bool = Field(
+        False, description="enqueue FLAP-global, depth+width and profile starting points (docs/benchmarks.md)"
+    )
 
 
 class HealSpec(_Strict):
