@@ -25,7 +25,7 @@ from prunesearch.search.results import load_study
 from prunesearch.search.spec import Efficiency, SearchSpec
 
 OFF = {"low_fidelity": 1.0, "prefix_cache_mib": 0, "informed_starts": False}
-# Each saving alone, all of them, and all of them with TPE's multivariate mode.
+# Each saving alone, all of them, and all of them (or the defaults: starts off) with TPE's multivariate mode.
 VARIANTS = {
     "none": OFF,
     "prefix": OFF | {"prefix_cache_mib": 1024},
@@ -33,6 +33,7 @@ VARIANTS = {
     "starts": OFF | {"informed_starts": True},
     "all": {"informed_starts": True},
     "all+multivariate": {"informed_starts": True},
+    "defaults+multivariate": {},
 }
 CLASSIC = ("dense", "uniform-", "shortgpt-")
 
