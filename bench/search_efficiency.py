@@ -42,7 +42,7 @@ def _classic(name: str | None) -> bool:
     return bool(name) and name.startswith(CLASSIC) and "+" not in name
 
 
-def _sampler(multivariate: bool, startup: int):
+def _sampler(multivariate: bool, startup: int):  # variants without "multivariate" run univariate TPE
     def make(spec: SearchSpec, *, shared: bool = False):
         return optuna.samplers.TPESampler(
             seed=spec.seed, n_startup_trials=startup, multivariate=multivariate, constant_liar=shared

@@ -56,8 +56,12 @@ def make_sampler(spec: SearchSpec, *, shared: bool = False) -> optuna.samplers.B
     `shared`: other workers may run trials of the same study at the same time. Only then does TPE need its
     constant liar (running trials count as bad, so workers spread out), which re-reads the storage for every
     parameter; a lone worker reads it once per trial."""
-    if spec.sampler == Sampler.TPE:
-        return optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=10, constant_liar=shared)
+    if spec.sampler == Sampler.TPE:  # multivariate: measured better with the informed starts (docs/benchmarks.md)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(
+                seed=spec.seed, n_startup_trials=10, multivariate=True, constant_liar=shared
+            )
     if spec.sampler == Sampler.NSGA2:
         return optuna.samplers.NSGAIISampler(seed=spec.seed, population_size=20)
     return optuna.samplers.RandomSampler(seed=spec.seed)

@@ -90,7 +90,7 @@ class Efficiency(_Strict):
     )
     margin: float = Field(2.0, ge=0, le=100, description="standard errors of optimism when deciding")
     informed_starts: bool = Field(
-        False, description="enqueue FLAP-global, depth+width and profile starting points (docs/benchmarks.md)"
+        True, description="enqueue FLAP-global, depth+width and profile starting points (docs/benchmarks.md)"
     )
 
 
