@@ -13,6 +13,16 @@
    perplexity on pydocs-valid (in-domain) and kerneldocs-valid (out-of-domain), no fine-tuning.
 3. Samplers: TPE, NSGA-II and random, hypervolume after each of `--hv-trials` (mean over `--hv-seeds`, and
    per seed), on one common reference point.
+4. Efficiency (`--efficiency`, issue 15): TPE with and without each saving (prefix reuse, multi-fidelity,
+   informed starting points, TPE multivariate) over `--eff-seeds`, on `--eff-tokens` calibration tokens: search
+   time as a ratio to one dense forward over the same tokens measured in the same run (stable across machines),
+   hypervolume after each of `--eff-trials` on one common reference (the classic baselines' worst KL x 1.1),
+   and how many early-stopped candidates would have entered the front had they been finished.
+5. Per-trial cost on a Qwen2.5-0.5B-shaped model with random weights (`--qwen-trials` > 0; config built in
+   code, nothing downloaded), with every saving on: proxy time per trial / one dense forward.
+
+    python bench/search_quality.py --efficiency --skip-quality-speed --skip-hv \
+        [--eff-trials 25,50,100] [--eff-seeds 0,1,2] [--eff-tokens 16384] [--qwen-trials 100 --qwen-tokens 2048]
 
 Writes bench/results/search_quality.json and prints it. Nothing here is asserted by a test.
 """
@@ -25,11 +35,13 @@ import json
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import search_efficiency
 import torch
 import torch_pruning_baseline as tpb
 
@@ -58,7 +70,7 @@ def make_spec(args, sampler: str, trials: int, tokens: int) -> SearchSpec:
             # eager, as the recorded results were priced: under a CUDA-graph engine llama-docs is all fixed cost
             # and no plan reaches these budgets (docs/benchmarks.md, "Serving engines")
             "workload": {"batch": 1, "prompt_tokens": 512, "generate_tokens": 128, "dtype": "bf16", "engine": "eager"},
-            "calibration_settings": {"tokens": tokens, "criterion": "flap"},
+            "calibration_settings": {"tokens": tokens, "seq_len": args.seq_len, "criterion": "flap"},
             "space": {"min_keep": {"layers": args.min_keep_layers}},
             "sampler": sampler,
             "n_trials": trials,
@@ -75,25 +87,11 @@ def timed_search(args, workdir: Path) -> tuple[SearchContext, str, dict]:
     context = SearchContext(spec)
     setup_s = time.perf_counter() - started
     proxy = {"seconds": 0.0, "calls": 0}
-    original = context.evaluator.evaluate
-
-    def counted(*a, **k):
-        t = time.perf_counter()
-        try:
-            return original(*a, **k)
-        finally:
-            proxy["seconds"] += time.perf_counter() - t
-            proxy["calls"] += 1
-
-    context.evaluator.evaluate = counted
+    context._score = counted_score(context, proxy)
     storage = f"sqlite:///{workdir / 'speed.db'}"
     run_search(spec, storage=storage, study_name="speed", context=context)
     total_s = time.perf_counter() - started
-    with torch.inference_mode():
-        t = time.perf_counter()
-        for batch in context.evaluator.blocks.split(8):
-            context.model(input_ids=batch, use_cache=False)
-        dense_forward_s = time.perf_counter() - t
+    dense_forward_s = dense_forward_seconds(context)
     return (
         context,
         storage,
@@ -107,8 +105,36 @@ def timed_search(args, workdir: Path) -> tuple[SearchContext, str, dict]:
             "proxy_share": round(proxy["seconds"] / total_s, 3),
             "proxy_call_over_dense_forward": round(proxy["seconds"] / max(proxy["calls"], 1) / dense_forward_s, 2),
             "dense_forward_s": round(dense_forward_s, 2),
+            "search_over_trials_x_dense_forward": round(total_s / (args.trials * dense_forward_s), 3),
         },
     )
+
+
+def counted_score(context: SearchContext, proxy: dict):
+    """`context._score` (the proxy, both stages), timed into `proxy`."""
+    original = context._score
+
+    def counted(*a, **k):
+        t = time.perf_counter()
+        try:
+            return original(*a, **k)
+        finally:
+            proxy["seconds"] += time.perf_counter() - t
+            proxy["calls"] += 1
+
+    return counted
+
+
+def dense_forward_seconds(context: SearchContext, repeats: int = 3) -> float:
+    """Median time of one dense forward (with the LM head) over the proxy's calibration tokens."""
+    times = []
+    with torch.inference_mode():
+        for _ in range(repeats):
+            t = time.perf_counter()
+            for batch in context.evaluator.blocks.split(context.evaluator.batch_size):
+                context.model(input_ids=batch, use_cache=False)
+            times.append(time.perf_counter() - t)
+    return float(np.median(times))
 
 
 def latency_fraction(context: SearchContext, plan: PrunePlan) -> float:
@@ -280,6 +306,23 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench/results/search-work")
     parser.add_argument("--skip-hv", action="store_true")
     parser.add_argument("--only-hv", action="store_true", help="run only the sampler comparison")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench/results/search_quality.json")
+    parser.add_argument("--skip-quality-speed", action="store_true", help="skip parts 1 and 2 (keep the last)")
+    parser.add_argument("--efficiency", action="store_true", help="run part 4 (issue 15's ablation)")
+    parser.add_argument("--eff-trials", type=lambda s: [int(x) for x in s.split(",")], default=[25, 50, 100])
+    parser.add_argument("--eff-seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
+    parser.add_argument("--eff-tokens", type=int, default=16_384)
+    parser.add_argument("--seq-len", type=int, default=256, help="calibration block length of every search")
+    parser.add_argument("--eff-startup", type=int, default=10, help="TPE n_startup_trials in part 4")
+    parser.add_argument(
+        "--eff-variants",
+        type=lambda s: s.split(","),
+        default=list(search_efficiency.VARIANTS),
+        help=f"of {','.join(search_efficiency.VARIANTS)}",
+    )
+    parser.add_argument("--qwen-trials", type=int, default=0, help="part 5: trials on the 0.5B-shaped model")
+    parser.add_argument("--qwen-tokens", type=int, default=2048)
+    parser.add_argument("--qwen-seq-len", type=int, default=256)
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     for db in args.workdir.glob("hv-*.db" if args.only_hv else "*.db"):
@@ -287,10 +330,10 @@ def main() -> None:
     for home in [] if args.only_hv else args.workdir.glob("home-*"):
         shutil.rmtree(home)
     report: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"}
-    out = ROOT / "bench/results/search_quality.json"
+    out = args.out
     previous = json.loads(out.read_text()) if out.is_file() else {}
-    if args.only_hv:
-        report = previous or report
+    if args.only_hv or args.skip_quality_speed:
+        report = previous | {"machine": report["machine"]}
     else:
         if args.skip_hv and "hypervolume" in previous:  # keep the last sampler comparison
             report["hypervolume"] = previous["hypervolume"]
@@ -301,6 +344,15 @@ def main() -> None:
         out.write_text(json.dumps(report, indent=2) + "\n")
     if not args.skip_hv:
         report["hypervolume"] = sampler_hypervolumes(args, args.workdir)
+    efficiency = report.setdefault("efficiency", {})
+    if args.efficiency:
+        spec = make_spec(args, Sampler.TPE, max(args.eff_trials), args.eff_tokens)
+        context = SearchContext(spec)
+        efficiency["ablation"] = search_efficiency.efficiency_ablation(args, context, args.workdir)
+        efficiency["ablation"]["command"] = " ".join(sys.argv[1:])
+        out.write_text(json.dumps(report, indent=2) + "\n")
+    if args.qwen_trials:
+        efficiency["qwen2.5-0.5b-shaped"] = search_efficiency.qwen_per_trial_cost(args, args.workdir, make_spec)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
 

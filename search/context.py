@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -18,12 +20,17 @@ from prunesearch.pruning.plan import PrunePlan
 from prunesearch.pruning.stats import cached_activation_stats
 from prunesearch.pruning.vocab import select_kept_tokens, token_frequencies
 
+from . import fidelity
+from .baselines import baseline_params
 from .evaluator import CandidateEvaluator
 from .parametrize import Knobs, TrialLike, depth_violation, resolve, suggest_plan
 from .spec import SearchSpec
+from .starts import informed_params
 
 # Quality recorded for trials that violate a constraint: the expensive proxy is never run for them.
 INFEASIBLE_QUALITY = 1e6
+# Informed starting points take at most 1 / INFORMED_SHARE of a search's trials.
+INFORMED_SHARE = 4
 LATENCY_FIELDS = {"prefill": "prefill_ms", "decode": "decode_ms_per_token", "total": "total_ms"}
 
 
@@ -44,6 +51,12 @@ class TrialOutcome:
 
     def __post_init__(self) -> None:
         self.feasible = all(value <= 0 for value in self.constraints.values())
+
+
+def proxy_batch_size(n_blocks: int) -> int:
+    """Up to 8 blocks a batch, but at least 4 batches where there are enough blocks, so that a quarter of them
+    can be scored as the low-fidelity stage."""
+    return max(1, min(8, math.ceil(n_blocks / 4)))
 
 
 class SearchContext:
@@ -68,7 +81,13 @@ class SearchContext:
         step = recommended_ffn_step(spec.hardware) if spec.space.ffn_step == "hardware" else None
         influence = stats.influence.tolist()
         self.knobs: Knobs = resolve(self.shape, spec.space, influence, step, stock_heads=stock_heads)
-        self.evaluator = CandidateEvaluator(self.model, blocks, self.scores)
+        self.evaluator = CandidateEvaluator(
+            self.model,
+            blocks,
+            self.scores,
+            batch_size=proxy_batch_size(len(blocks)),
+            prefix_cache_bytes=spec.efficiency.prefix_cache_mib << 20,
+        )
         self.frequencies = token_frequencies(self.tokenizer, [doc.coverage_text for doc in docs])
         self.latency_model: LatencyModel = latency_model_for(spec.hardware, spec.workload.engine)
         self.config = self.model.config.to_dict()
@@ -85,14 +104,27 @@ class SearchContext:
             return None
         return tuple(select_kept_tokens(self.tokenizer, self.frequencies, size))
 
+    def starting_points(self) -> list[tuple[str, dict[str, Any]]]:
+        """(name, complete params) of the baselines, then of the informed starting points (search/starts.py), at
+        most a quarter of `n_trials` of those, so that they never crowd out the sampler."""
+        points = baseline_params(self.knobs)
+        if self.spec.efficiency.informed_starts:
+            kv = [s.tolist() for s in self.scores.kv_groups]
+            informed = informed_params(self.knobs, kv, [s.tolist() for s in self.scores.channels])
+            points += informed[: self.spec.n_trials // INFORMED_SHARE]
+        return points
+
     def coverage(self, kept: tuple[int, ...] | None) -> float:
         total = sum(self.frequencies.values())
         if kept is None or not total:
             return 1.0
         return sum(self.frequencies.get(token, 0) for token in kept) / total
 
-    def evaluate(self, trial: TrialLike) -> TrialOutcome:
-        """Suggest a plan, check its shape, price it, and run the proxy only if every constraint holds."""
+    def evaluate(self, trial: TrialLike, front: Sequence[Sequence[float]] | None = None) -> TrialOutcome:
+        """Suggest a plan, check its shape, price it, and run the proxy only if every constraint holds.
+
+        `front`: the objective values of the current Pareto front. With one, the proxy runs in two stages and
+        stops after the first when the candidate cannot enter it (`fidelity`); without (baselines), in full."""
         plan = suggest_plan(trial, self.knobs)
         depth = depth_violation(plan, self.knobs)
         if depth > 0:  # too shallow (possibly empty): neither priced nor scored
@@ -112,17 +144,41 @@ class SearchContext:
             "vocab_coverage": self.coverage(kept),
         }
         constraints = self._constraints(estimate, latency, metrics["vocab_coverage"]) | {"depth": depth}
-        outcome = TrialOutcome(plan=plan, values=[], metrics=metrics, constraints=constraints)
-        if outcome.feasible:
-            quality = self.evaluator.evaluate(plan, kept)
-            metrics.update(kl=quality.kl, ppl=quality.ppl)
-        quality_value = metrics.get(self.spec.objectives.quality, INFEASIBLE_QUALITY)
-        outcome.values = [quality_value, latency, *self._extra_values(estimate)]
+        outcome = TrialOutcome(plan=plan, values=[], metrics=metrics, constraints=constraints | {"fidelity": -1.0})
+        extra = self._extra_values(estimate)
+        if outcome.feasible and not self._score(plan, kept, metrics, [latency, *extra], front):
+            outcome.constraints["fidelity"] = 1.0  # stopped early: kept off the front and the hypervolume
+            outcome.feasible = False
+        quality = self.spec.objectives.quality
+        quality_value = metrics.get(quality, metrics.get(f"{quality}_low", INFEASIBLE_QUALITY))
+        outcome.values = [quality_value, latency, *extra]
         return outcome
+
+    def _score(self, plan: PrunePlan, kept, metrics: dict[str, Any], rest: list[float], front) -> bool:
+        """Run the proxy into `metrics`; False when it stopped after the low-fidelity stage (its `kl_low` and
+        `ppl_low` are then the only scores; a finished candidate has those too when it was staged)."""
+        settings = self.spec.efficiency
+        scoring = self.evaluator.start(plan, kept, reuse=settings.prefix_cache_mib > 0)
+        metrics["resume_layer"] = scoring.resume
+        low = fidelity.low_fidelity_batches(self.evaluator.n_batches, settings.low_fidelity) if front else 0
+        if low:
+            scoring.run(low)
+            partial = scoring.quality()
+            metrics.update(low_fidelity=scoring.fraction, kl_low=partial.kl, ppl_low=partial.ppl)
+            objective = self.spec.objectives.quality
+            guess = fidelity.estimate(scoring.block_values(objective), len(self.evaluator.blocks))
+            optimistic = guess.optimistic(settings.margin)
+            optimistic = math.exp(optimistic) if objective == "ppl" else optimistic
+            if not fidelity.could_enter_front([optimistic, *rest], front):
+                metrics.update(fidelity=scoring.fraction, stopped_early=True)
+                return False
+        quality = scoring.run().quality()
+        metrics.update(kl=quality.kl, ppl=quality.ppl, fidelity=1.0, stopped_early=False)
+        return True
 
     def _rejected(self, plan: PrunePlan, depth: float) -> TrialOutcome:
         """A plan that breaks the depth bound: recorded at the dense latency and the infeasible quality."""
-        constraints = {"latency": -1.0, "depth": depth, "vocab_coverage": -1.0, "memory": -1.0}
+        constraints = {"latency": -1.0, "depth": depth, "vocab_coverage": -1.0, "memory": -1.0, "fidelity": -1.0}
         extra = [INFEASIBLE_QUALITY] * len(self.spec.objectives.extra)
         values = [INFEASIBLE_QUALITY, self.dense_latency, *extra]
         return TrialOutcome(plan=plan, values=values, metrics={"rejected": "depth"}, constraints=constraints)

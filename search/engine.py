@@ -18,7 +18,6 @@ from tqdm.auto import tqdm
 
 from prunesearch.choices import Sampler
 
-from .baselines import baseline_params
 from .callbacks import SearchCallbacks
 from .context import SearchContext
 from .results import (
@@ -26,6 +25,7 @@ from .results import (
     SPEC_ATTR,
     SearchProgress,
     export_trial,
+    front_trials,
     list_trials,
     pareto_front,
     progress_of,
@@ -59,8 +59,10 @@ def make_sampler(spec: SearchSpec, *, shared: bool = False, seed: int | None = N
     constant liar (running trials count as bad, so workers spread out), which re-reads the storage for every
     parameter; a lone worker reads it once per trial."""
     seed = spec.seed if seed is None else seed
-    if spec.sampler == Sampler.TPE:
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=10, constant_liar=shared)
+    if spec.sampler == Sampler.TPE:  # multivariate: measured better with the informed starts (docs/benchmarks.md)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=10, multivariate=True, constant_liar=shared)
     if spec.sampler == Sampler.NSGA2:
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=20)
     return optuna.samplers.RandomSampler(seed=seed)
@@ -101,7 +103,7 @@ def _prepare(study: optuna.Study, context: SearchContext) -> None:
     if not context.spec.baselines or study.user_attrs.get("baselines"):
         return
     names = []
-    for name, params in baseline_params(context.knobs):
+    for name, params in context.starting_points():
         study.enqueue_trial(params, user_attrs={"baseline": name, BASELINE_PARAMS_ATTR: params}, skip_if_exists=True)
         names.append(name)
     study.set_user_attr("baselines", names)
@@ -145,8 +147,10 @@ def _abandon(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
 def _run_trial(study: optuna.Study, context: SearchContext) -> int:
     """Ask, evaluate and tell one trial; its number."""
     trial = study.ask()
+    # baselines are scored in full; others may stop early when they cannot enter the front (search/fidelity.py)
+    front = None if "baseline" in trial.user_attrs else [t.values for t in front_trials(study)]
     try:
-        outcome = context.evaluate(trial)
+        outcome = context.evaluate(trial, front)
     except optuna.exceptions.UpdateFinishedTrialError:
         _lost_race(trial)
         return trial.number

@@ -18,6 +18,17 @@ KL(p_K || q) - log m = (sum_K p log p - p_K.log q) / m - 2 log m. With the teach
 its forward pass, one log-softmax, a row-wise dot product and a gather (no exponentials of the teacher's
 distribution); uncached, the teacher's chunk is re-derived alongside. The fp32 difference of the two KL terms
 resolves KL to about 1e-6 nats per position, far below any candidate's (dense scores 0 by definition).
+
+Two savings per trial (docs/search.md, "Search efficiency"):
+- Prefix reuse: the dense hidden states at a few layer boundaries are cached once per job (within
+  `prefix_cache_bytes`); a candidate whose first `first_change` layers equal the dense ones starts its forward
+  at the deepest cached boundary at or before that layer. Layers before it compute exactly what the dense
+  model computes, so the scores equal a full forward's to numerical tolerance (tests/search/test_efficiency.py).
+  A trimmed vocabulary changes neither: the candidate reads the dense embedding of every calibration token and
+  only its LM head is restricted.
+- Scoring in stages: `start` returns a `Scoring` that runs any number of batches, keeps per-block sums, and can
+  be finished later, so a candidate scored on a fraction of the blocks is finished without recomputation. The
+  blocks are put in a fixed random order once, so any prefix of batches samples the whole calibration text.
 """
 
 from __future__ import annotations
@@ -29,9 +40,10 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
+from prunesearch.pruning.architectures import model_shape
 from prunesearch.pruning.importance import ImportanceScores
-from prunesearch.pruning.modules import decoder, embedding, lm_head
-from prunesearch.pruning.plan import PrunePlan
+from prunesearch.pruning.modules import decoder, decoder_layers, embedding, lm_head
+from prunesearch.pruning.plan import ModelShape, PrunePlan
 from prunesearch.pruning.surgery import apply_plan
 
 
@@ -56,16 +68,26 @@ class Teacher:
 
 
 class _Sums:
-    """Running fp64 sums on the evaluation device (read back once per candidate, not once per chunk)."""
+    """Running fp64 sums per calibration block on the evaluation device (read back once per candidate, not once
+    per chunk): KL, target NLL, scored targets, positions."""
 
     def __init__(self, device: torch.device):
-        self.kl, self.nll, self.nll_count, self.positions = (
-            torch.zeros((), dtype=torch.float64, device=device) for _ in range(4)
-        )
+        self.device = device
+        self.batches: list[torch.Tensor] = []  # [4, blocks of the batch] each
+
+    def new_batch(self, blocks: int) -> torch.Tensor:
+        self.batches.append(torch.zeros(4, blocks, dtype=torch.float64, device=self.device))
+        return self.batches[-1]
+
+    def per_block(self) -> torch.Tensor:
+        """[4, blocks scored so far]: KL, NLL, NLL count, positions per block."""
+        return torch.cat(self.batches, dim=1) if self.batches else torch.zeros(4, 0, dtype=torch.float64)
 
 
 # The teacher's probabilities are kept (fp32) when they fit in this many bytes; else re-derived per trial.
 TEACHER_CACHE_BYTES = 1 << 30
+# Dense hidden states at layer boundaries are cached within this many bytes, for prefix reuse.
+PREFIX_CACHE_BYTES = 1 << 30
 # Logits are scored in row chunks of about this size, so the log-softmax and the dot product read them from cache.
 _CHUNK_BYTES = 16 << 20
 
@@ -81,12 +103,17 @@ class CandidateEvaluator:
         *,
         batch_size: int = 8,
         teacher_cache_bytes: int = TEACHER_CACHE_BYTES,
+        prefix_cache_bytes: int = PREFIX_CACHE_BYTES,
     ):
         self.model = model
         self.scores = scores
         self.batch_size = batch_size
         self.device = next(model.parameters()).device
-        self.blocks = blocks.to(self.device)
+        order = torch.randperm(len(blocks), generator=torch.Generator().manual_seed(0))
+        self.blocks = blocks[order].to(self.device)
+        self.n_batches = math.ceil(len(blocks) / batch_size)
+        self.boundaries = prefix_boundaries(model, blocks, prefix_cache_bytes)
+        self.prefix: dict[int, list[torch.Tensor]] = {b: [] for b in self.boundaries}
         hidden = self._teacher_hidden()
         cached = blocks.numel() * model.config.vocab_size * 4 <= teacher_cache_bytes
         self.teacher_cache = self._teacher_cache(hidden) if cached else None
@@ -94,12 +121,29 @@ class CandidateEvaluator:
 
     @torch.inference_mode()
     def _teacher_hidden(self) -> list[torch.Tensor]:
-        """The dense final hidden states of every position that predicts a next token."""
-        stack = decoder(self.model)
-        return [
-            stack(input_ids=batch, use_cache=False).last_hidden_state[:, :-1]
-            for batch in self.blocks.split(self.batch_size)
-        ]
+        """The dense final hidden states of every position that predicts a next token (and, on the way, the
+        hidden states at the cached layer boundaries)."""
+        stack, layers = decoder(self.model), decoder_layers(self.model)
+        hooks = [layers[b - 1].register_forward_hook(self._recorder(b)) for b in self.boundaries]
+        try:
+            return [
+                stack(input_ids=batch, use_cache=False).last_hidden_state[:, :-1]
+                for batch in self.blocks.split(self.batch_size)
+            ]
+        finally:
+            for hook in hooks:
+                hook.remove()
+
+    def _recorder(self, boundary: int):
+        def record(module, args, output) -> None:
+            self.prefix[boundary].append(_hidden_of(output).detach().clone())
+
+        return record
+
+    def resume_boundary(self, plan: PrunePlan) -> int:
+        """The deepest cached boundary at or before the plan's first changed layer (0: a full forward)."""
+        first = first_change(plan, model_shape_of(self.model))
+        return max((b for b in self.boundaries if b <= first), default=0)
 
     @torch.inference_mode()
     def _teacher_cache(self, hidden: list[torch.Tensor]) -> list[Teacher]:
@@ -116,18 +160,13 @@ class CandidateEvaluator:
         dense_head = lm_head(self.model)
         return lambda rows: Teacher.from_logits(dense_head(hidden[rows]))
 
-    @torch.inference_mode()
+    def start(self, plan: PrunePlan, kept_token_ids: Sequence[int] | None = None, *, reuse: bool = True) -> Scoring:
+        """A scoring of `plan` that has run no batch yet (`reuse`: start at a cached boundary where it can)."""
+        return Scoring(self, plan, kept_token_ids, self.resume_boundary(plan) if reuse else 0)
+
     def evaluate(self, plan: PrunePlan, kept_token_ids: Sequence[int] | None = None) -> Quality:
         """KL and perplexity of `plan` (vocabulary restricted to `kept_token_ids` when given)."""
-        candidate = apply_plan(self.model, replace(plan, vocab=None), self.scores)
-        kept = torch.tensor(list(kept_token_ids), device=self.device) if kept_token_ids is not None else None
-        head = _LogitHead(lm_head(candidate), kept)
-        stack = decoder(candidate)
-        sums = _Sums(self.device)
-        for index, batch in enumerate(self.blocks.split(self.batch_size)):
-            hidden = stack(input_ids=batch, use_cache=False).last_hidden_state[:, :-1]
-            head.accumulate(sums, hidden, self._teacher(index), batch[:, 1:])
-        return _quality(sums)
+        return self.start(plan, kept_token_ids).run().quality()
 
     @torch.inference_mode()
     def evaluate_model(self, model, token_map: Sequence[int] | None = None) -> Quality:
@@ -154,11 +193,114 @@ class CandidateEvaluator:
         return _quality(sums)
 
 
+class Scoring:
+    """One candidate being scored batch by batch: `run` more batches, read `quality` (of the blocks scored so
+    far) or `block_values` at any point; built once, so a stopped scoring can be finished without recomputing."""
+
+    def __init__(self, evaluator: CandidateEvaluator, plan: PrunePlan, kept_token_ids, resume: int):
+        self.evaluator, self.resume = evaluator, resume
+        self.candidate = apply_plan(evaluator.model, replace(plan, vocab=None), evaluator.scores)
+        kept = torch.tensor(list(kept_token_ids), device=evaluator.device) if kept_token_ids is not None else None
+        self.head = _LogitHead(lm_head(self.candidate), kept)
+        self.stack = decoder(self.candidate)
+        self.sums = _Sums(evaluator.device)
+        self.batches_done = 0
+        self._replay = _install_replay(self.candidate, evaluator.prefix.get(resume), resume)
+
+    @property
+    def done(self) -> bool:
+        return self.batches_done >= self.evaluator.n_batches
+
+    @property
+    def fraction(self) -> float:
+        """Share of the calibration blocks scored so far."""
+        return self.sums.per_block().shape[1] / len(self.evaluator.blocks)
+
+    @torch.inference_mode()
+    def run(self, batches: int | None = None) -> Scoring:
+        """Score up to `batches` more batches (all that remain when None)."""
+        ev = self.evaluator
+        stop = ev.n_batches if batches is None else min(ev.n_batches, self.batches_done + batches)
+        for index in range(self.batches_done, stop):
+            batch = ev.blocks[index * ev.batch_size : (index + 1) * ev.batch_size]
+            if self._replay is not None:
+                self._replay.index = index
+            hidden = self.stack(input_ids=batch, use_cache=False).last_hidden_state[:, :-1]
+            self.head.accumulate(self.sums, hidden, ev._teacher(index), batch[:, 1:])
+            self.batches_done = index + 1
+        return self
+
+    def quality(self) -> Quality:
+        return _quality(self.sums)
+
+    def block_values(self, objective: str) -> list[float]:
+        """Per scored block: its mean KL (`kl`) or its mean target NLL (`ppl`, whose exp of the mean is the
+        perplexity)."""
+        kl, nll, nll_count, positions = self.sums.per_block()
+        values = kl / positions if objective == "kl" else nll / nll_count.clamp_min(1)
+        return values.tolist()
+
+
+class _Replay(torch.nn.Module):
+    """Stands in for the decoder layers before a cached boundary: the last of them returns the dense hidden
+    states there (of batch `index`), the others pass their input on; nothing before the boundary is computed
+    but the embedding lookup."""
+
+    def __init__(self, cached: list[torch.Tensor] | None):
+        super().__init__()
+        self.cached, self.index = cached, 0
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return hidden_states if self.cached is None else self.cached[self.index]
+
+
+def _install_replay(candidate, cached: list[torch.Tensor] | None, resume: int) -> _Replay | None:
+    """Replace the candidate's first `resume` decoder layers (equal to the dense ones) by a replay of the cache."""
+    if not resume or cached is None:
+        return None
+    layers = decoder_layers(candidate)
+    last = _Replay(cached)
+    for i in range(resume - 1):
+        layers[i] = _Replay(None)
+    layers[resume - 1] = last
+    return last
+
+
+def _hidden_of(output) -> torch.Tensor:
+    """A decoder layer's hidden states (transformers 5 returns the tensor; older layers returned a tuple)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+def model_shape_of(model) -> ModelShape:
+    return model_shape(model.config)
+
+
+def first_change(plan: PrunePlan, shape: ModelShape) -> int:
+    """Index of the first layer the plan changes (its heads or MLP width differ from the dense model's); the
+    number of layers when none does. The vocabulary does not count: see the module docstring."""
+    for i, layer in enumerate(plan.layers):
+        if layer.heads != shape.num_heads or layer.ffn != shape.intermediate_size:
+            return i
+    return len(plan.layers)
+
+
+def prefix_boundaries(model, blocks: torch.Tensor, budget_bytes: int) -> tuple[int, ...]:
+    """Layer boundaries to cache (boundary b: the input of layer b, 1 <= b < layers), as many as the budget
+    holds, spread evenly over the depth."""
+    layers = model.config.num_hidden_layers
+    element = next(model.parameters()).element_size()
+    per_boundary = blocks.numel() * model.config.hidden_size * element
+    count = min(layers - 1, budget_bytes // max(per_boundary, 1))
+    if count <= 0:
+        return ()
+    return tuple(sorted({round(layers * (k + 1) / (count + 1)) for k in range(count)} - {0, layers}))
+
+
 def _quality(sums: _Sums) -> Quality:
-    kl, nll, nll_count, positions = (float(x) for x in (sums.kl, sums.nll, sums.nll_count, sums.positions))
+    kl, nll, nll_count, positions = (float(x) for x in sums.per_block().sum(dim=1))
     ppl = math.exp(nll / nll_count) if nll_count else math.inf
     # KL >= 0; the cached-entropy form can land a hair below zero in fp32 when the candidate equals the teacher
-    return Quality(kl=max(kl / positions, 0.0), ppl=ppl)
+    return Quality(kl=max(kl / positions, 0.0) if positions else math.inf, ppl=ppl)
 
 
 def _widened(head: torch.nn.Linear, kept: torch.Tensor, vocab_size: int) -> _LogitHead:
@@ -189,22 +331,32 @@ class _LogitHead:
     ) -> None:
         """Add one batch; its positions go through in row chunks whose logits stay in cache (about 16 MiB), and
         an uncached teacher is derived chunk by chunk too (never a whole batch of full-vocabulary logits)."""
+        blocks, positions = hidden.shape[0], hidden.shape[1]
         hidden, targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
         if self.kept is not None:
             targets = self.new_id[targets]
+        block_of = torch.arange(len(targets), device=targets.device) // positions
+        per_block = sums.new_batch(blocks)
         step = max(1, _CHUNK_BYTES // (4 * self.weight.shape[0]))
         for start in range(0, len(targets), step):
             rows = slice(start, start + step)
-            self._accumulate_chunk(sums, hidden[rows], teacher(rows), targets[rows])
+            self._accumulate_chunk(per_block, block_of[rows], hidden[rows], teacher(rows), targets[rows])
 
-    def _accumulate_chunk(self, sums: _Sums, hidden: torch.Tensor, teacher: Teacher, targets: torch.Tensor) -> None:
+    def _accumulate_chunk(
+        self, per_block: torch.Tensor, block_of: torch.Tensor, hidden: torch.Tensor, teacher: Teacher, targets
+    ) -> None:
         log_q = F.log_softmax(F.linear(hidden, self.weight, self.bias).float(), dim=-1)
-        sums.kl += self._kl(log_q, teacher).double().sum()
-        sums.positions += targets.numel()
         mask = targets >= 0
         target_log_q = log_q.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-        sums.nll -= target_log_q[mask].double().sum()
-        sums.nll_count += mask.sum()
+        rows = torch.stack(
+            [
+                self._kl(log_q, teacher).double(),
+                torch.where(mask, -target_log_q, 0).double(),
+                mask.double(),
+                torch.ones_like(mask, dtype=torch.float64),
+            ]
+        )
+        per_block.index_add_(1, block_of, rows)
 
     def _kl(self, log_q: torch.Tensor, teacher: Teacher) -> torch.Tensor:
         """Per position KL(p_K || q) - log p(K); KL(p || q) untrimmed."""

@@ -104,7 +104,7 @@ def hypervolume(study: optuna.Study, first: int | None = None) -> float | None:
 
 def hypervolume_history(study: optuna.Study, every: int = 10) -> list[dict[str, Any]]:
     """Hypervolume after every `every` trials (one reference point throughout), for convergence plots."""
-    total = len(study.get_trials(deepcopy=False))
+    total = sum(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))  # enqueued: not yet trials
     marks = sorted({*range(every, total + 1, every), total})
     return [{"trials": n, "hypervolume": hypervolume(study, first=n)} for n in marks if n > 0]
 

@@ -10,7 +10,7 @@ from prunesearch.choices import CriterionName, DeployTarget, HealMethod, Sampler
 from prunesearch.profilers.latency import Workload
 from prunesearch.pruning.healsettings import HealSettings
 
-__all__ = ["HealSpec", "SearchSpec", "Workload"]
+__all__ = ["Efficiency", "HealSpec", "SearchSpec", "Workload"]
 
 # The heal stage's knobs default to `prunesearch heal`'s own (one definition, `pruning/healsettings.py`).
 _HEAL_DEFAULTS = HealSettings()
@@ -93,6 +93,21 @@ class CalibrationSampling(_Strict):
     criterion: CriterionName = CriterionName.FLAP
 
 
+class Efficiency(_Strict):
+    """How trials are made cheaper (docs/search.md, "Search efficiency"); neither changes a full-fidelity score."""
+
+    prefix_cache_mib: StrictInt = Field(
+        1024, ge=0, le=1_000_000, description="memory for dense hidden states at layer boundaries (0: no reuse)"
+    )
+    low_fidelity: StrictFloat = Field(
+        0.25, gt=0, le=1, description="share of calibration blocks scored before deciding to finish (1: off)"
+    )
+    margin: StrictFloat = Field(2.0, ge=0, le=100, description="standard errors of optimism when deciding")
+    informed_starts: StrictBool = Field(
+        True, description="enqueue FLAP-global, depth+width and profile starting points (docs/benchmarks.md)"
+    )
+
+
 class HealSpec(_Strict):
     """Heal-aware selection: after the trials, heal up to `top_k` Pareto candidates spread over the latency
     range for `tokens` tokens each (distillation from the dense model on the calibration text), and score them
@@ -141,6 +156,8 @@ class SearchSpec(_Strict):
     timeout_s: StrictFloat | None = Field(None, gt=0)
     seed: StrictInt = 0
     baselines: StrictBool = True
+    # Default efficiency settings are left out of the dump, so older specs and studies read back unchanged.
+    efficiency: Efficiency = Field(default_factory=Efficiency, exclude_if=lambda value: value == Efficiency())
     # A spec without heal dumps exactly as before the field existed (stored specs, studies, job views).
     heal: HealSpec | None = Field(
         None,

@@ -73,7 +73,7 @@ def test_dense_plan_has_zero_kl_and_the_dense_latency(context):
 
 def test_over_budget_plans_skip_the_proxy(context, monkeypatch):
     calls = []
-    monkeypatch.setattr(context.evaluator, "evaluate", lambda *a: calls.append(a))
+    monkeypatch.setattr(context.evaluator, "start", lambda *a, **k: calls.append(a))
     outcome = context.evaluate(FixedParams({"ffn_cuts_0": 1}))
     assert not outcome.feasible and not calls
     assert outcome.values[0] == INFEASIBLE_QUALITY and "kl" not in outcome.metrics
@@ -349,7 +349,7 @@ def test_an_interrupted_trial_is_failed_not_left_running(calibration, tmp_path, 
     spec = _spec(calibration, n_trials=3, baselines=False)
     context = SearchContext(spec)
 
-    def interrupt(trial):
+    def interrupt(trial, front=None):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(context, "evaluate", interrupt)
@@ -392,10 +392,10 @@ def test_a_trial_failed_elsewhere_mid_evaluation_is_dropped_not_fatal(calibratio
     context = SearchContext(spec)
     evaluate = context.evaluate
 
-    def failed_by_another_worker_first(trial):
+    def failed_by_another_worker_first(trial, front=None):
         if trial.number == 0:
             load_study(storage, "s").tell(0, state=TrialState.FAIL)
-        return evaluate(trial)  # its first suggest now raises UpdateFinishedTrialError
+        return evaluate(trial, front)  # its first suggest now raises UpdateFinishedTrialError
 
     context.evaluate = failed_by_another_worker_first
     run_search(spec, storage=storage, study_name="s", context=context)

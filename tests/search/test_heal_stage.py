@@ -60,7 +60,8 @@ def scratch(tmp_path, monkeypatch, prunesearch_home) -> Path:
 def test_healed_scores_use_the_proxys_definitions(scratch, tmp_path, monkeypatch):
     """Scored as a materialised checkpoint, an unhealed export gets the KL and perplexity the search recorded
     for its trial (full and trimmed vocabularies), so healed and proxy scores compare."""
-    spec = _spec(heal=None, n_trials=14)
+    # every trial scored in full and no informed starts: the same trial mix (with trimmed vocabularies) as before
+    spec = _spec(heal=None, n_trials=14, efficiency={"informed_starts": False, "low_fidelity": 1.0})
     storage = f"sqlite:///{tmp_path / 's.db'}"
     context = SearchContext(spec)
     run_search(spec, storage=storage, study_name="s", context=context)
