@@ -3,7 +3,7 @@ races to create Optuna's tables (the upgrade made them), none fails, and the job
 
 from __future__ import annotations
 
-import uuid
+from collections.abc import Iterator
 
 import optuna
 import pytest
@@ -11,29 +11,19 @@ import pytest
 from prunesearch.cli import main
 from prunesearch.search.results import counts_as_done
 from prunesearch.service import crud
-from prunesearch.service.db import dispose_all, session_scope
+from prunesearch.service.db import session_scope
 from prunesearch.service.settings import Settings
 
-from .conftest import _pg_admin, job_body, wait_for
+from .conftest import fresh_pg_database, job_body, wait_for
 
 pytestmark = pytest.mark.slow
 WORKERS, N_TRIALS = 3, 9
 
 
 @pytest.fixture
-def fresh_pg_url():
-    try:
-        admin = _pg_admin()
-    except Exception as exc:
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 is unreachable: {exc}")
-    name = f"prunesearch_fresh_{uuid.uuid4().hex[:10]}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        dispose_all()
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+def fresh_pg_url() -> Iterator[str]:
+    with fresh_pg_database("prunesearch_fresh") as url:
+        yield url
 
 
 def test_three_workers_on_a_fresh_database_finish_the_job(fresh_pg_url, tmp_path, processes):

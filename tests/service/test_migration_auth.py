@@ -3,16 +3,14 @@ idempotency keys become per owner, and a downgrade puts one namespace back (the 
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
 
 from prunesearch import migrations
-from prunesearch.service.db import dispose_all
 
-from .conftest import _pg_admin
+from .conftest import fresh_pg_database
 from .test_migrations import HEAD
 
 NOW = "2026-11-24 00:00:00"
@@ -79,18 +77,8 @@ def test_0004_on_sqlite(tmp_path):
 @pytest.fixture
 def empty_pg_url() -> Iterator[str]:
     """A PostgreSQL database of its own (the session's may hold other tests' rows), dropped after."""
-    try:
-        conn = _pg_admin()
-    except Exception as exc:
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 is unreachable: {exc}")
-    name = f"prunesearch_auth_{uuid.uuid4().hex[:10]}"
-    conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        dispose_all()
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.close()
+    with fresh_pg_database("prunesearch_auth") as url:
+        yield url
 
 
 def test_0004_on_postgresql(empty_pg_url):
