@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,20 @@ def _close_optuna_storages() -> Iterator[None]:
     files and PostgreSQL connections would otherwise pile up over a session)."""
     yield
     forget_storages()
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """For tests that run `prunesearch serve`/`worker` in process (they configure the root logger): put the root
+    logger back afterwards, and close the database engines the command opened."""
+    from prunesearch.service.db import dispose_all
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    dispose_all()
 
 
 @pytest.fixture

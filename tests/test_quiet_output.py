@@ -7,15 +7,13 @@ from __future__ import annotations
 import json
 import logging
 import warnings
-from collections.abc import Iterator
 
-import pytest
 import torch
 
 from prunesearch.choices import LogFormat
 from prunesearch.pruning.plan import LayerPlan, PrunePlan
 from prunesearch.pruning.surgery import apply_plan
-from prunesearch.service.db import dispose_all, upgrade_schema
+from prunesearch.service.db import upgrade_schema
 from prunesearch.service.logs import configure_logging
 from tests.factories import tiny_model
 
@@ -48,16 +46,6 @@ def test_lora_adapters_attach_without_warnings():
         adapted = with_lora(model, rank=2)
     assert any("lora_A" in name for name, _ in adapted.named_parameters())
     assert [str(w.message) for w in caught] == []
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    dispose_all()
 
 
 def test_migrations_print_nothing_under_the_workers_logging(tmp_path, capfd, restore_logging):

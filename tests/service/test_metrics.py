@@ -3,13 +3,10 @@
 
 from __future__ import annotations
 
-import logging
 import socket
-from collections.abc import Iterator
 from datetime import timedelta
 
 import httpx
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from prunesearch.choices import ExportStatus
@@ -128,16 +125,6 @@ def test_a_workers_endpoint_counts_its_trials_and_exports(settings, api):
     assert grew("prunesearch_worker_export_seconds_count") == 1
     assert after[("prunesearch_worker_busy", (("work", "job"),))] == 0
     assert after[("process_resident_memory_bytes", ())] > 0
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    """`prunesearch worker` configures the root logger: put it back."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def test_a_worker_refuses_a_metrics_port_it_cannot_serve(settings, capsys, restore_logging):
