@@ -57,14 +57,14 @@ def one_run(context: SearchContext, spec: SearchSpec, variant: str, workdir: Pat
     storage = f"sqlite:///{workdir / f'eff-{variant}-{spec.seed}.db'}"
     original = engine.make_sampler
     engine.make_sampler = _sampler("multivariate" in variant, startup)
-    before = _dense_forward_seconds(context)
+    before = dense_forward_seconds(context)
     started = time.perf_counter()
     try:
         run_search(context.spec, storage=storage, study_name="s", context=context)
     finally:
         engine.make_sampler = original
     seconds = time.perf_counter() - started
-    dense_s = (before + _dense_forward_seconds(context)) / 2  # on either side of the run: load changes slowly
+    dense_s = (before + dense_forward_seconds(context)) / 2  # on either side of the run: load changes slowly
     trials = [t for t in load_study(storage, "s").get_trials(deepcopy=False) if t.state.is_finished()]
     return {"seconds": seconds, "dense_s": dense_s, "trials": trials}
 
@@ -97,7 +97,7 @@ def audit_stops(context: SearchContext, trials) -> dict:
 
 
 def efficiency_ablation(args, context: SearchContext, workdir: Path) -> dict:
-    dense_s = _dense_forward_seconds(context)
+    dense_s = dense_forward_seconds(context)
     n = max(args.eff_trials)
     base = context.spec.model_copy(update={"n_trials": n})
     runs: dict[str, dict[int, dict]] = {v: {} for v in args.eff_variants}
@@ -135,7 +135,8 @@ def _hv(run, q_ref: float) -> float:
     return round(hypervolume(points, np.ones(2)), 4)
 
 
-def _dense_forward_seconds(context: SearchContext, repeats: int = 3) -> float:
+def dense_forward_seconds(context: SearchContext, repeats: int = 3) -> float:
+    """Median time of one dense forward (with the LM head) over the proxy's calibration tokens."""
     times = []
     with torch.inference_mode():
         for _ in range(repeats):
@@ -188,7 +189,7 @@ def qwen_per_trial_cost(args, workdir: Path, make_spec) -> dict:
             proxy["calls"] += 1
 
     context._score = counted
-    dense_s = _dense_forward_seconds(context, repeats=1)
+    dense_s = dense_forward_seconds(context, repeats=1)
     storage = f"sqlite:///{workdir / 'qwen.db'}"
     started = time.perf_counter()
     run_search(spec, storage=storage, study_name="q", context=context)

@@ -44,6 +44,7 @@ import numpy as np
 import search_efficiency
 import torch
 import torch_pruning_baseline as tpb
+from search_efficiency import dense_forward_seconds
 
 from prunesearch.choices import Sampler, values
 from prunesearch.pruning.evaluate import perplexity
@@ -123,18 +124,6 @@ def counted_score(context: SearchContext, proxy: dict):
             proxy["calls"] += 1
 
     return counted
-
-
-def dense_forward_seconds(context: SearchContext, repeats: int = 3) -> float:
-    """Median time of one dense forward (with the LM head) over the proxy's calibration tokens."""
-    times = []
-    with torch.inference_mode():
-        for _ in range(repeats):
-            t = time.perf_counter()
-            for batch in context.evaluator.blocks.split(context.evaluator.batch_size):
-                context.model(input_ids=batch, use_cache=False)
-            times.append(time.perf_counter() - t)
-    return float(np.median(times))
 
 
 def latency_fraction(context: SearchContext, plan: PrunePlan) -> float:
