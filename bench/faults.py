@@ -24,7 +24,6 @@ when anything was lost or duplicated.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -50,6 +49,7 @@ from prunesearch.service import crud
 from prunesearch.service.db import dispose_all, session_scope, upgrade_schema
 from prunesearch.service.exportfiles import ExportFiles
 from prunesearch.service.settings import Settings
+from prunesearch.service.worker.exporter import file_sha256
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "examples" / "tiny-llama"
@@ -254,14 +254,6 @@ def export_kill(kind: str, tmp: Path) -> dict[str, Any]:
         "debris": debris,
         "lost": int(not recorded_ok),
     }
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def free_port() -> int:

@@ -169,15 +169,8 @@ def qwen_05b_model(directory: Path, tokenizer_from: Path) -> Path:
     return directory
 
 
-def qwen_per_trial_cost(args, workdir: Path, make_spec) -> dict:
-    """Per-trial proxy cost over a `--qwen-trials` search (every saving on) against one dense forward."""
-    model_dir = qwen_05b_model(workdir / "qwen05b", args.model)
-    spec = make_spec(args, "tpe", args.qwen_trials, args.qwen_tokens).model_copy(update={"model": str(model_dir)})
-    spec = spec.model_copy(
-        update={"calibration_settings": spec.calibration_settings.model_copy(update={"seq_len": args.qwen_seq_len})}
-    )
-    context = SearchContext(spec)
-    proxy = {"seconds": 0.0, "calls": 0}
+def counted_score(context: SearchContext, proxy: dict):
+    """`context._score` (the proxy, both stages), timed into `proxy`."""
     original = context._score
 
     def counted(*a, **k):
@@ -188,7 +181,19 @@ def qwen_per_trial_cost(args, workdir: Path, make_spec) -> dict:
             proxy["seconds"] += time.perf_counter() - t
             proxy["calls"] += 1
 
-    context._score = counted
+    return counted
+
+
+def qwen_per_trial_cost(args, workdir: Path, make_spec) -> dict:
+    """Per-trial proxy cost over a `--qwen-trials` search (every saving on) against one dense forward."""
+    model_dir = qwen_05b_model(workdir / "qwen05b", args.model)
+    spec = make_spec(args, "tpe", args.qwen_trials, args.qwen_tokens).model_copy(update={"model": str(model_dir)})
+    spec = spec.model_copy(
+        update={"calibration_settings": spec.calibration_settings.model_copy(update={"seq_len": args.qwen_seq_len})}
+    )
+    context = SearchContext(spec)
+    proxy = {"seconds": 0.0, "calls": 0}
+    context._score = counted_score(context, proxy)
     dense_s = dense_forward_seconds(context, repeats=1)
     storage = f"sqlite:///{workdir / 'qwen.db'}"
     started = time.perf_counter()

@@ -44,7 +44,7 @@ import numpy as np
 import search_efficiency
 import torch
 import torch_pruning_baseline as tpb
-from search_efficiency import dense_forward_seconds
+from search_efficiency import counted_score, dense_forward_seconds
 
 from prunesearch.choices import Sampler, values
 from prunesearch.pruning.evaluate import perplexity
@@ -109,21 +109,6 @@ def timed_search(args, workdir: Path) -> tuple[SearchContext, str, dict]:
             "search_over_trials_x_dense_forward": round(total_s / (args.trials * dense_forward_s), 3),
         },
     )
-
-
-def counted_score(context: SearchContext, proxy: dict):
-    """`context._score` (the proxy, both stages), timed into `proxy`."""
-    original = context._score
-
-    def counted(*a, **k):
-        t = time.perf_counter()
-        try:
-            return original(*a, **k)
-        finally:
-            proxy["seconds"] += time.perf_counter() - t
-            proxy["calls"] += 1
-
-    return counted
 
 
 def latency_fraction(context: SearchContext, plan: PrunePlan) -> float:
