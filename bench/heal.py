@@ -117,7 +117,7 @@ def build_students(args, names: list[str]) -> dict[str, dict]:
     from prunesearch.search.context import SearchContext
 
     os.environ["PRUNESEARCH_HOME"] = str(args.workdir / "home")
-    spec_args = argparse.Namespace(model=args.model, data=args.data, min_keep_layers=0.25, seed=0)
+    spec_args = argparse.Namespace(model=args.model, data=args.data, min_keep_layers=0.25, seed=0, seq_len=256)
     context = SearchContext(sq.make_spec(spec_args, "tpe", 1, 16_384))
     searched = {
         row["budget"]: row for row in json.loads((ROOT / "bench/results/search_quality.json").read_text())["quality"]

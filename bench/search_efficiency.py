@@ -43,9 +43,12 @@ def _classic(name: str | None) -> bool:
 
 
 def _sampler(multivariate: bool, startup: int):  # variants without "multivariate" run univariate TPE
-    def make(spec: SearchSpec, *, shared: bool = False):
+    def make(spec: SearchSpec, *, shared: bool = False, seed: int | None = None):
         return optuna.samplers.TPESampler(
-            seed=spec.seed, n_startup_trials=startup, multivariate=multivariate, constant_liar=shared
+            seed=spec.seed if seed is None else seed,
+            n_startup_trials=startup,
+            multivariate=multivariate,
+            constant_liar=shared,
         )
 
     return make
