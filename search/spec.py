@@ -9,8 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 from prunesearch.choices import CriterionName, DeployTarget, HealMethod, Sampler
 from prunesearch.profilers.latency import Workload
 from prunesearch.pruning.healsettings import HealSettings
+from prunesearch.pruning.speculative import MAX_LOOKAHEAD
 
-__all__ = ["Efficiency", "HealSpec", "SearchSpec", "Workload"]
+__all__ = ["Efficiency", "HealSpec", "SearchSpec", "Speculative", "Workload"]
 
 # The heal stage's knobs default to `prunesearch heal`'s own (one definition, `pruning/healsettings.py`).
 _HEAL_DEFAULTS = HealSettings()
@@ -56,12 +57,38 @@ class SearchSpace(_Strict):
         return self
 
 
+class Speculative(_Strict):
+    """Search for a speculative-decoding draft cut from the model (docs/drafts.md): a candidate is scored by its
+    expected acceptance against the dense model (the target) and the end-to-end speedup of target + draft."""
+
+    lookahead: StrictInt | Literal["search"] = Field(
+        "search", description="drafted tokens per round, 1-8, or 'search' to make it a search parameter"
+    )
+    temperature: StrictFloat = Field(0.0, ge=0, le=10, description="sampling temperature; 0 is greedy decoding")
+    goal: Literal["speedup", "pareto"] = Field(
+        "speedup", description="speedup: maximise expected speedup; pareto: acceptance against draft step cost"
+    )
+    max_draft_mib: StrictFloat | None = Field(None, gt=0, description="at most this much draft weight memory")
+
+    @model_validator(mode="after")
+    def _lookahead_range(self) -> Speculative:
+        if isinstance(self.lookahead, int) and not 1 <= self.lookahead <= MAX_LOOKAHEAD:
+            raise ValueError(f"lookahead must be 1-{MAX_LOOKAHEAD} or 'search'")
+        return self
+
+
 class Objectives(_Strict):
     quality: Literal["kl", "ppl"] = "kl"
     # decode = time per output token at the workload's concurrency (`workload.batch`); throughput = the inverse
     # of generated tokens/s at that concurrency (ms per generated token over the whole batch), minimised
     latency: Literal["prefill", "decode", "total", "throughput"] = "total"
     extra: list[Literal["params", "memory"]] = Field(default_factory=list)
+    # A spec without drafts dumps exactly as before the field existed (stored specs, studies, job views).
+    speculative: Speculative | None = Field(
+        None,
+        description="search for a speculative-decoding draft of the model instead of a pruned replacement",
+        exclude_if=lambda value: value is None,
+    )
 
 
 class Constraints(_Strict):
