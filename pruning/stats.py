@@ -9,6 +9,7 @@ magnitude, wanda and flap alike.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -123,8 +124,12 @@ def collect_activation_stats(
 
 
 def model_fingerprint(model) -> str:
-    """A stable digest of a model's config and weights (a strided sample of each tensor keeps it cheap)."""
-    digest = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
+    """A stable digest of a model's config and weights (a strided sample of each tensor keeps it cheap).
+
+    Where the model was loaded from is left out (`_name_or_path`), so a copied or moved checkpoint keeps its
+    fingerprint: exports name their target by it."""
+    config = {k: v for k, v in model.config.to_dict().items() if k != "_name_or_path"}
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
     for name, tensor in sorted(model.state_dict().items()):
         flat = tensor.detach().reshape(-1)
         sample = flat[:: max(1, flat.numel() // 4096)].float().cpu()
