@@ -73,7 +73,10 @@ class JobPublic(BaseModel):
     created_at: UTCDateTime
     started_at: UTCDateTime | None
     finished_at: UTCDateTime | None
-    eta_s: float | None = Field(description="seconds left at the rate so far (running jobs only)")
+    eta_s: float | None = Field(
+        description="seconds of trials left at the rate so far (running jobs only; None once every trial is done, "
+        "while the heal stage runs: see `heal`)"
+    )
     spec: dict[str, Any]
     heal: dict[str, Any] | None = Field(
         None,
@@ -245,8 +248,9 @@ class DatasetPublic(BaseModel):
 
 
 def eta_seconds(job: Job) -> float | None:
-    """Remaining seconds at the average pace so far, for running jobs with at least one finished trial."""
-    if job.status != JobStatus.RUNNING or not job.started_at or job.trials_done <= 0:
+    """Remaining seconds at the average pace so far, for running jobs with at least one finished trial and some
+    left (after the last trial a job that heals is still running, and its progress is the heal stage's)."""
+    if job.status != JobStatus.RUNNING or not job.started_at or not 0 < job.trials_done < job.n_trials:
         return None
     started = job.started_at if job.started_at.tzinfo else job.started_at.replace(tzinfo=UTC)
     elapsed = (datetime.now(UTC) - started).total_seconds()

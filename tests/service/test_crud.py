@@ -147,3 +147,17 @@ def test_an_export_that_keeps_killing_its_workers_fails(settings):
     with session_scope(settings.db_url) as s:
         export = crud.get_export(s, export_id=export_id)
         assert export.status == "failed" and "stopped 3 times" in export.error
+
+
+def test_eta_is_unknown_before_the_first_trial_and_after_the_last():
+    from datetime import UTC, datetime, timedelta
+    from types import SimpleNamespace
+
+    from prunesearch.choices import JobStatus
+    from prunesearch.service.schemas import eta_seconds
+
+    started = datetime.now(UTC) - timedelta(seconds=100)
+    job = SimpleNamespace(status=JobStatus.RUNNING, started_at=started, n_trials=10, trials_done=4)
+    assert 140 < eta_seconds(job) < 160  # 25 s a trial, 6 left
+    assert eta_seconds(SimpleNamespace(**{**vars(job), "trials_done": 0})) is None
+    assert eta_seconds(SimpleNamespace(**{**vars(job), "trials_done": 10})) is None  # healing: see job.heal
