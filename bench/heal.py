@@ -194,7 +194,7 @@ def run_heal(args, student: dict, method: str, tokens: int, lr: float, section: 
     """One heal through the library; records before/after perplexity, the share of the gap to dense it closes,
     and its times under `section`."""
     out = args.workdir / "healed" / "-".join(section[1:])
-    settings = HealSettings(method=method, tokens=tokens, lr=lr, seed=args.seed)
+    settings = HealSettings(method=method, tokens=tokens, lr=lr, seed=args.seed, self_data_tokens=args.self_data)
     started = time.perf_counter()
     result = heal(
         student["dir"], args.model, args.data / "pydocs-calib.txt", out, settings, eval_files=list(texts(args))
@@ -263,10 +263,11 @@ def heal_matrix(args) -> None:
             if name not in chosen:
                 continue
             for method in args.methods:
-                if done(["heals", name, method, str(tokens)], lrs[method]):
+                key = f"{tokens}+self{args.self_data}" if args.self_data else str(tokens)
+                if done(["heals", name, method, key], lrs[method]):
                     print(f"heals/{name}/{method}/{tokens} at lr {lrs[method]:g}: already measured", flush=True)
                     continue
-                run_heal(args, chosen[name], method, tokens, lrs[method], ["heals", name, method, str(tokens)])
+                run_heal(args, chosen[name], method, tokens, lrs[method], ["heals", name, method, key])
 
 
 def done(path: list[str], lr: float) -> bool:
@@ -533,6 +534,7 @@ def main() -> None:
     parser.add_argument("--lrs-full", type=floats, default=[1e-4, 3e-4, 1e-3])
     parser.add_argument("--lrs-lora", type=floats, default=[3e-4, 1e-3, 3e-3])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--self-data", type=int, default=0, help="heal: tokens of teacher-written text mixed in")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--impl", choices=["library", "bare"], help=argparse.SUPPRESS)
     parser.add_argument("--student", help=argparse.SUPPRESS)
