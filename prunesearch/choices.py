@@ -124,3 +124,7 @@ class DeployTarget(StrEnum):
 def values(choice: type[StrEnum]) -> list[str]:
     """The plain string values of an enum, in definition order (for argparse `choices` and messages)."""
     return [member.value for member in choice]
+
+
+# Speculative decoding: the most tokens a draft proposes per round (the search's and the CLI's bound).
+MAX_LOOKAHEAD = 8

@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 
 GREEDY = 0.0  # temperature meaning "greedy decoding"
-MAX_LOOKAHEAD = 8
 
 
 def _scattered(draft_logits: torch.Tensor, kept: torch.Tensor | None, vocab: int) -> torch.Tensor:
