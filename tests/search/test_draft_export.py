@@ -1,0 +1,104 @@
+"""Exports of draft trials (a job with `objectives.speculative`) carry `speculative.json`, and their model card
+says what the draft is for and how to generate with it; other exports are unchanged."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from prunesearch.pruning.export import SPECULATIVE_FILE, TOKEN_MAP_FILE, read_speculative
+from prunesearch.pruning.modelcard import render_model_card
+from prunesearch.search.results import export_trial
+from prunesearch.service.settings import BUNDLED_EXAMPLES
+
+from ..draft_trials import DRAFT_METRICS, add_draft_trial, create_draft_study, draft_plan, draft_spec_dict
+
+KEYS = [
+    "target",
+    "acceptance",
+    "lookahead",
+    "temperature",
+    "predicted_speedup",
+    "draft_ms",
+    "target_ms",
+    "coverage",
+    "hardware",
+    "engine",
+    "token_map",
+    "format",
+]
+
+
+@pytest.fixture
+def storage(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'studies.db'}"
+
+
+def test_a_trimmed_draft_export_carries_speculative_json_and_a_draft_card(storage, tmp_path):
+    study = create_draft_study(storage, "draft", draft_spec_dict(temperature=0.7))
+    number = add_draft_trial(study, draft_plan(vocab=512))
+    summary = export_trial(storage, "draft", number, tmp_path / "out")
+    out = tmp_path / "out"
+    draft = json.loads((out / SPECULATIVE_FILE).read_text())
+    assert sorted(draft) == sorted(KEYS) and draft == read_speculative(out)
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert draft["target"] == {
+        "path": str(BUNDLED_EXAMPLES.resolve()),
+        "fingerprint": provenance["base_model_fingerprint"],
+    }
+    assert len(draft["target"]["fingerprint"]) >= 16
+    assert (draft["acceptance"], draft["lookahead"], draft["predicted_speedup"]) == (0.62, 4, 1.87)
+    assert (draft["draft_ms"], draft["target_ms"], draft["coverage"]) == (0.41, 2.05, 0.97)
+    assert (draft["temperature"], draft["hardware"], draft["engine"], draft["format"]) == (0.7, "h100-sxm", "graphs", 1)
+    assert draft["token_map"] == TOKEN_MAP_FILE and (out / TOKEN_MAP_FILE).is_file()
+    assert summary["vocab"]["after"] == 512
+    card = (out / "README.md").read_text()
+    assert card.startswith("---") and "# A speculative-decoding draft of tiny-llama" in card
+    assert "draft model for speculative decoding with the target `tiny-llama`" in card
+    assert "assistant_model=draft" in card and "assistant_tokenizer=assistant_tokenizer" in card
+    assert "num_assistant_tokens = 4" in card and '- "speculative-decoding"' in card
+
+
+def test_a_whole_vocabulary_draft_has_no_token_map_and_a_fixed_lookahead_is_recorded(storage, tmp_path):
+    study = create_draft_study(storage, "draft", draft_spec_dict(lookahead=3))
+    metrics = {k: v for k, v in DRAFT_METRICS.items() if k != "lookahead"}  # a fixed lookahead is not searched
+    number = add_draft_trial(study, draft_plan(kept_layers=3, vocab=None), metrics)
+    export_trial(storage, "draft", number, tmp_path / "out")
+    draft = read_speculative(tmp_path / "out")
+    assert draft["token_map"] is None and not (tmp_path / "out" / TOKEN_MAP_FILE).exists()
+    assert draft["lookahead"] == 3 and draft["temperature"] == 0.0
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "target.generate(**inputs, assistant_model=draft, max_new_tokens=64)" in card
+    assert "assistant_tokenizer" not in card
+
+
+def test_a_draft_trial_without_draft_metrics_exports_nulls_not_made_up_values(storage, tmp_path):
+    """Until a trial records them (a baseline, a trial scored before the draft objective), they are null."""
+    study = create_draft_study(storage, "draft")
+    number = add_draft_trial(study, draft_plan(), metrics={})
+    export_trial(storage, "draft", number, tmp_path / "out")
+    draft = read_speculative(tmp_path / "out")
+    assert [draft[k] for k in ("acceptance", "lookahead", "predicted_speedup", "coverage")] == [None] * 4
+    assert draft["target"]["fingerprint"] and draft["token_map"] == TOKEN_MAP_FILE
+
+
+def test_an_export_of_a_job_without_drafts_has_no_speculative_json(storage, tmp_path):
+    spec = draft_spec_dict()
+    spec["objectives"] = {}
+    study = create_draft_study(storage, "plain", spec)
+    number = add_draft_trial(study, draft_plan(), metrics={})
+    export_trial(storage, "plain", number, tmp_path / "out")
+    assert read_speculative(tmp_path / "out") is None and not (tmp_path / "out" / SPECULATIVE_FILE).exists()
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "# tiny-llama, structurally pruned by prunesearch" in card
+    assert "speculative" not in card and "assistant_model" not in card
+
+
+def test_the_card_of_a_remote_code_draft_loads_it_with_trust_remote_code():
+    speculative = {"target": {"path": "/models/llama-docs", "fingerprint": "abc"}, "lookahead": 2, "token_map": None}
+    runtimes = {"stock_transformers": False, "trust_remote_code": True}
+    card = render_model_card({}, {}, {"runtimes": runtimes, "base_model": "/models/llama-docs"}, speculative)
+    assert 'from_pretrained("path/to/this/folder", trust_remote_code=True)' in card
+    assert "target `llama-docs`" in card and "| target fingerprint | abc |" in card
+    assert render_model_card({}, {}, {"base_model": "/models/llama-docs"}).startswith("---")
