@@ -56,10 +56,11 @@ def create_draft_study(storage: str, study_name: str, spec: dict[str, Any] | Non
 def add_draft_trial(
     study: optuna.Study, plan: PrunePlan, metrics: dict[str, Any] | None = None, *, kl: float = 0.5
 ) -> int:
-    """A complete, feasible trial with `metrics` (default `DRAFT_METRICS`) beside `kl` and `latency_ms`; its
-    number."""
+    """A complete, feasible trial with `metrics` (default `DRAFT_METRICS`) beside `kl` and `latency_ms`, and as
+    many objective values as the study has directions; its number."""
     values = dict(DRAFT_METRICS if metrics is None else metrics)
     all_metrics = {"kl": kl, "latency_ms": values.get("draft_ms") or 1.0} | values
     attrs = {"plan": plan.to_dict(), "metrics": all_metrics, "feasible": True}
-    study.add_trial(create_trial(values=[kl, all_metrics["latency_ms"]], user_attrs=attrs, constraints={"c": -1.0}))
+    objectives = [kl, all_metrics["latency_ms"], *[0.0] * len(study.directions)][: len(study.directions)]
+    study.add_trial(create_trial(values=objectives, user_attrs=attrs, constraints={"c": -1.0}))
     return study.trials[-1].number
