@@ -15,6 +15,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from prunesearch.pruning.export import SPECULATIVE_FILE, TOKEN_MAP_FILE
+from prunesearch.pruning.stats import model_fingerprint
 from prunesearch.service.db import session_scope
 from prunesearch.service.models import Job
 from prunesearch.service.settings import BUNDLED_EXAMPLES
@@ -86,8 +87,11 @@ def _draft_job_end_to_end(settings, processes, tmp_path) -> None:
 
 
 def _assists_its_target(draft_dir) -> None:
-    """The model card's snippet, shared vocabulary: assisted greedy decoding gives the target's own output."""
+    """The target loaded as a user would has the fingerprint `speculative.json` names; with the model card's
+    snippet (shared vocabulary) assisted greedy decoding gives the target's own output."""
     target = AutoModelForCausalLM.from_pretrained(BUNDLED_EXAMPLES)
+    speculative = json.loads((draft_dir / SPECULATIVE_FILE).read_text())
+    assert model_fingerprint(target) == speculative["target"]["fingerprint"]  # a user can check the target
     tokenizer = AutoTokenizer.from_pretrained(BUNDLED_EXAMPLES)
     draft = AutoModelForCausalLM.from_pretrained(draft_dir, trust_remote_code=True)
     draft.generation_config.num_assistant_tokens = 4
