@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from prunesearch.cli import main
 from prunesearch.pruning.export import SPECULATIVE_FILE, TOKEN_MAP_FILE, read_speculative
 from prunesearch.pruning.modelcard import render_model_card
 from prunesearch.search.results import export_trial
@@ -93,6 +94,18 @@ def test_an_export_of_a_job_without_drafts_has_no_speculative_json(storage, tmp_
     card = (tmp_path / "out" / "README.md").read_text()
     assert "# tiny-llama, structurally pruned by prunesearch" in card
     assert "speculative" not in card and "assistant_model" not in card
+
+
+def test_the_cli_export_of_a_draft_trial_writes_speculative_json(storage, tmp_path, capsys):
+    study = create_draft_study(storage, "draft", draft_spec_dict(temperature=1.0))
+    number = add_draft_trial(study, draft_plan(vocab=384))
+    out = tmp_path / "cli"
+    args = ["export", "--storage", storage, "--study", "draft", "--trial", str(number), "--out", str(out)]
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["trial"] == number
+    draft = read_speculative(out)
+    assert (draft["acceptance"], draft["temperature"], draft["token_map"]) == (0.62, 1.0, TOKEN_MAP_FILE)
+    assert len(json.loads((out / TOKEN_MAP_FILE).read_text())["new_to_original"]) == 384
 
 
 def test_the_card_of_a_remote_code_draft_loads_it_with_trust_remote_code():
