@@ -108,6 +108,19 @@ def test_the_cli_export_of_a_draft_trial_writes_speculative_json(storage, tmp_pa
     assert len(json.loads((out / TOKEN_MAP_FILE).read_text())["new_to_original"]) == 384
 
 
+def test_a_healed_draft_keeps_its_speculative_json_and_draft_card(storage, tmp_path, prunesearch_home):
+    from prunesearch.pruning.heal import HealSettings, heal
+
+    study = create_draft_study(storage, "draft")
+    number = add_draft_trial(study, draft_plan(vocab=512))
+    export_trial(storage, "draft", number, tmp_path / "student")
+    settings = HealSettings(steps=2, seq_len=32, batch=2, eval_chars=2_000)
+    heal(tmp_path / "student", BUNDLED_EXAMPLES, BUNDLED_EXAMPLES / "calib.txt", tmp_path / "healed", settings)
+    assert read_speculative(tmp_path / "healed") == read_speculative(tmp_path / "student") is not None
+    card = (tmp_path / "healed" / "README.md").read_text()
+    assert "# A speculative-decoding draft of tiny-llama" in card and "## Healing" in card
+
+
 def test_the_card_of_a_remote_code_draft_loads_it_with_trust_remote_code():
     speculative = {"target": {"path": "/models/llama-docs", "fingerprint": "abc"}, "lookahead": 2, "token_map": None}
     runtimes = {"stock_transformers": False, "trust_remote_code": True}
