@@ -121,6 +121,37 @@ def test_a_healed_draft_keeps_its_speculative_json_and_draft_card(storage, tmp_p
     assert "# A speculative-decoding draft of tiny-llama" in card and "## Healing" in card
 
 
+def test_a_trimmed_draft_assists_its_target_with_both_tokenizers_losslessly(storage, tmp_path):
+    """The model card's call for a trimmed vocabulary (transformers' assisted generation with different
+    tokenizers), greedy: the target's own output."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    study = create_draft_study(storage, "draft")
+    number = add_draft_trial(study, draft_plan(kept_layers=3, vocab=768))
+    export_trial(storage, "draft", number, tmp_path / "out")
+    assert read_speculative(tmp_path / "out")["token_map"] == TOKEN_MAP_FILE
+    target, tokenizer = (cls.from_pretrained(BUNDLED_EXAMPLES) for cls in (AutoModelForCausalLM, AutoTokenizer))
+    draft, assistant_tokenizer = (
+        cls.from_pretrained(tmp_path / "out") for cls in (AutoModelForCausalLM, AutoTokenizer)
+    )
+    assert draft.config.vocab_size == 768
+    draft.generation_config.num_assistant_tokens = 4
+    draft.generation_config.num_assistant_tokens_schedule = "constant"
+    inputs = tokenizer("The module", return_tensors="pt")
+    with torch.no_grad():
+        plain = target.generate(**inputs, max_new_tokens=12, do_sample=False)
+        assisted = target.generate(
+            **inputs,
+            assistant_model=draft,
+            tokenizer=tokenizer,
+            assistant_tokenizer=assistant_tokenizer,
+            max_new_tokens=12,
+            do_sample=False,
+        )
+    assert assisted.tolist() == plain.tolist()
+
+
 def test_the_card_of_a_remote_code_draft_loads_it_with_trust_remote_code():
     speculative = {"target": {"path": "/models/llama-docs", "fingerprint": "abc"}, "lookahead": 2, "token_map": None}
     runtimes = {"stock_transformers": False, "trust_remote_code": True}
