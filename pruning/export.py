@@ -21,6 +21,8 @@ from .plan import PrunePlan
 PLAN_FILE = "prune_plan.json"
 PROVENANCE_FILE = "provenance.json"
 TOKEN_MAP_FILE = "token_map.json"
+SPECULATIVE_FILE = "speculative.json"  # only in drafts: what the draft is for, and what it predicts (docs/drafts.md)
+SPECULATIVE_FORMAT = 1
 
 DTYPES: dict[DType, torch.dtype] = {dtype: getattr(torch, name) for dtype, name in TORCH_DTYPE_NAMES.items()}
 
@@ -75,7 +77,7 @@ def export_checkpoint(
     kept_token_ids: Sequence[int] | None = None,
 ) -> Path:
     """Write weights (safetensors), config, tokenizer, generation config, plan, provenance, token map and the
-    model card (README.md).
+    model card (README.md); a draft (provenance `search.speculative`) also gets `speculative.json`.
 
     Heterogeneous models also get `modeling_pruned.py`, so they load with trust_remote_code=True."""
     out = Path(out_dir)
@@ -89,8 +91,28 @@ def export_checkpoint(
     _write_json(out / PROVENANCE_FILE, dict(provenance))
     if kept_token_ids is not None:
         _write_json(out / TOKEN_MAP_FILE, {"new_to_original": list(kept_token_ids)})
+    draft = speculative_file(provenance, trimmed=kept_token_ids is not None)
+    if draft is not None:
+        _write_json(out / SPECULATIVE_FILE, draft)
     write_model_card(out)
     return out
+
+
+def speculative_file(provenance: Mapping[str, Any], *, trimmed: bool) -> dict[str, Any] | None:
+    """`speculative.json` of a draft: its target (the base model: path and the fingerprint the provenance
+    records), the search's draft record (acceptance, lookahead, temperature, predicted speedup, step costs,
+    coverage, hardware, engine) and the token map's file when the vocabulary was trimmed; None for a non-draft."""
+    draft = (provenance.get("search") or {}).get("speculative")
+    if not draft:
+        return None
+    target = {"path": provenance.get("base_model"), "fingerprint": provenance.get("base_model_fingerprint")}
+    return {"target": target, **draft, "token_map": TOKEN_MAP_FILE if trimmed else None, "format": SPECULATIVE_FORMAT}
+
+
+def read_speculative(checkpoint: str | Path) -> dict[str, Any] | None:
+    """The checkpoint's `speculative.json`, or None when it is not a draft."""
+    path = Path(checkpoint) / SPECULATIVE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def write_model_card(checkpoint: str | Path) -> Path:
@@ -98,7 +120,7 @@ def write_model_card(checkpoint: str | Path) -> Path:
     checkpoint = Path(checkpoint)
     config, plan, provenance = (_read_json(checkpoint / name) for name in ("config.json", PLAN_FILE, PROVENANCE_FILE))
     path = checkpoint / MODEL_CARD_FILE
-    path.write_text(render_model_card(config, plan, provenance))
+    path.write_text(render_model_card(config, plan, provenance, read_speculative(checkpoint)))
     return path
 
 

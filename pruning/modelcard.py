@@ -2,7 +2,8 @@
 
 Pure logic: dicts in, Markdown out. Hugging Face model-card YAML front matter (`base_model`, `tags`,
 `library_name`, `pipeline_tag`), then the base model, the plan, the search's metrics and how latency was priced,
-any heals, which runtimes load it, and the code that loads it.
+any heals, which runtimes load it, and the code that loads it. A speculative-decoding draft (its
+`speculative.json`) says first which target it drafts for, what it predicts, and how to generate with it.
 """
 
 from __future__ import annotations
@@ -25,15 +26,27 @@ _METRICS = (
     ("params", "parameters"),
     ("weight_bytes", "weight bytes"),
     ("vocab_coverage", "share of calibration tokens the kept vocabulary covers"),
+    ("acceptance", "draft: expected acceptance per drafted token"),
+    ("lookahead", "draft: tokens drafted per round"),
+    ("speedup", "draft: predicted speedup of target + draft over the target alone"),
+    ("draft_ms", "draft: one draft step (ms)"),
+    ("target_ms", "draft: one target step (ms)"),
+    ("coverage", "draft: share of calibration tokens the draft's vocabulary covers"),
 )
 
 
-def render_model_card(config: Mapping[str, Any], plan: Mapping[str, Any], provenance: Mapping[str, Any]) -> str:
-    """The whole README.md of a checkpoint."""
+def render_model_card(
+    config: Mapping[str, Any],
+    plan: Mapping[str, Any],
+    provenance: Mapping[str, Any],
+    speculative: Mapping[str, Any] | None = None,
+) -> str:
+    """The whole README.md of a checkpoint; `speculative` is a draft's `speculative.json` (None: not a draft)."""
     runtimes = provenance.get("runtimes") or {}
     sections = [
-        _front_matter(config, provenance, runtimes),
-        f"# {_base_name(provenance)}, structurally pruned by prunesearch\n",
+        _front_matter(config, provenance, runtimes, draft=bool(speculative)),
+        _title(provenance, draft=bool(speculative)),
+        _draft_section(speculative, runtimes) if speculative else "",
         _base_section(config, provenance),
         _plan_section(plan),
         _search_section(provenance.get("search"), healed=bool(provenance.get("heals"))),
@@ -44,8 +57,12 @@ def render_model_card(config: Mapping[str, Any], plan: Mapping[str, Any], proven
     return "\n".join(section for section in sections if section)
 
 
-def _front_matter(config: Mapping[str, Any], provenance: Mapping[str, Any], runtimes: Mapping[str, Any]) -> str:
+def _front_matter(
+    config: Mapping[str, Any], provenance: Mapping[str, Any], runtimes: Mapping[str, Any], *, draft: bool = False
+) -> str:
     tags = ["prunesearch", "pruned", "structured-pruning", str(config.get("model_type", "unknown"))]
+    if draft:
+        tags += ["speculative-decoding", "draft-model"]
     if runtimes.get("trust_remote_code") and not runtimes.get("stock_transformers"):
         tags.append("custom_code")
     lines = ["---", f"base_model: {json.dumps(_base_name(provenance))}", "tags:"]
@@ -58,6 +75,78 @@ def _base_name(provenance: Mapping[str, Any]) -> str:
     """The base model's name: the last part of its local path (a hub id stays whole)."""
     base = str(provenance.get("base_model") or "unknown")
     return base if base.count("/") == 1 and not base.startswith("/") else PurePath(base).name
+
+
+def _title(provenance: Mapping[str, Any], *, draft: bool) -> str:
+    name = _base_name(provenance)
+    if draft:
+        return f"# A speculative-decoding draft of {name}, cut by prunesearch\n"
+    return f"# {name}, structurally pruned by prunesearch\n"
+
+
+def _draft_section(speculative: Mapping[str, Any], runtimes: Mapping[str, Any]) -> str:
+    """What the draft is for (its target), what the search predicts, and how to generate with it."""
+    target = speculative.get("target") or {}
+    name = _base_name({"base_model": target.get("path") or target.get("name")})
+    rows = [
+        ("target", target.get("path") or target.get("name")),
+        ("target fingerprint", target.get("fingerprint")),
+        ("expected acceptance per drafted token", speculative.get("acceptance")),
+        ("lookahead (tokens drafted per round)", speculative.get("lookahead")),
+        ("temperature (0: greedy)", speculative.get("temperature")),
+        ("predicted speedup over the target alone", speculative.get("predicted_speedup")),
+        ("draft step (ms)", speculative.get("draft_ms")),
+        ("target step (ms)", speculative.get("target_ms")),
+        ("vocabulary coverage", speculative.get("coverage")),
+        ("priced on", f"{speculative.get('hardware')} ({speculative.get('engine')} engine)"),
+    ]
+    lines = [
+        "## Speculative-decoding draft",
+        "",
+        f"This checkpoint is a draft model for speculative decoding with the target `{name}`: the target verifies "
+        "the tokens it drafts, so the output is the target's own. `speculative.json` holds these numbers.",
+        "",
+        _table(("", ""), [(k, _fmt(v)) for k, v in rows]),
+        "",
+        *_draft_usage(speculative, runtimes),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _draft_usage(speculative: Mapping[str, Any], runtimes: Mapping[str, Any]) -> list[str]:
+    """transformers' assisted generation with this draft as `assistant_model`; a trimmed vocabulary passes both
+    tokenizers (transformers maps the draft's tokens to the target's)."""
+    remote = "" if runtimes.get("stock_transformers", True) else ", trust_remote_code=True"
+    lookahead = speculative.get("lookahead")
+    code = [
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "",
+        'target = AutoModelForCausalLM.from_pretrained("path/to/target")',
+        'tokenizer = AutoTokenizer.from_pretrained("path/to/target")',
+        f'draft = AutoModelForCausalLM.from_pretrained("path/to/this/folder"{remote})',
+    ]
+    if isinstance(lookahead, int):
+        code += [
+            f"draft.generation_config.num_assistant_tokens = {lookahead}  # the searched lookahead",
+            'draft.generation_config.num_assistant_tokens_schedule = "constant"',
+        ]
+    code += ["", 'inputs = tokenizer("Your prompt", return_tensors="pt")']
+    if speculative.get("token_map"):
+        code += [
+            'assistant_tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")  # the trimmed vocabulary',
+            "output = target.generate(",
+            "    **inputs,",
+            "    assistant_model=draft,",
+            "    tokenizer=tokenizer,",
+            "    assistant_tokenizer=assistant_tokenizer,",
+            "    max_new_tokens=64,",
+            ")",
+        ]
+    else:
+        code += ["output = target.generate(**inputs, assistant_model=draft, max_new_tokens=64)"]
+    code += ["print(tokenizer.decode(output[0]))", "```"]
+    return ["### Generating with it", "", *code]
 
 
 def _base_section(config: Mapping[str, Any], provenance: Mapping[str, Any]) -> str:

@@ -13,7 +13,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from prunesearch.choices import DType
-from prunesearch.profilers.registry import describe_latency_model
+from prunesearch.profilers.registry import default_engine, describe_latency_model
 from prunesearch.pruning.plan import PrunePlan
 
 from . import healselect, pareto
@@ -23,6 +23,8 @@ from .storage import resolve
 SPEC_ATTR = "prunesearch_spec"
 # User attribute of a trial failed because its worker died while running it; such trials do not count.
 ABANDONED_ATTR = "abandoned"
+# What a draft trial (a job with `objectives.speculative`) records beside the other metrics (docs/drafts.md).
+DRAFT_METRICS = ("acceptance", "lookahead", "speedup", "draft_ms", "target_ms", "coverage")
 HV_MARGIN = 1.1  # reference point = worst baseline quality x this, at the dense latency
 
 
@@ -247,6 +249,30 @@ def search_record(study: optuna.Study, spec: SearchSpec, number: int) -> dict[st
         "workload": spec.model_dump(mode="json")["workload"],
         "dense_latency_ms": study.user_attrs.get("dense_latency_ms"),
         "deploy": spec.constraints.deploy.value,
+    } | ({"speculative": draft} if (draft := draft_record(trial, spec)) is not None else {})
+
+
+def draft_record(trial: FrozenTrial, spec: SearchSpec) -> dict[str, Any] | None:
+    """What an export's `speculative.json` says of a draft trial: its acceptance, lookahead and predicted speedup
+    against the target (the job's model), and where they were priced; None for a job that searches no draft.
+    A metric the trial lacks is None; a fixed lookahead falls back to the spec's."""
+    speculative = spec.objectives.speculative
+    if speculative is None:
+        return None
+    metrics = trial.user_attrs.get("metrics") or {}
+    value = {name: metrics.get(name, trial.user_attrs.get(name)) for name in DRAFT_METRICS}
+    if value["lookahead"] is None and isinstance(speculative.lookahead, int):
+        value["lookahead"] = speculative.lookahead
+    return {
+        "acceptance": value["acceptance"],
+        "lookahead": value["lookahead"],
+        "temperature": speculative.temperature,
+        "predicted_speedup": value["speedup"],
+        "draft_ms": value["draft_ms"],
+        "target_ms": value["target_ms"],
+        "coverage": value["coverage"],
+        "hardware": spec.hardware,
+        "engine": str(spec.workload.engine or default_engine(spec.hardware)),
     }
 
 

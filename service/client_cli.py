@@ -15,6 +15,7 @@ from .client import Client, JobEvent, ServiceError, default_server, default_toke
 TABLE_METRICS = (
     *("kl", "ppl", "healed_kl", "healed_ppl"),
     *("latency_ms", "latency_fraction", "params", "memory_bytes", "vocab_coverage"),
+    *("acceptance", "lookahead", "speedup", "draft_ms", "target_ms", "coverage"),  # draft jobs' trials
 )
 # `--heal-X` flags of the remote export: each is the heal option X of `POST /v1/jobs/{id}/exports` (the server checks
 # the values; `prunesearch heal --help` explains them).

@@ -83,11 +83,24 @@ class JobPublic(BaseModel):
         description="jobs that heal: {candidates, healed, current: {trial, step, total_steps, loss}, errors}",
         exclude_if=lambda value: value is None,  # a job that does not heal reads exactly as before
     )
+    draft: dict[str, Any] | None = Field(
+        None,
+        description="draft jobs (objectives.speculative): {target (the job's model), lookahead, temperature, goal, "
+        "max_draft_mib}; their trials' metrics add acceptance, lookahead, speedup, draft_ms, target_ms, coverage",
+        exclude_if=lambda value: value is None,  # a job that searches no draft reads exactly as before
+    )
 
     @classmethod
     def of(cls, job: Job, heal: dict[str, Any] | None = None) -> JobPublic:
-        fields = {name: getattr(job, name) for name in cls.model_fields if name not in ("eta_s", "heal")}
-        return cls(**fields, eta_s=eta_seconds(job), heal=heal)
+        computed = ("eta_s", "heal", "draft")
+        fields = {name: getattr(job, name) for name in cls.model_fields if name not in computed}
+        return cls(**fields, eta_s=eta_seconds(job), heal=heal, draft=draft_view(job.spec))
+
+
+def draft_view(spec: dict[str, Any]) -> dict[str, Any] | None:
+    """What a job view says of a draft job: its target and its speculative objective; None for other jobs."""
+    speculative = (spec.get("objectives") or {}).get("speculative")
+    return None if speculative is None else {"target": spec.get("model"), **speculative}
 
 
 T = TypeVar("T")

@@ -173,9 +173,11 @@ function qualityOf(job) {
 function renderJob() {
   const { job, pareto } = state.view;
   document.getElementById("job").hidden = false;
+  const kind = job.draft ? " · draft search" : "";
   document.getElementById("job-title").textContent =
-    `Job ${job.id.slice(0, 8)} · ${modelName(job.spec)} on ${job.spec.hardware} · ${job.status}`;
+    `Job ${job.id.slice(0, 8)} · ${modelName(job.spec)} on ${job.spec.hardware}${kind} · ${job.status}`;
   document.getElementById("quality-head").textContent = qualityOf(job);
+  for (const head of document.querySelectorAll("#front th.draft-col")) head.hidden = !job.draft;
   drawFront();
   renderFrontTable();
   const shown = pointByTrial(state.activeTrial) || pareto.front[0];
@@ -323,6 +325,7 @@ function showPlan(record) {
   title.textContent =
     `Trial ${record.trial}${record.baseline ? ` (${record.baseline})` : ""}: ` +
     `${fmt(m.latency_ms)} ms, ${quality} ${fmt(m[quality])}` +
+    (state.view.job.draft ? `, acceptance ${fmt(m.acceptance)}, speedup ${fmt(m.speedup)}` : "") +
     (record.plan.vocab ? `, vocab ${record.plan.vocab}` : "");
   drawPlan(chart, record.plan.layers, fullShape());
 }
@@ -369,6 +372,7 @@ function renderFrontTable() {
       el("td", { class: "num" }, String(point.trial)),
       el("td", { class: "num" }, fmt(point.metrics.latency_ms)),
       el("td", { class: "num" }, fmt(point.metrics[quality])),
+      ...draftCells(job, point.metrics),
       el("td", { class: "num" }, healed ? fmt(healed[`healed_${quality}`]) : "–"),
       el("td", {}, point.baseline || ""),
       exportCell(job.id, point.trial),
@@ -376,6 +380,12 @@ function renderFrontTable() {
     row.addEventListener("mouseenter", () => showPlan(point));
     body.append(row);
   }
+}
+
+// A draft job's trials: expected acceptance per drafted token, and the predicted speedup of target + draft.
+function draftCells(job, metrics) {
+  if (!job.draft) return [];
+  return [el("td", { class: "num" }, fmt(metrics.acceptance)), el("td", { class: "num" }, fmt(metrics.speedup))];
 }
 
 function exportCell(jobId, trial) {
