@@ -21,11 +21,13 @@ from typing import Any
 import torch
 import transformers
 
+from . import draftvocab
 from .draftvocab import adapt_to_target_vocabulary, read_token_map
 from .modeling import load_pruned
 from .speculative import GREEDY, MAX_LOOKAHEAD
 
 SPECULATIVE_FILE = "speculative.json"
+DRAFT_ADAPTER_FILE = "draft_vocab.py"  # draftvocab.py as shipped beside a trimmed draft
 
 
 class DraftError(ValueError):
@@ -78,6 +80,14 @@ def load_assistant(draft_dir: str | Path, target, target_tokenizer, *, dtype: to
         return adapt_to_target_vocabulary(draft, token_map, target_tokenizer, draft_tokenizer, target_vocab)
     except ValueError as exc:
         raise DraftError(f"{draft_dir}: {exc}") from None
+
+
+def write_draft_adapter(export_dir: str | Path) -> Path:
+    """Copy the trimmed-vocabulary adapter (`draftvocab.py`, torch and transformers only) into an export as
+    `draft_vocab.py`, so the draft runs as an assistant without prunesearch installed."""
+    path = Path(export_dir) / DRAFT_ADAPTER_FILE
+    path.write_text(Path(draftvocab.__file__).read_text())
+    return path
 
 
 def set_lookahead(draft, lookahead: int) -> None:

@@ -12,7 +12,13 @@ import torch
 import transformers
 
 from prunesearch.cli import main
-from prunesearch.pruning.assist import DraftError, assisted_generate, load_assistant, plain_generate
+from prunesearch.pruning.assist import (
+    DraftError,
+    assisted_generate,
+    load_assistant,
+    plain_generate,
+    write_draft_adapter,
+)
 from prunesearch.pruning.draftcheck import (
     alpha_from_tokens_per_round,
     heldout_token_ids,
@@ -177,3 +183,29 @@ def test_draft_check_cli(drafts, capsys):
     assert capsys.readouterr().err.strip().startswith("prunesearch draft-check: error: --lookahead")
     assert main([*argv[:-1], str(TINY / "missing.txt"), *small]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_shipped_adapter_runs_without_prunesearch(drafts, target, prompts, tmp_path):
+    """The copy written into an export imports on its own and, on the remote-code draft, drafts what ours does."""
+    import importlib.util
+    import shutil
+
+    model, tokenizer = target
+    export = tmp_path / "draft"
+    shutil.copytree(drafts["trimmed"], export)
+    path = write_draft_adapter(export)
+    spec = importlib.util.spec_from_file_location("shipped_draft_vocab", path)
+    shipped = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shipped)
+    imports = [line for line in path.read_text().splitlines() if line.startswith(("import ", "from "))]
+    assert imports and not any("prunesearch" in line or line.startswith("from .") for line in imports)
+    draft = transformers.AutoModelForCausalLM.from_pretrained(export, trust_remote_code=True, dtype=torch.float32)
+    draft_tokenizer = transformers.AutoTokenizer.from_pretrained(export)
+    token_map = shipped.read_token_map(export)
+    shipped.adapt_to_target_vocabulary(draft, token_map, tokenizer, draft_tokenizer, model.config.vocab_size)
+    ours = load_assistant(drafts["trimmed"], model, tokenizer)
+    with torch.inference_mode():
+        assert torch.allclose(draft(prompts[0]).logits, ours(prompts[0]).logits, atol=1e-5)
+    expected, _ = plain_generate(model, prompts[0], max_new_tokens=16)
+    output, _ = assisted_generate(model, draft, prompts[0], max_new_tokens=16, lookahead=3)
+    assert torch.equal(output, expected)
