@@ -7,7 +7,7 @@ acceptance and tokens/s of assisted generation against plain target decoding.
   search predicts. Greedy (temperature 0) counts argmax agreement.
 - `measure_generation(target, draft, prompts, ...)`: for each prompt, plain target decoding, assisted decoding
   and plain draft decoding, interleaved and repeated (the order rotates per repeat); the figures are medians
-  over those runs. The draft's cost ratio `c` comes from the same runs (draft vs target seconds per token), so
+  over those runs, after one untimed warm-up of each. The draft's cost ratio `c` comes from the same runs (draft vs target seconds per token), so
   `predicted_speedup` applies `speculative.speedup` to the *measured* acceptance (verification priced as one
   target step, the paper's formula). Two acceptance figures: `acceptance` = accepted / drafted (what
   transformers' assisted generation achieves per drafted token), and `alpha_from_rounds`, the alpha whose
@@ -111,6 +111,8 @@ def measure_generation(
     repeats: int = 3,
 ) -> dict[str, Any]:
     """Real acceptance and tokens/s of assisted generation against plain target decoding (medians)."""
+    warm_up = _Runs([], [], [], [])  # first calls pay one-off costs (allocations, lazy imports); not counted
+    _one_prompt(warm_up, target, draft, prompts[0].to(target.device), 0, 0, 4, temperature, lookahead)
     runs = _Runs([], [], [], [])
     for repeat in range(repeats):
         for index, prompt in enumerate(prompts):
