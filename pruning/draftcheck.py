@@ -7,11 +7,12 @@ acceptance and tokens/s of assisted generation against plain target decoding.
   search predicts. Greedy (temperature 0) counts argmax agreement.
 - `measure_generation(target, draft, prompts, ...)`: for each prompt, plain target decoding, assisted decoding
   and plain draft decoding, interleaved and repeated (the order rotates per repeat); the figures are medians
-  over those runs, after one untimed warm-up of each. The draft's cost ratio `c` comes from the same runs (draft vs target seconds per token), so
-  `predicted_speedup` applies `speculative.speedup` to the *measured* acceptance (verification priced as one
-  target step, the paper's formula). Two acceptance figures: `acceptance` = accepted / drafted (what
-  transformers' assisted generation achieves per drafted token), and `alpha_from_rounds`, the alpha whose
-  expected tokens per round equals the measured one (comparable with teacher-forced alpha).
+  over those runs, after one untimed warm-up of each. The draft's cost ratio `c` comes from the same runs
+  (draft vs target seconds per token), so `predicted_speedup` applies `speculative.speedup` to the *measured*
+  acceptance (verification priced as one target step, the paper's formula). Two acceptance figures:
+  `acceptance` = accepted / drafted (what transformers' assisted generation achieves per drafted token), and
+  `alpha_from_rounds`, the alpha whose expected tokens per round equals the measured one (comparable with
+  teacher-forced alpha).
 """
 
 from __future__ import annotations
