@@ -10,7 +10,7 @@ import transformers
 from prunesearch.choices import CriterionName, DType, values
 from prunesearch.cliutil import CLIError, output_dir, print_json, read_text, user_errors
 
-from . import heal_cli, lmeval_cli
+from . import draftcheck_cli, heal_cli, lmeval_cli
 from .architectures import UnsupportedArchitectureError
 from .calibration import CalibrationError
 from .export import DeviceError, check_device
@@ -45,6 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     heal_cli.register(subparsers)
     lmeval_cli.register(subparsers)
+    draftcheck_cli.register(subparsers)
 
 
 def _prune(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ from pathlib import Path
 from prunesearch.choices import DType, HealMethod, values
 from prunesearch.cliutil import CLIError, print_json, user_errors
 
+from .assist import SPECULATIVE_FILE, DraftError
 from .calibration import CalibrationError
 from .export import DeviceError
 from .healdata import HealDataError
@@ -17,7 +18,7 @@ from .healstate import HealStateError
 
 # The heal's input errors: bad settings, not an export, mismatched tokenizers, too little data, a foreign state,
 # a device this machine lacks.
-INPUT_ERRORS = (HealError, HealInputError, HealDataError, HealStateError, CalibrationError, DeviceError)
+INPUT_ERRORS = (HealError, HealInputError, HealDataError, HealStateError, CalibrationError, DeviceError, DraftError)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -43,6 +44,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--eval", nargs="+", default=[], type=Path, metavar="FILE", help="perplexity before/after")
     p.add_argument("--eval-chars", type=int, default=EVAL_CHARS)
+    p.add_argument(
+        "--acceptance-eval", type=Path, metavar="FILE",
+        help="held-out text: a draft's teacher-forced acceptance before/after (default with speculative.json: --data)",
+    )  # fmt: skip
     p.add_argument("--checkpoint-every", type=int, default=0, metavar="N", help="save resumable state every N steps")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=user_errors(*INPUT_ERRORS)(_heal))
@@ -70,12 +75,34 @@ def _heal(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every,
         eval_chars=args.eval_chars,
     )
-    from .heal import heal  # the training stack (peft through transformers' trainer utils) loads only to heal
-
+    acceptance_eval = _acceptance_eval(args)
     with _ProgressBar() as bar:
-        result = heal(args.model, args.teacher, args.data, args.out, settings, eval_files=args.eval, progress=bar)
-    print_json(result.to_dict())
+        if acceptance_eval is None:
+            from .heal import heal  # the training stack (peft through transformers' trainer utils) loads only to heal
+
+            result = heal(args.model, args.teacher, args.data, args.out, settings, eval_files=args.eval, progress=bar)
+            print_json(result.to_dict())
+            return 0
+        from .healdraft import heal_draft
+
+        result, acceptance = heal_draft(
+            args.model, args.teacher, args.data, args.out, settings,
+            acceptance_eval=acceptance_eval, eval_files=args.eval, progress=bar,
+        )  # fmt: skip
+    print_json(result.to_dict() | {"acceptance": acceptance})
     return 0
+
+
+def _acceptance_eval(args: argparse.Namespace) -> Path | None:
+    """Where to measure a draft's acceptance: --acceptance-eval, or for a draft export (speculative.json) the
+    heal's own --data when it is plain text; None: not a draft heal."""
+    if args.acceptance_eval is not None:
+        if not args.acceptance_eval.is_file():
+            raise CLIError(f"--acceptance-eval {args.acceptance_eval}: file not found")
+        return args.acceptance_eval
+    if (args.model / SPECULATIVE_FILE).is_file() and args.data.suffix.lower() == ".txt":
+        return args.data
+    return None
 
 
 class _ProgressBar:
