@@ -10,7 +10,6 @@ verification round, which yields its accepted drafts plus one token of the targe
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,13 +20,11 @@ from typing import Any
 import torch
 import transformers
 
-from . import draftvocab
+from prunesearch.choices import MAX_LOOKAHEAD
+
 from .draftvocab import adapt_to_target_vocabulary, read_token_map
 from .modeling import load_pruned
-from .speculative import GREEDY, MAX_LOOKAHEAD
-
-SPECULATIVE_FILE = "speculative.json"
-DRAFT_ADAPTER_FILE = "draft_vocab.py"  # draftvocab.py as shipped beside a trimmed draft
+from .speculative import GREEDY
 
 
 class DraftError(ValueError):
@@ -57,12 +54,6 @@ class AssistStats:
         return asdict(self) | {"acceptance": self.acceptance, "tokens_per_second": self.tokens_per_second}
 
 
-def read_speculative(draft_dir: str | Path) -> dict[str, Any] | None:
-    """The export's speculative.json (target, acceptance, lookahead, temperature, ...), or None."""
-    path = Path(draft_dir) / SPECULATIVE_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def load_assistant(draft_dir: str | Path, target, target_tokenizer, *, dtype: torch.dtype = torch.float32):
     """A prunesearch draft export, ready as `assistant_model` for `target` (on the target's device).
 
@@ -80,14 +71,6 @@ def load_assistant(draft_dir: str | Path, target, target_tokenizer, *, dtype: to
         return adapt_to_target_vocabulary(draft, token_map, target_tokenizer, draft_tokenizer, target_vocab)
     except ValueError as exc:
         raise DraftError(f"{draft_dir}: {exc}") from None
-
-
-def write_draft_adapter(export_dir: str | Path) -> Path:
-    """Copy the trimmed-vocabulary adapter (`draftvocab.py`, torch and transformers only) into an export as
-    `draft_vocab.py`, so the draft runs as an assistant without prunesearch installed."""
-    path = Path(export_dir) / DRAFT_ADAPTER_FILE
-    path.write_text(Path(draftvocab.__file__).read_text())
-    return path
 
 
 def set_lookahead(draft, lookahead: int) -> None:

@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from .assist import DraftError, assisted_generate, load_assistant, plain_generate, read_speculative
-from .export import load_base_model
+from .assist import DraftError, assisted_generate, load_assistant, plain_generate
+from .export import load_base_model, read_speculative
 from .speculative import GREEDY, acceptance, expected_tokens, speedup
 
 EVAL_SEQ_LEN = 256

@@ -13,6 +13,7 @@ from transformers import PreTrainedModel
 
 from prunesearch.choices import TORCH_DTYPE_NAMES, DType
 
+from . import draftvocab
 from .architectures import get_spec
 from .modelcard import MODEL_CARD_FILE, render_model_card
 from .modeling import REMOTE_MODELING_FILE, remote_modeling_source
@@ -22,6 +23,7 @@ PLAN_FILE = "prune_plan.json"
 PROVENANCE_FILE = "provenance.json"
 TOKEN_MAP_FILE = "token_map.json"
 SPECULATIVE_FILE = "speculative.json"  # only in drafts: what the draft is for, and what it predicts (docs/drafts.md)
+DRAFT_ADAPTER_FILE = "draft_vocab.py"  # draftvocab.py as shipped beside a trimmed draft
 SPECULATIVE_FORMAT = 1
 
 DTYPES: dict[DType, torch.dtype] = {dtype: getattr(torch, name) for dtype, name in TORCH_DTYPE_NAMES.items()}
@@ -94,8 +96,18 @@ def export_checkpoint(
     draft = speculative_file(provenance, trimmed=kept_token_ids is not None)
     if draft is not None:
         _write_json(out / SPECULATIVE_FILE, draft)
+        if kept_token_ids is not None:
+            write_draft_adapter(out)
     write_model_card(out)
     return out
+
+
+def write_draft_adapter(export_dir: str | Path) -> Path:
+    """Copy the trimmed-vocabulary adapter (`draftvocab.py`, torch and transformers only) into an export as
+    `draft_vocab.py`, so a trimmed draft runs as an assistant without prunesearch installed (docs/drafts.md)."""
+    path = Path(export_dir) / DRAFT_ADAPTER_FILE
+    path.write_text(Path(draftvocab.__file__).read_text())
+    return path
 
 
 def speculative_file(provenance: Mapping[str, Any], *, trimmed: bool) -> dict[str, Any] | None:

@@ -8,9 +8,9 @@ from pathlib import Path
 from prunesearch.choices import DType, HealMethod, values
 from prunesearch.cliutil import CLIError, print_json, user_errors
 
-from .assist import SPECULATIVE_FILE, DraftError
+from .assist import DraftError
 from .calibration import CalibrationError
-from .export import DeviceError
+from .export import SPECULATIVE_FILE, DeviceError
 from .healdata import HealDataError
 from .healio import HealInputError
 from .healsettings import EVAL_CHARS, HealError, HealProgress, HealSettings

@@ -18,9 +18,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .assist import SPECULATIVE_FILE, load_assistant, read_speculative
+from .assist import load_assistant
 from .draftcheck import heldout_token_ids, teacher_forced_acceptance
-from .export import PROVENANCE_FILE, load_base_model
+from .export import PROVENANCE_FILE, SPECULATIVE_FILE, load_base_model, read_speculative
 from .heal import HealProgress, HealResult, HealSettings, heal
 from .speculative import GREEDY, speedup
 

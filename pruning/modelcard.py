@@ -133,15 +133,13 @@ def _draft_usage(speculative: Mapping[str, Any], runtimes: Mapping[str, Any]) ->
         ]
     code += ["", 'inputs = tokenizer("Your prompt", return_tensors="pt")']
     if speculative.get("token_map"):
-        code += [
-            'assistant_tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")  # the trimmed vocabulary',
-            "output = target.generate(",
-            "    **inputs,",
-            "    assistant_model=draft,",
-            "    tokenizer=tokenizer,",
-            "    assistant_tokenizer=assistant_tokenizer,",
-            "    max_new_tokens=64,",
-            ")",
+        code += [  # draft_vocab.py ships in the folder: the draft then reads and writes the target's token ids
+            'import json, sys; sys.path.insert(0, "path/to/this/folder")',
+            "from draft_vocab import adapt_to_target_vocabulary",
+            'token_map = json.load(open("path/to/this/folder/token_map.json"))["new_to_original"]',
+            'draft_tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")  # the trimmed vocabulary',
+            "adapt_to_target_vocabulary(draft, token_map, tokenizer, draft_tokenizer, target.config.vocab_size)",
+            "output = target.generate(**inputs, assistant_model=draft, max_new_tokens=64)",
         ]
     else:
         code += ["output = target.generate(**inputs, assistant_model=draft, max_new_tokens=64)"]

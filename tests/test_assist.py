@@ -17,7 +17,6 @@ from prunesearch.pruning.assist import (
     assisted_generate,
     load_assistant,
     plain_generate,
-    write_draft_adapter,
 )
 from prunesearch.pruning.draftcheck import (
     alpha_from_tokens_per_round,
@@ -27,7 +26,7 @@ from prunesearch.pruning.draftcheck import (
     teacher_forced_acceptance,
 )
 from prunesearch.pruning.draftvocab import TargetVocabularyHead, read_token_map, target_to_draft_ids
-from prunesearch.pruning.export import load_base_model
+from prunesearch.pruning.export import load_base_model, write_draft_adapter
 from prunesearch.pruning.pipeline import ImportanceCalibration, prune_checkpoint
 from prunesearch.pruning.plan import PrunePlan
 from prunesearch.pruning.speculative import expected_tokens

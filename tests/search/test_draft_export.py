@@ -8,7 +8,7 @@ import json
 import pytest
 
 from prunesearch.cli import main
-from prunesearch.pruning.export import SPECULATIVE_FILE, TOKEN_MAP_FILE, read_speculative
+from prunesearch.pruning.export import DRAFT_ADAPTER_FILE, SPECULATIVE_FILE, TOKEN_MAP_FILE, read_speculative
 from prunesearch.pruning.modelcard import render_model_card
 from prunesearch.search.results import export_trial
 from prunesearch.service.settings import BUNDLED_EXAMPLES
@@ -57,7 +57,8 @@ def test_a_trimmed_draft_export_carries_speculative_json_and_a_draft_card(storag
     card = (out / "README.md").read_text()
     assert card.startswith("---") and "# A speculative-decoding draft of tiny-llama" in card
     assert "draft model for speculative decoding with the target `tiny-llama`" in card
-    assert "assistant_model=draft" in card and "assistant_tokenizer=assistant_tokenizer" in card
+    assert "assistant_model=draft" in card and "adapt_to_target_vocabulary(draft, token_map" in card
+    assert "def adapt_to_target_vocabulary" in (out / DRAFT_ADAPTER_FILE).read_text()  # what the card imports
     assert "num_assistant_tokens = 4" in card and '- "speculative-decoding"' in card
 
 
@@ -71,7 +72,7 @@ def test_a_whole_vocabulary_draft_has_no_token_map_and_a_fixed_lookahead_is_reco
     assert draft["lookahead"] == 3 and draft["temperature"] == 0.0
     card = (tmp_path / "out" / "README.md").read_text()
     assert "target.generate(**inputs, assistant_model=draft, max_new_tokens=64)" in card
-    assert "assistant_tokenizer" not in card
+    assert "adapt_to_target_vocabulary" not in card and not (tmp_path / "out" / DRAFT_ADAPTER_FILE).exists()
 
 
 def test_a_draft_trial_without_draft_metrics_exports_nulls_not_made_up_values(storage, tmp_path):
@@ -122,8 +123,8 @@ def test_a_healed_draft_keeps_its_speculative_json_and_draft_card(storage, tmp_p
 
 
 def test_a_trimmed_draft_assists_its_target_with_both_tokenizers_losslessly(storage, tmp_path):
-    """The model card's call for a trimmed vocabulary (transformers' assisted generation with different
-    tokenizers), greedy: the target's own output."""
+    """transformers' assisted generation with different tokenizers also runs a trimmed draft, greedy: the
+    target's own output (the card's route, the shipped adapter, is tested in tests/test_assist.py)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
