@@ -1,0 +1,251 @@
+"""Speculative-decoding drafts of llama-docs (issue 11): searched fronts, spaces, acceptance measured against
+predicted, real assisted generation on this CPU, and a healed draft.
+
+    python bench/drafts.py calibrate                 # fit local-calibrated to this CPU (latency-calibrate)
+    python bench/drafts.py search [--trials 100] [--hardware h100-sxm,local-calibrated] [--spaces ...]
+    python bench/drafts.py check [--from local-calibrated/joint,h100-sxm/joint]
+    python bench/drafts.py heal [--tokens 100000]
+
+Every stage merges its figures into --results (default bench/results/drafts.json) with the command that produced
+them, so stages run separately. Searches are greedy (temperature 0) unless --temperature is given; the
+calibration text is pydocs-calib, the held-out texts pydocs-valid (in domain) and kerneldocs-valid (out of
+domain). Times are wall seconds on this machine with its load average, so only the search-time target reads
+them; speedups are ratios taken side by side in one process (pruning/draftcheck.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+RESULTS = ROOT / "bench/results/drafts.json"
+HELD_OUT = {"in_domain": "pydocs-valid.txt", "out_of_domain": "kerneldocs-valid.txt"}
+
+
+def record(path: list[str], value, results: Path) -> None:
+    """Merge `value` into the results at `path` and write at once (a killed run keeps what it measured)."""
+    data = json.loads(results.read_text()) if results.is_file() else {}
+    data["machine"] = machine()
+    node = data
+    for key in path[:-1]:
+        node = node.setdefault(key, {})
+    node[path[-1]] = value
+    tmp = results.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, results)
+
+
+def machine() -> str:
+    cpu = next(
+        (ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in ln),
+        platform.processor(),
+    )
+    import torch
+
+    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+
+
+def load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def command() -> str:
+    return "python bench/drafts.py " + " ".join(sys.argv[1:])
+
+
+# ---------------------------------------------------------------- stages
+
+
+def calibrate(args) -> None:
+    started = time.perf_counter()
+    cli = [sys.executable, "-m", "prunesearch.cli", "latency-calibrate", "--model", str(args.model)]
+    subprocess.run(cli, check=True)
+    record(["calibration"], {"seconds": round(time.perf_counter() - started, 1), "command": command()}, args.results)
+
+
+def search(args) -> None:
+    from prunesearch.search.draftjob import draft_spec, run_draft_search
+
+    for hardware in args.hardware:
+        for space in args.spaces:
+            out = args.workdir / "searches" / hardware / space
+            spec = draft_spec(
+                args.model,
+                args.data / "pydocs-calib.txt",
+                trials=args.trials,
+                hardware=hardware,
+                engine=args.engine,
+                space=space,
+                temperature=args.temperature,
+                seed=args.seed,
+                calibration_tokens=args.calibration_tokens,
+            )
+            load_before, started = load(), time.perf_counter()
+            points = run_draft_search(spec, out)
+            seconds = time.perf_counter() - started
+            row = {
+                "trials": args.trials,
+                "seconds": round(seconds, 1),
+                "load_average": [load_before, load()],
+                "best": points[0] if points else None,
+                "front": points,
+                "storage": f"sqlite:///{(out / 'study.db').resolve()}",
+                "study": out.resolve().name,
+                "command": command(),
+            }
+            record(["searches", hardware, space], row, args.results)
+            best = points[0] if points else {}
+            print(f"{hardware}/{space}: {seconds:.0f} s, best speedup {best.get('speedup')}", flush=True)
+
+
+def _search_row(args, name: str) -> dict:
+    hardware, space = name.split("/")
+    data = json.loads(args.results.read_text())
+    return data["searches"][hardware][space]
+
+
+def export_best(args, name: str) -> Path:
+    from prunesearch.search.results import export_trial
+
+    row = _search_row(args, name)
+    out = args.workdir / "drafts" / name.replace("/", "-")
+    if not (out / "config.json").is_file():
+        export_trial(row["storage"], row["study"], row["best"]["trial"], out)
+    return out
+
+
+def check(args) -> None:
+    import torch
+
+    from prunesearch.pruning import draftcheck
+    from prunesearch.pruning.assist import load_assistant
+    from prunesearch.pruning.export import load_base_model, read_speculative
+
+    target, tokenizer = load_base_model(args.model)
+    for name in args.sources:
+        draft_dir = export_best(args, name)
+        draft = load_assistant(draft_dir, target, tokenizer)
+        speculative = read_speculative(draft_dir) or {}
+        lookahead = int(speculative.get("lookahead") or 4)
+        row: dict = {"draft": str(draft_dir), "predicted": speculative, "command": command()}
+        temperatures = sorted({0.0, *args.temperatures})
+        for domain, file in HELD_OUT.items():
+            ids = draftcheck.heldout_token_ids(tokenizer, args.data / file, args.alpha_tokens)
+            alphas = draftcheck.teacher_forced_acceptance(target, draft, ids, temperatures)
+            row[f"teacher_forced_{domain}"] = {str(t): round(a, 4) for t, a in alphas.items()}
+        ids = draftcheck.heldout_token_ids(tokenizer, args.data / HELD_OUT["in_domain"], args.alpha_tokens)
+        prompts = draftcheck.prompts_from_ids(ids, args.prompts, args.prompt_tokens)
+        row["generation"] = {}
+        for temperature in temperatures:
+            with torch.inference_mode():
+                measured = draftcheck.measure_generation(
+                    target,
+                    draft,
+                    prompts,
+                    max_new_tokens=args.new_tokens,
+                    temperature=temperature,
+                    lookahead=lookahead,
+                    repeats=args.repeats,
+                )
+            row["generation"][str(temperature)] = measured | {"load_average": load()}
+        row.update(lean(args, target, draft, prompts, lookahead, temperatures))
+        record(["checks", name], row, args.results)
+        print(json.dumps({name: row}, default=str)[:2000], flush=True)
+
+
+def lean(args, target, draft, prompts, lookahead: int, temperatures) -> dict:
+    """The lean loop's measurement (`draftcheck.measure_lean`, pruning/specdecode.py), where it exists."""
+    from prunesearch.pruning import draftcheck
+
+    measure = getattr(draftcheck, "measure_lean", None)
+    if measure is None:
+        return {}
+    rows = {}
+    for temperature in temperatures:
+        rows[str(temperature)] = measure(
+            target,
+            draft,
+            prompts,
+            max_new_tokens=args.new_tokens,
+            temperature=temperature,
+            lookahead=lookahead,
+            repeats=args.repeats,
+        ) | {"load_average": load()}
+    return {"lean": rows}
+
+
+def heal(args) -> None:
+    from prunesearch.pruning.healdraft import heal_draft
+    from prunesearch.pruning.healsettings import HealSettings
+
+    name = args.sources[0]
+    draft_dir = export_best(args, name)
+    out = args.workdir / "healed" / name.replace("/", "-")
+    settings = HealSettings(method=args.method, tokens=args.tokens, seed=args.seed)
+    started = time.perf_counter()
+    result, acceptance = heal_draft(
+        draft_dir,
+        args.model,
+        args.data / "pydocs-calib.txt",
+        out,
+        settings,
+        acceptance_eval=args.data / HELD_OUT["in_domain"],
+    )
+    row = {
+        "draft": name,
+        "method": args.method,
+        "tokens": result.tokens,
+        "train_s": result.seconds,
+        "wall_s": round(time.perf_counter() - started, 1),
+        "acceptance": acceptance,
+        "command": command(),
+    }
+    record(["heal", name], row, args.results)
+    print(json.dumps(row, default=str), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    words = lambda s: [w for w in s.split(",") if w]  # noqa: E731
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=["calibrate", "search", "check", "heal"])
+    parser.add_argument("--model", type=Path, default=SHARED / "models/llama-docs")
+    parser.add_argument("--data", type=Path, default=SHARED / "data")
+    parser.add_argument("--workdir", type=Path, default=ROOT / "bench/results/drafts-work")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--trials", type=int, default=100)
+    parser.add_argument("--hardware", type=words, default=["h100-sxm", "local-calibrated"])
+    parser.add_argument("--engine", default=None, help="the workload's engine (default: the hardware's)")
+    parser.add_argument("--spaces", type=words, default=["joint", "vocab", "depth", "structure"])
+    parser.add_argument("--temperature", type=float, default=0.0, help="search: 0 is greedy")
+    parser.add_argument("--calibration-tokens", type=int, default=None)
+    parser.add_argument("--from", dest="sources", type=words, default=["local-calibrated/joint", "h100-sxm/joint"])
+    parser.add_argument("--temperatures", type=lambda s: [float(x) for x in words(s)], default=[1.0])
+    parser.add_argument("--alpha-tokens", type=int, default=16_384, help="held-out tokens for teacher-forced alpha")
+    parser.add_argument("--prompts", type=int, default=4)
+    parser.add_argument("--prompt-tokens", type=int, default=32)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--tokens", type=int, default=100_000, help="heal: training tokens")
+    parser.add_argument("--method", default="full", help="heal: full or lora")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("PRUNESEARCH_HOME", str(args.workdir / "home"))
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    {"calibrate": calibrate, "search": search, "check": check, "heal": heal}[args.what](args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
