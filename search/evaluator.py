@@ -19,6 +19,13 @@ its forward pass, one log-softmax, a row-wise dot product and a gather (no expon
 distribution); uncached, the teacher's chunk is re-derived alongside. The fp32 difference of the two KL terms
 resolves KL to about 1e-6 nats per position, far below any candidate's (dense scores 0 by definition).
 
+Drafts (`temperature` set: a speculative objective, docs/drafts.md): the same pass also sums, per block, the
+probability that the dense model accepts the candidate's token at each position (`pruning/speculative.acceptance`
+on the kept tokens; trimmed tokens are never proposed, so their dense mass is rejected): greedy compares the
+candidate's argmax with the dense argmax (cached beside the probabilities), sampling sums min(p_T, q_T) with the
+dense distribution at temperature T cached too (the same tensor at T = 1). Without a temperature nothing of this
+is computed.
+
 Two savings per trial (docs/search.md, "Search efficiency"):
 - Prefix reuse: the dense hidden states at a few layer boundaries are cached once per job (within
   `prefix_cache_bytes`); a candidate whose first `first_change` layers equal the dense ones starts its forward
