@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # torch loads on first use: the job spec reads MAX_LOOKAHEAD in the torch-free API process
-    import torch
+import torch
+import torch.nn.functional as F
+
+from prunesearch.choices import MAX_LOOKAHEAD
+
+__all__ = ["GREEDY", "MAX_LOOKAHEAD", "acceptance", "best_lookahead", "expected_tokens", "speedup"]
 
 GREEDY = 0.0  # temperature meaning "greedy decoding"
-MAX_LOOKAHEAD = 8
 
 
 def _scattered(draft_logits: torch.Tensor, kept: torch.Tensor | None, vocab: int) -> torch.Tensor:
@@ -45,9 +47,6 @@ def acceptance(
     `target_logits` cover the full vocabulary; `draft_logits` cover the draft's, which is the full one when
     `kept` is None, else `kept[i]` is the original id of the draft's token `i`. `temperature` 0 means greedy.
     """
-    import torch
-    import torch.nn.functional as F
-
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     vocab = target_logits.shape[-1]

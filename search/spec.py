@@ -6,10 +6,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, model_validator
 
-from prunesearch.choices import CriterionName, DeployTarget, HealMethod, Sampler
+from prunesearch.choices import MAX_LOOKAHEAD, CriterionName, DeployTarget, HealMethod, Sampler
 from prunesearch.profilers.latency import Workload
 from prunesearch.pruning.healsettings import HealSettings
-from prunesearch.pruning.speculative import MAX_LOOKAHEAD
 
 __all__ = ["Efficiency", "HealSpec", "SearchSpec", "Speculative", "Workload"]
 
