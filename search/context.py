@@ -158,8 +158,15 @@ class SearchContext:
         if outcome.feasible and not self._score(plan, kept, metrics, [latency, *extra], front):
             outcome.constraints["fidelity"] = 1.0  # stopped early: kept off the front and the hypervolume
             outcome.feasible = False
+        if self.draft is not None and "acceptance" in metrics:
+            metrics.update(self._draft_metrics(metrics["acceptance"], latency, metrics["vocab_coverage"]))
         outcome.values = [self._first_value(metrics, latency), latency, *extra]
         return outcome
+
+    def _draft_metrics(self, acceptance: float, draft_ms: float, coverage: float) -> dict[str, Any]:
+        """A scored draft's figures (docs/drafts.md): acceptance, lookahead, speedup, costs, coverage."""
+        score = self.draft.score(acceptance, draft_ms)
+        return score.metrics() | {"draft_ms": draft_ms, "target_ms": self.draft.target_ms, "coverage": coverage}
 
     def _first_value(self, metrics: dict[str, Any], latency: float) -> float:
         """The quality objective, or a draft's (`search/draft.py`); its low-fidelity estimate when it stopped
@@ -170,9 +177,6 @@ class SearchContext:
         acceptance = metrics.get("acceptance", metrics.get("acceptance_low"))
         if acceptance is None:
             return INFEASIBLE_QUALITY
-        if "acceptance" in metrics:
-            metrics.update(self.draft.score(acceptance, latency).metrics())
-            metrics.update(draft_ms=latency, target_ms=self.draft.target_ms, coverage=metrics["vocab_coverage"])
         return self.draft.objective(acceptance, latency)
 
     def _score(self, plan: PrunePlan, kept, metrics: dict[str, Any], rest: list[float], front) -> bool:
