@@ -25,7 +25,8 @@ from prunesearch.search.results import load_study
 from prunesearch.search.spec import Efficiency, SearchSpec
 
 OFF = {"low_fidelity": 1.0, "prefix_cache_mib": 0, "informed_starts": False}
-# Each saving alone, all of them, and all of them (or the defaults: starts off) with TPE's multivariate mode.
+# Each saving alone, all of them, all of them (or prefix + fidelity: starts off) with TPE's multivariate mode,
+# and the two trial savings alone with univariate TPE.
 VARIANTS = {
     "none": OFF,
     "prefix": OFF | {"prefix_cache_mib": 1024},
@@ -34,6 +35,7 @@ VARIANTS = {
     "all": {"informed_starts": True},
     "all+multivariate": {"informed_starts": True},
     "defaults+multivariate": {},
+    "savings": {"informed_starts": False},  # prefix reuse and multi-fidelity, univariate TPE, no informed starts
 }
 CLASSIC = ("dense", "uniform-", "shortgpt-")
 

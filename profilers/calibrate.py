@@ -249,6 +249,9 @@ class CalibratedLatencyModel:
                 f"the latency calibration of {self.fit.device_key!r} is for the {self.fit.engine.value} engine, "
                 f"not {workload.engine.value}"
             )
+        return self.roofline().estimate(config, plan, workload)
+
+    def roofline(self) -> RooflineModel:
+        """The roofline with the fitted profile that prices every estimate (and a verification step's cost)."""
         profile = dataclasses.replace(self.fit.profile, default_engine=self.fit.engine)
-        model = RooflineModel(profile, dynamic_cache=self.fit.engine == Engine.EAGER, method="calibrated")
-        return model.estimate(config, plan, workload)
+        return RooflineModel(profile, dynamic_cache=self.fit.engine == Engine.EAGER, method="calibrated")

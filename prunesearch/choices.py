@@ -121,10 +121,11 @@ class DeployTarget(StrEnum):
     STOCK = "stock"
 
 
+# Speculative decoding: the most tokens a draft proposes per round (`pruning/speculative.py`, the job spec's
+# `objectives.speculative.lookahead`); here so that the torch-free job spec can validate it.
+MAX_LOOKAHEAD = 8
+
+
 def values(choice: type[StrEnum]) -> list[str]:
     """The plain string values of an enum, in definition order (for argparse `choices` and messages)."""
     return [member.value for member in choice]
-
-
-# Speculative decoding: the most tokens a draft proposes per round (the search's and the CLI's bound).
-MAX_LOOKAHEAD = 8

@@ -11,12 +11,13 @@ from prunesearch.cliutil import CLIError, one_line
 from prunesearch.profilers import cli as profilers_cli
 from prunesearch.pruning import cli as pruning_cli
 from prunesearch.search import cli as search_cli
+from prunesearch.search import draft_cli
 from prunesearch.service import cli as service_cli
 from prunesearch.service import client_cli
 
 # Each exposes `register(subparsers)`, adding sub-commands whose handler is `args.handler(args)`. They are plain
 # imports: every one ships with the package, and a broken one should fail loudly, not vanish from the help.
-_COMMAND_MODULES = (pruning_cli, profilers_cli, search_cli, service_cli)
+_COMMAND_MODULES = (pruning_cli, profilers_cli, search_cli, draft_cli, service_cli)
 
 
 def build_parser() -> argparse.ArgumentParser:

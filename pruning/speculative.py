@@ -21,6 +21,10 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from prunesearch.choices import MAX_LOOKAHEAD
+
+__all__ = ["GREEDY", "MAX_LOOKAHEAD", "acceptance", "best_lookahead", "expected_tokens", "speedup"]
+
 GREEDY = 0.0  # temperature meaning "greedy decoding"
 
 

@@ -22,6 +22,7 @@ from prunesearch.pruning.vocab import select_kept_tokens, token_frequencies
 
 from . import fidelity
 from .baselines import baseline_params
+from .draft import DraftPricing, draft_memory_violation, draft_pricing
 from .evaluator import CandidateEvaluator
 from .parametrize import Knobs, TrialLike, depth_violation, resolve, suggest_plan
 from .spec import SearchSpec
@@ -87,16 +88,24 @@ class SearchContext:
             self.scores,
             batch_size=proxy_batch_size(len(blocks)),
             prefix_cache_bytes=spec.efficiency.prefix_cache_mib << 20,
+            temperature=spec.objectives.speculative.temperature if spec.objectives.speculative else None,
         )
         self.frequencies = token_frequencies(self.tokenizer, [doc.coverage_text for doc in docs])
         self.latency_model: LatencyModel = latency_model_for(spec.hardware, spec.workload.engine)
         self.config = self.model.config.to_dict()
         self.workload: Workload = spec.workload
+        # drafts: the target's prices; a candidate's latency is then its decode step (`_latency`)
+        self.draft: DraftPricing | None = None
+        if spec.objectives.speculative is not None:
+            self.draft = draft_pricing(self.latency_model, self.config, self.workload, spec.objectives.speculative)
         self.dense_latency = self._latency(self.latency_model.estimate(self.config, None, self.workload))
         self.budget_ms = spec.latency_budget_ms(self.dense_latency)
         self.kept_tokens = lru_cache(maxsize=256)(self._kept_tokens)
 
     def _latency(self, estimate: LatencyEstimate) -> float:
+        """The minimised latency: the objective's, or for a draft its decode step (draft_ms)."""
+        if self.draft is not None:
+            return estimate.decode_ms_per_token
         return latency_value(estimate, self.spec.objectives.latency)
 
     def _kept_tokens(self, size: int | None) -> tuple[int, ...] | None:
@@ -149,10 +158,26 @@ class SearchContext:
         if outcome.feasible and not self._score(plan, kept, metrics, [latency, *extra], front):
             outcome.constraints["fidelity"] = 1.0  # stopped early: kept off the front and the hypervolume
             outcome.feasible = False
-        quality = self.spec.objectives.quality
-        quality_value = metrics.get(quality, metrics.get(f"{quality}_low", INFEASIBLE_QUALITY))
-        outcome.values = [quality_value, latency, *extra]
+        if self.draft is not None and "acceptance" in metrics:
+            metrics.update(self._draft_metrics(metrics["acceptance"], latency, metrics["vocab_coverage"]))
+        outcome.values = [self._first_value(metrics, latency), latency, *extra]
         return outcome
+
+    def _draft_metrics(self, acceptance: float, draft_ms: float, coverage: float) -> dict[str, Any]:
+        """A scored draft's figures (docs/drafts.md): acceptance, lookahead, speedup, costs, coverage."""
+        score = self.draft.score(acceptance, draft_ms)
+        return score.metrics() | {"draft_ms": draft_ms, "target_ms": self.draft.target_ms, "coverage": coverage}
+
+    def _first_value(self, metrics: dict[str, Any], latency: float) -> float:
+        """The quality objective, or a draft's (`search/draft.py`); its low-fidelity estimate when it stopped
+        early; the infeasible value when it was never scored."""
+        if self.draft is None:
+            quality = self.spec.objectives.quality
+            return metrics.get(quality, metrics.get(f"{quality}_low", INFEASIBLE_QUALITY))
+        acceptance = metrics.get("acceptance", metrics.get("acceptance_low"))
+        if acceptance is None:
+            return INFEASIBLE_QUALITY
+        return self.draft.objective(acceptance, latency)
 
     def _score(self, plan: PrunePlan, kept, metrics: dict[str, Any], rest: list[float], front) -> bool:
         """Run the proxy into `metrics`; False when it stopped after the low-fidelity stage (its `kl_low` and
@@ -165,31 +190,46 @@ class SearchContext:
             scoring.run(low)
             partial = scoring.quality()
             metrics.update(low_fidelity=scoring.fraction, kl_low=partial.kl, ppl_low=partial.ppl)
-            objective = self.spec.objectives.quality
-            guess = fidelity.estimate(scoring.block_values(objective), len(self.evaluator.blocks))
-            optimistic = guess.optimistic(settings.margin)
-            optimistic = math.exp(optimistic) if objective == "ppl" else optimistic
-            if not fidelity.could_enter_front([optimistic, *rest], front):
+            if partial.acceptance is not None:
+                metrics["acceptance_low"] = partial.acceptance
+            if not fidelity.could_enter_front([self._optimistic(scoring, rest[0]), *rest], front):
                 metrics.update(fidelity=scoring.fraction, stopped_early=True)
                 return False
         quality = scoring.run().quality()
         metrics.update(kl=quality.kl, ppl=quality.ppl, fidelity=1.0, stopped_early=False)
+        if quality.acceptance is not None:
+            metrics["acceptance"] = quality.acceptance
         return True
+
+    def _optimistic(self, scoring, latency: float) -> float:
+        """The first objective value at the optimistic end of the low-fidelity estimate (`fidelity`)."""
+        margin, blocks = self.spec.efficiency.margin, len(self.evaluator.blocks)
+        if self.draft is not None:  # optimistic = more acceptance; both draft objectives fall as it rises
+            guess = fidelity.estimate(scoring.block_values("acceptance"), blocks)
+            return self.draft.objective(min(1.0, guess.mean + margin * guess.stderr), latency)
+        objective = self.spec.objectives.quality
+        optimistic = fidelity.estimate(scoring.block_values(objective), blocks).optimistic(margin)
+        return math.exp(optimistic) if objective == "ppl" else optimistic
 
     def _rejected(self, plan: PrunePlan, depth: float) -> TrialOutcome:
         """A plan that breaks the depth bound: recorded at the dense latency and the infeasible quality."""
         constraints = {"latency": -1.0, "depth": depth, "vocab_coverage": -1.0, "memory": -1.0, "fidelity": -1.0}
+        if self.draft is not None:
+            constraints["draft_memory"] = -1.0
         extra = [INFEASIBLE_QUALITY] * len(self.spec.objectives.extra)
         values = [INFEASIBLE_QUALITY, self.dense_latency, *extra]
         return TrialOutcome(plan=plan, values=values, metrics={"rejected": "depth"}, constraints=constraints)
 
     def _constraints(self, estimate, latency: float, coverage: float) -> dict[str, float]:
         c = self.spec.constraints
-        return {
+        constraints = {
             "latency": latency - self.budget_ms if self.budget_ms is not None else -1.0,
             "vocab_coverage": (c.vocab_coverage - coverage) if c.vocab_coverage is not None else -1.0,
             "memory": 1.0 if c.fit_in_memory and not estimate.fits_in_memory else -1.0,
         }
+        if self.draft is not None:
+            constraints["draft_memory"] = draft_memory_violation(self.draft.speculative, estimate.weight_bytes)
+        return constraints
 
     def _extra_values(self, estimate: LatencyEstimate) -> list[float]:
         w = self.workload

@@ -20,6 +20,7 @@ from prunesearch.choices import Sampler
 
 from .callbacks import SearchCallbacks
 from .context import SearchContext
+from .draft import objective_names as draft_objective_names
 from .results import (
     ABANDONED_ATTR,
     SPEC_ATTR,
@@ -69,7 +70,10 @@ def make_sampler(spec: SearchSpec, *, shared: bool = False, seed: int | None = N
 
 
 def objective_names(spec: SearchSpec) -> list[str]:
-    return [spec.objectives.quality, "latency_ms", *spec.objectives.extra]
+    """The minimised values of each trial: quality and latency, or a draft's two (`search/draft.py`); extras."""
+    speculative = spec.objectives.speculative
+    first = draft_objective_names(speculative) if speculative is not None else [spec.objectives.quality, "latency_ms"]
+    return [*first, *spec.objectives.extra]
 
 
 def open_study(

@@ -19,6 +19,13 @@ its forward pass, one log-softmax, a row-wise dot product and a gather (no expon
 distribution); uncached, the teacher's chunk is re-derived alongside. The fp32 difference of the two KL terms
 resolves KL to about 1e-6 nats per position, far below any candidate's (dense scores 0 by definition).
 
+Drafts (`temperature` set: a speculative objective, docs/drafts.md): the same pass also sums, per block, the
+probability that the dense model accepts the candidate's token at each position (`pruning/speculative.acceptance`
+on the kept tokens; trimmed tokens are never proposed, so their dense mass is rejected): greedy compares the
+candidate's argmax with the dense argmax (cached beside the probabilities), sampling sums min(p_T, q_T) with the
+dense distribution at temperature T cached too (the same tensor at T = 1). Without a temperature nothing of this
+is computed.
+
 Two savings per trial (docs/search.md, "Search efficiency"):
 - Prefix reuse: the dense hidden states at a few layer boundaries are cached once per job (within
   `prefix_cache_bytes`); a candidate whose first `first_change` layers equal the dense ones starts its forward
@@ -44,6 +51,7 @@ from prunesearch.pruning.architectures import model_shape
 from prunesearch.pruning.importance import ImportanceScores
 from prunesearch.pruning.modules import decoder, decoder_layers, embedding, lm_head
 from prunesearch.pruning.plan import ModelShape, PrunePlan
+from prunesearch.pruning.speculative import GREEDY
 from prunesearch.pruning.surgery import apply_plan
 
 
@@ -51,6 +59,7 @@ from prunesearch.pruning.surgery import apply_plan
 class Quality:
     kl: float
     ppl: float
+    acceptance: float | None = None  # drafts only: mean acceptance of the candidate's tokens by the dense model
 
 
 @dataclass(frozen=True)
@@ -59,29 +68,48 @@ class Teacher:
 
     probs: torch.Tensor  # [batch, positions, vocab]
     neg_entropy: torch.Tensor  # [batch, positions]: sum_v p log p
+    # drafts only (see `acceptance_of`): the dense argmax (greedy), or the distribution at the sampling temperature
+    top: torch.Tensor | None = None
+    tempered: torch.Tensor | None = None
 
     @classmethod
-    def from_logits(cls, logits: torch.Tensor) -> Teacher:
+    def from_logits(cls, logits: torch.Tensor, temperature: float | None = None) -> Teacher:
         log_p = F.log_softmax(logits.float(), dim=-1)
         probs = log_p.exp()
-        return cls(probs, torch.linalg.vecdot(probs, log_p))
+        top = tempered = None
+        if temperature == GREEDY:
+            top = logits.argmax(-1)
+        elif temperature == 1.0:
+            tempered = probs
+        elif temperature is not None:
+            tempered = F.softmax(logits.float() / temperature, dim=-1)
+        return cls(probs, torch.linalg.vecdot(probs, log_p), top, tempered)
+
+    def rows(self, rows: slice) -> Teacher:
+        """The teacher of a row chunk (its tensors flattened to [positions, ...])."""
+
+        def flat(x: torch.Tensor | None, trailing: int) -> torch.Tensor | None:
+            return None if x is None else x.reshape(-1, *x.shape[x.dim() - trailing :])[rows]
+
+        return Teacher(flat(self.probs, 1), flat(self.neg_entropy, 0), flat(self.top, 0), flat(self.tempered, 1))
 
 
 class _Sums:
     """Running fp64 sums per calibration block on the evaluation device (read back once per candidate, not once
     per chunk): KL, target NLL, scored targets, positions."""
 
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.batches: list[torch.Tensor] = []  # [4, blocks of the batch] each
+    def __init__(self, device: torch.device, rows: int = 4):
+        self.device, self.rows = device, rows
+        self.batches: list[torch.Tensor] = []  # [rows, blocks of the batch] each
 
     def new_batch(self, blocks: int) -> torch.Tensor:
-        self.batches.append(torch.zeros(4, blocks, dtype=torch.float64, device=self.device))
+        self.batches.append(torch.zeros(self.rows, blocks, dtype=torch.float64, device=self.device))
         return self.batches[-1]
 
     def per_block(self) -> torch.Tensor:
-        """[4, blocks scored so far]: KL, NLL, NLL count, positions per block."""
-        return torch.cat(self.batches, dim=1) if self.batches else torch.zeros(4, 0, dtype=torch.float64)
+        """[rows, blocks scored so far]: KL, NLL, NLL count, positions per block (and, for drafts, the sum of
+        acceptance probabilities)."""
+        return torch.cat(self.batches, dim=1) if self.batches else torch.zeros(self.rows, 0, dtype=torch.float64)
 
 
 # The teacher's probabilities are kept (fp32) when they fit in this many bytes; else re-derived per trial.
@@ -104,8 +132,10 @@ class CandidateEvaluator:
         batch_size: int = 8,
         teacher_cache_bytes: int = TEACHER_CACHE_BYTES,
         prefix_cache_bytes: int = PREFIX_CACHE_BYTES,
+        temperature: float | None = None,
     ):
         self.model = model
+        self.temperature = temperature  # drafts: also score acceptance at this temperature (0: greedy)
         self.scores = scores
         self.batch_size = batch_size
         self.device = next(model.parameters()).device
@@ -115,7 +145,8 @@ class CandidateEvaluator:
         self.boundaries = prefix_boundaries(model, blocks, prefix_cache_bytes)
         self.prefix: dict[int, list[torch.Tensor]] = {b: [] for b in self.boundaries}
         hidden = self._teacher_hidden()
-        cached = blocks.numel() * model.config.vocab_size * 4 <= teacher_cache_bytes
+        copies = 2 if temperature not in (None, GREEDY, 1.0) else 1  # the tempered distribution is a second one
+        cached = blocks.numel() * model.config.vocab_size * 4 * copies <= teacher_cache_bytes
         self.teacher_cache = self._teacher_cache(hidden) if cached else None
         self.teacher_hidden = None if cached else hidden
 
@@ -147,18 +178,15 @@ class CandidateEvaluator:
 
     @torch.inference_mode()
     def _teacher_cache(self, hidden: list[torch.Tensor]) -> list[Teacher]:
-        return [Teacher.from_logits(lm_head(self.model)(h)) for h in hidden]
+        return [Teacher.from_logits(lm_head(self.model)(h), self.temperature) for h in hidden]
 
     def _teacher(self, index: int) -> Callable[[slice], Teacher]:
         """The dense distribution over a row chunk of batch `index` (rows: its positions, flattened)."""
         if self.teacher_cache is not None:
-            cached = self.teacher_cache[index]
-            probs = cached.probs.reshape(-1, cached.probs.shape[-1])
-            neg_entropy = cached.neg_entropy.reshape(-1)
-            return lambda rows: Teacher(probs[rows], neg_entropy[rows])
+            return self.teacher_cache[index].rows
         hidden = self.teacher_hidden[index].reshape(-1, self.teacher_hidden[index].shape[-1])
         dense_head = lm_head(self.model)
-        return lambda rows: Teacher.from_logits(dense_head(hidden[rows]))
+        return lambda rows: Teacher.from_logits(dense_head(hidden[rows]), self.temperature)
 
     def start(self, plan: PrunePlan, kept_token_ids: Sequence[int] | None = None, *, reuse: bool = True) -> Scoring:
         """A scoring of `plan` that has run no batch yet (`reuse`: start at a cached boundary where it can)."""
@@ -179,18 +207,22 @@ class CandidateEvaluator:
         model = model.to(self.device).eval()
         stack = decoder(model)
         if token_map is None:
-            inputs, head = (lambda batch: {"input_ids": batch}), _LogitHead(lm_head(model), None)
+            inputs = lambda batch: {"input_ids": batch}  # noqa: E731
+            head = _LogitHead(lm_head(model), None, self.temperature)
         else:
             kept = torch.tensor(list(token_map), device=self.device)
             table = embedding(self.model).weight.detach().clone()
             table[kept] = embedding(model).weight.to(table.dtype)
-            head = _widened(lm_head(model), kept, table.shape[0])
+            head = _widened(lm_head(model), kept, table.shape[0], self.temperature)
             inputs = lambda batch: {"inputs_embeds": F.embedding(batch, table)}  # noqa: E731
-        sums = _Sums(self.device)
+        sums = self.new_sums()
         for index, batch in enumerate(self.blocks.split(self.batch_size)):
             hidden = stack(**inputs(batch), use_cache=False).last_hidden_state[:, :-1]
             head.accumulate(sums, hidden, self._teacher(index), batch[:, 1:])
         return _quality(sums)
+
+    def new_sums(self) -> _Sums:
+        return _Sums(self.device, rows=4 if self.temperature is None else 5)
 
 
 class Scoring:
@@ -201,9 +233,9 @@ class Scoring:
         self.evaluator, self.resume = evaluator, resume
         self.candidate = apply_plan(evaluator.model, replace(plan, vocab=None), evaluator.scores)
         kept = torch.tensor(list(kept_token_ids), device=evaluator.device) if kept_token_ids is not None else None
-        self.head = _LogitHead(lm_head(self.candidate), kept)
+        self.head = _LogitHead(lm_head(self.candidate), kept, evaluator.temperature)
         self.stack = decoder(self.candidate)
-        self.sums = _Sums(evaluator.device)
+        self.sums = evaluator.new_sums()
         self.batches_done = 0
         self._replay = _install_replay(self.candidate, evaluator.prefix.get(resume), resume)
 
@@ -234,9 +266,12 @@ class Scoring:
         return _quality(self.sums)
 
     def block_values(self, objective: str) -> list[float]:
-        """Per scored block: its mean KL (`kl`) or its mean target NLL (`ppl`, whose exp of the mean is the
-        perplexity)."""
-        kl, nll, nll_count, positions = self.sums.per_block()
+        """Per scored block: its mean KL (`kl`), its mean target NLL (`ppl`, whose exp of the mean is the
+        perplexity), or (drafts) its mean acceptance (`acceptance`)."""
+        sums = self.sums.per_block()
+        kl, nll, nll_count, positions = sums[:4]
+        if objective == "acceptance":
+            return (sums[4] / positions).tolist()
         values = kl / positions if objective == "kl" else nll / nll_count.clamp_min(1)
         return values.tolist()
 
@@ -297,13 +332,15 @@ def prefix_boundaries(model, blocks: torch.Tensor, budget_bytes: int) -> tuple[i
 
 
 def _quality(sums: _Sums) -> Quality:
-    kl, nll, nll_count, positions = (float(x) for x in sums.per_block().sum(dim=1))
+    totals = [float(x) for x in sums.per_block().sum(dim=1)]
+    kl, nll, nll_count, positions = totals[:4]
     ppl = math.exp(nll / nll_count) if nll_count else math.inf
+    acceptance = (totals[4] / positions if positions else 0.0) if len(totals) > 4 else None
     # KL >= 0; the cached-entropy form can land a hair below zero in fp32 when the candidate equals the teacher
-    return Quality(kl=max(kl / positions, 0.0) if positions else math.inf, ppl=ppl)
+    return Quality(kl=max(kl / positions, 0.0) if positions else math.inf, ppl=ppl, acceptance=acceptance)
 
 
-def _widened(head: torch.nn.Linear, kept: torch.Tensor, vocab_size: int) -> _LogitHead:
+def _widened(head: torch.nn.Linear, kept: torch.Tensor, vocab_size: int, temperature: float | None) -> _LogitHead:
     """A trimmed model's LM head, its rows placed at their dense ids, restricted to those ids."""
     wide = torch.nn.Linear(head.in_features, vocab_size, bias=head.bias is not None, device=kept.device)
     wide.weight.zero_()
@@ -311,14 +348,14 @@ def _widened(head: torch.nn.Linear, kept: torch.Tensor, vocab_size: int) -> _Log
     if head.bias is not None:
         wide.bias.zero_()
         wide.bias[kept] = head.bias.to(wide.bias.dtype)
-    return _LogitHead(wide, kept)
+    return _LogitHead(wide, kept, temperature)
 
 
 class _LogitHead:
     """A candidate's LM head, restricted to the kept tokens, and the proxy sums over its logits."""
 
-    def __init__(self, linear: torch.nn.Linear, kept: torch.Tensor | None):
-        self.kept = kept
+    def __init__(self, linear: torch.nn.Linear, kept: torch.Tensor | None, temperature: float | None = None):
+        self.kept, self.temperature = kept, temperature
         weight, bias = linear.weight, linear.bias
         if kept is not None:
             weight, bias = weight[kept], (bias[kept] if bias is not None else None)
@@ -345,18 +382,32 @@ class _LogitHead:
     def _accumulate_chunk(
         self, per_block: torch.Tensor, block_of: torch.Tensor, hidden: torch.Tensor, teacher: Teacher, targets
     ) -> None:
-        log_q = F.log_softmax(F.linear(hidden, self.weight, self.bias).float(), dim=-1)
+        logits = F.linear(hidden, self.weight, self.bias).float()
+        log_q = F.log_softmax(logits, dim=-1)
         mask = targets >= 0
         target_log_q = log_q.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-        rows = torch.stack(
-            [
-                self._kl(log_q, teacher).double(),
-                torch.where(mask, -target_log_q, 0).double(),
-                mask.double(),
-                torch.ones_like(mask, dtype=torch.float64),
-            ]
-        )
-        per_block.index_add_(1, block_of, rows)
+        rows = [
+            self._kl(log_q, teacher).double(),
+            torch.where(mask, -target_log_q, 0).double(),
+            mask.double(),
+            torch.ones_like(mask, dtype=torch.float64),
+        ]
+        if self.temperature is not None:
+            rows.append(self._acceptance(logits, log_q, teacher).double())
+        per_block.index_add_(1, block_of, torch.stack(rows))
+
+    def _acceptance(self, logits: torch.Tensor, log_q: torch.Tensor, teacher: Teacher) -> torch.Tensor:
+        """Per position, the probability that the dense model accepts this draft's token (`pruning.speculative.
+        acceptance`, on the kept tokens only: the draft proposes nothing else, so the dense mass on trimmed tokens
+        is rejected). Greedy: the draft's argmax (mapped to its dense id) equals the dense argmax; sampling:
+        sum over kept v of min(p_T(v), q_T(v))."""
+        if self.temperature == GREEDY:
+            top = logits.argmax(-1)
+            top = self.kept[top] if self.kept is not None else top
+            return (top == teacher.top).float()
+        q = log_q.exp() if self.temperature == 1.0 else F.softmax(logits / self.temperature, dim=-1)
+        p = teacher.tempered if self.kept is None else teacher.tempered[..., self.kept]
+        return torch.minimum(p, q).sum(-1)
 
     def _kl(self, log_q: torch.Tensor, teacher: Teacher) -> torch.Tensor:
         """Per position KL(p_K || q) - log p(K); KL(p || q) untrimmed."""

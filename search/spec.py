@@ -61,7 +61,8 @@ class Speculative(_Strict):
     expected acceptance against the dense model (the target) and the end-to-end speedup of target + draft."""
 
     lookahead: StrictInt | Literal["search"] = Field(
-        "search", description="drafted tokens per round, 1-8, or 'search' to make it a search parameter"
+        "search",
+        description="drafted tokens per round, 1-8, or 'search': the best of 1-8 per candidate (docs/drafts.md)",
     )
     temperature: StrictFloat = Field(0.0, ge=0, le=10, description="sampling temperature; 0 is greedy decoding")
     goal: Literal["speedup", "pareto"] = Field(
