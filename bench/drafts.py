@@ -75,8 +75,9 @@ def search(args) -> None:
     from prunesearch.search.draftjob import draft_spec, run_draft_search
 
     for hardware in args.hardware:
+        key = hardware if args.engine is None else f"{hardware}+{args.engine}"  # the results' and --from's name
         for space in args.spaces:
-            out = args.workdir / "searches" / hardware / space
+            out = args.workdir / "searches" / key / space
             spec = draft_spec(
                 args.model,
                 args.data / "pydocs-calib.txt",
@@ -101,9 +102,9 @@ def search(args) -> None:
                 "study": out.resolve().name,
                 "command": command(),
             }
-            record(["searches", hardware, space], row, args.results)
+            record(["searches", key, space], row, args.results)
             best = points[0] if points else {}
-            print(f"{hardware}/{space}: {seconds:.0f} s, best speedup {best.get('speedup')}", flush=True)
+            print(f"{key}/{space}: {seconds:.0f} s, best speedup {best.get('speedup')}", flush=True)
 
 
 def _search_row(args, name: str) -> dict:
