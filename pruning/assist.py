@@ -14,7 +14,6 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ import transformers
 from . import draftvocab
 from .draftvocab import adapt_to_target_vocabulary, read_token_map
 from .modeling import load_pruned
+from .specdecode import AssistStats
 from .speculative import GREEDY, MAX_LOOKAHEAD
 
 SPECULATIVE_FILE = "speculative.json"
@@ -32,29 +32,6 @@ DRAFT_ADAPTER_FILE = "draft_vocab.py"  # draftvocab.py as shipped beside a trimm
 
 class DraftError(ValueError):
     """A draft that cannot run with its target as asked (wrong vocabulary, bad settings, unreadable data)."""
-
-
-@dataclass(frozen=True)
-class AssistStats:
-    """One generation: tokens produced, verification rounds, drafted and accepted tokens, wall time."""
-
-    new_tokens: int
-    rounds: int
-    drafted: int
-    accepted: int
-    seconds: float
-
-    @property
-    def acceptance(self) -> float:
-        """Accepted / drafted: the real per-token acceptance rate (0 when nothing was drafted)."""
-        return self.accepted / self.drafted if self.drafted else 0.0
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"acceptance": self.acceptance, "tokens_per_second": self.tokens_per_second}
 
 
 def read_speculative(draft_dir: str | Path) -> dict[str, Any] | None:
