@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import transformers
 
-from . import draftvocab
+from . import draftvocab, specdecode
 from .draftvocab import adapt_to_target_vocabulary, read_token_map
 from .modeling import load_pruned
 from .specdecode import AssistStats
@@ -28,6 +28,7 @@ from .speculative import GREEDY, MAX_LOOKAHEAD
 
 SPECULATIVE_FILE = "speculative.json"
 DRAFT_ADAPTER_FILE = "draft_vocab.py"  # draftvocab.py as shipped beside a trimmed draft
+CUSTOM_GENERATE_FILE = "custom_generate/generate.py"  # specdecode.py, as transformers' custom_generate loads it
 
 
 class DraftError(ValueError):
@@ -64,6 +65,16 @@ def write_draft_adapter(export_dir: str | Path) -> Path:
     `draft_vocab.py`, so the draft runs as an assistant without prunesearch installed."""
     path = Path(export_dir) / DRAFT_ADAPTER_FILE
     path.write_text(Path(draftvocab.__file__).read_text())
+    return path
+
+
+def write_custom_generate(export_dir: str | Path) -> Path:
+    """Ship the lean speculative loop (`specdecode.py`, torch and transformers only) in an export as transformers'
+    `custom_generate/generate.py`: `target.generate(ids, custom_generate=export_dir, trust_remote_code=True,
+    assistant_model=draft, max_new_tokens=N, lookahead=g)` then decodes with it."""
+    path = Path(export_dir) / CUSTOM_GENERATE_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(Path(specdecode.__file__).read_text())
     return path
 
 

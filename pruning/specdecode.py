@@ -243,3 +243,39 @@ def plain_generate_lean(
         seconds = time.perf_counter() - started
     new_tokens = len(tokens) - input_ids.shape[1]
     return _output(tokens, input_ids.device), AssistStats(new_tokens, new_tokens, 0, 0, seconds)
+
+
+def generate(
+    model,
+    inputs: torch.Tensor | None = None,
+    generation_config=None,
+    assistant_model=None,
+    *,
+    max_new_tokens: int | None = None,
+    do_sample: bool | None = None,
+    temperature: float | None = None,
+    lookahead: int | None = None,
+    seed: int = 0,
+    eos_token_id: int | list[int] | None = None,
+    **unused,
+) -> torch.Tensor:
+    """transformers' `custom_generate` entry point (this file shipped as `custom_generate/generate.py`):
+    `target.generate(ids, custom_generate=DIR, trust_remote_code=True, assistant_model=draft, max_new_tokens=N,
+    lookahead=g)` runs `speculative_generate` (or `plain_generate_lean` without an assistant) and returns the ids.
+
+    Pure sampling at `temperature` when `do_sample`, else greedy; `lookahead` defaults to the assistant's
+    `generation_config.num_assistant_tokens`. Logits processors, stopping criteria and streamers are refused."""
+    refused = [name for name in ("logits_processor", "stopping_criteria", "streamer") if unused.get(name)]
+    if refused:
+        raise ValueError(f"the lean speculative loop does not support {', '.join(refused)}")
+    config = generation_config or model.generation_config
+    max_new_tokens = max_new_tokens or config.max_new_tokens
+    if max_new_tokens is None:
+        raise ValueError("pass max_new_tokens")
+    sample = do_sample if do_sample is not None else bool(config.do_sample)
+    heat = (temperature if temperature is not None else (config.temperature or 1.0)) if sample else GREEDY
+    kwargs = {"max_new_tokens": max_new_tokens, "temperature": heat, "seed": seed, "eos_token_id": eos_token_id}
+    if assistant_model is None:
+        return plain_generate_lean(model, inputs, **kwargs)[0]
+    lookahead = lookahead or getattr(assistant_model.generation_config, "num_assistant_tokens", None) or 4
+    return speculative_generate(model, assistant_model, inputs, lookahead=int(lookahead), **kwargs)[0]

@@ -10,7 +10,7 @@ import pytest
 import torch
 import transformers
 
-from prunesearch.pruning.assist import load_assistant, plain_generate
+from prunesearch.pruning.assist import load_assistant, plain_generate, write_custom_generate
 from prunesearch.pruning.draftcheck import heldout_token_ids, prompts_from_ids
 from prunesearch.pruning.draftvocab import TargetVocabularyHead
 from prunesearch.pruning.export import load_base_model
@@ -218,3 +218,23 @@ def test_sampling_keeps_the_targets_distribution(draft_kind):
     assert not _chi_square_rejects(counts[0], first)
     assert not _chi_square_rejects(counts[1], second)
     assert _chi_square_rejects(counts[0], proposals)  # the test tells the draft's distribution apart
+
+
+def test_custom_generate_route(drafts, target, prompts, tmp_path):
+    """The loop shipped in an export runs through `generate(custom_generate=DIR, trust_remote_code=True)`."""
+    model, tokenizer = target
+    export = tmp_path / "draft"
+    export.mkdir()
+    path = write_custom_generate(export)
+    assert path == export / "custom_generate" / "generate.py"
+    imports = [line for line in path.read_text().splitlines() if line.startswith(("import ", "from "))]
+    assert imports and not any("prunesearch" in line or line.startswith("from .") for line in imports)
+    draft = load_assistant(drafts["trimmed"], model, tokenizer)
+    route = {"custom_generate": str(export), "trust_remote_code": True, "max_new_tokens": 20}
+    for prompt in prompts[:2]:
+        expected, _ = plain_generate(model, prompt, max_new_tokens=20)
+        assert torch.equal(model.generate(prompt, assistant_model=draft, lookahead=3, **route), expected)
+        assert torch.equal(model.generate(prompt, **route), expected)
+    sampled = model.generate(prompts[0], assistant_model=draft, do_sample=True, temperature=1.0, seed=3, **route)
+    again = model.generate(prompts[0], assistant_model=draft, do_sample=True, temperature=1.0, seed=3, **route)
+    assert torch.equal(sampled, again) and sampled.shape[-1] == prompts[0].shape[-1] + 20
