@@ -8,7 +8,11 @@ back to back, their order rotating with the repeat; one untimed warm-up of each 
 - `alpha_from_rounds`: the alpha whose expected tokens per round equals the measured mean
   (`draftcheck.alpha_from_tokens_per_round`), comparable with teacher-forced alpha;
 - `draft_cost` c: median lean draft step / median lean target step (seconds per token of the plain runs);
-- `predicted_speedup`: `speculative.speedup(alpha_from_rounds, g, c)`, verification priced as one target step.
+- `predicted_speedup`: `speculative.speedup(alpha_from_rounds, g, c)`, verification priced as one target step
+  (the paper's formula);
+- `verify_cost` v: median over runs of the target's verification forward (g + 1 tokens) / one plain target step;
+  `round_overhead`: the rest of a round (acceptance rule, cache cropping, the loop) in target steps;
+- `predicted_speedup_priced`: `speculative.speedup(alpha_from_rounds, g, c, v)`, verification at its real cost.
 """
 
 from __future__ import annotations
@@ -29,12 +33,18 @@ from .speculative import speedup
 class _LookaheadRuns:
     ratios: list[float] = field(default_factory=list)
     tokens_per_second: list[float] = field(default_factory=list)
+    verify_costs: list[float] = field(default_factory=list)
+    overheads: list[float] = field(default_factory=list)
     drafted: int = 0
     accepted: int = 0
     rounds: int = 0
     new_tokens: int = 0
 
     def add(self, stats: AssistStats, plain_tps: float) -> None:
+        step = 1.0 / plain_tps  # one plain target step, seconds (prefill included, as in the speculative run)
+        rest = stats.seconds - stats.draft_seconds - stats.verify_seconds
+        self.verify_costs.append(stats.verify_seconds / stats.rounds / step)
+        self.overheads.append(rest / stats.rounds / step)
         self.ratios.append(stats.tokens_per_second / plain_tps)
         self.tokens_per_second.append(stats.tokens_per_second)
         self.drafted += stats.drafted
@@ -102,6 +112,7 @@ def _one_prompt(
 def _row(lookahead: int, runs: _LookaheadRuns, draft_cost: float) -> dict[str, Any]:
     per_round = runs.new_tokens / runs.rounds if runs.rounds else 1.0
     alpha_rounds = alpha_from_tokens_per_round(per_round, lookahead)
+    verify_cost = statistics.median(runs.verify_costs)
     return {
         "lookahead": lookahead,
         "acceptance": round(runs.accepted / runs.drafted, 4) if runs.drafted else 0.0,
@@ -110,4 +121,7 @@ def _row(lookahead: int, runs: _LookaheadRuns, draft_cost: float) -> dict[str, A
         "speculative_tokens_per_second": round(statistics.median(runs.tokens_per_second), 2),
         "measured_speedup": round(statistics.median(runs.ratios), 3),
         "predicted_speedup": round(speedup(alpha_rounds, lookahead, draft_cost), 3),
+        "verify_cost": round(verify_cost, 3),
+        "round_overhead": round(statistics.median(runs.overheads), 3),
+        "predicted_speedup_priced": round(speedup(alpha_rounds, lookahead, draft_cost, verify_cost), 3),
     }

@@ -44,6 +44,8 @@ class AssistStats:
     drafted: int
     accepted: int
     seconds: float
+    draft_seconds: float = 0.0  # lean loop only: time in the draft's forwards (proposals)
+    verify_seconds: float = 0.0  # lean loop only: time in the target's verification forwards
 
     @property
     def acceptance(self) -> float:
@@ -183,24 +185,44 @@ def speculative_generate(
     picker = _Picker(temperature, seed, device)
     stop = _stop_ids(target, eos_token_id)
     limit = len(tokens) + max_new_tokens
-    rounds = drafted = accepted = 0
+    tally = _Tally()
     with torch.inference_mode():
         started = time.perf_counter()
         target_cache, draft_cache = _prefill(target, tokens, device), _prefill(draft, tokens, device)
         while len(tokens) < limit:
+            clock = time.perf_counter()
             drafts, draft_probs = _propose(draft, draft_cache, tokens, min(lookahead, limit - len(tokens) - 1), picker)
+            tally.draft_seconds += time.perf_counter() - clock
+            clock = time.perf_counter()
             logits = _forward(target, [tokens[-1], *drafts], target_cache, device, keep=len(drafts) + 1)
+            tally.verify_seconds += time.perf_counter() - clock
             kept, extra = picker.verify(drafts, draft_probs, logits)
             new, stopped = _until_stop([*drafts[:kept], extra], stop)
-            rounds, drafted, accepted = rounds + 1, drafted + len(drafts), accepted + min(kept, len(new))
+            tally.count(len(drafts), min(kept, len(new)))
             tokens.extend(new)
             _crop_to(target_cache, len(tokens) - 1)
             _crop_to(draft_cache, min(len(tokens) - 1, draft_cache.get_seq_length()))
             if stopped:
                 break
         seconds = time.perf_counter() - started
-    new_tokens = len(tokens) - input_ids.shape[1]
-    return _output(tokens, input_ids.device), AssistStats(new_tokens, rounds, drafted, accepted, seconds)
+    return _output(tokens, input_ids.device), tally.stats(len(tokens) - input_ids.shape[1], seconds)
+
+
+@dataclass
+class _Tally:
+    rounds: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    draft_seconds: float = 0.0
+    verify_seconds: float = 0.0
+
+    def count(self, drafted: int, accepted: int) -> None:
+        self.rounds, self.drafted, self.accepted = self.rounds + 1, self.drafted + drafted, self.accepted + accepted
+
+    def stats(self, new_tokens: int, seconds: float) -> AssistStats:
+        return AssistStats(
+            new_tokens, self.rounds, self.drafted, self.accepted, seconds, self.draft_seconds, self.verify_seconds
+        )
 
 
 def _propose(draft, cache: DynamicCache, tokens: list[int], count: int, picker: _Picker) -> tuple[list[int], list]:

@@ -14,9 +14,11 @@ from prunesearch.pruning.assist import load_assistant, plain_generate, write_cus
 from prunesearch.pruning.draftcheck import heldout_token_ids, prompts_from_ids
 from prunesearch.pruning.draftvocab import TargetVocabularyHead
 from prunesearch.pruning.export import load_base_model
+from prunesearch.pruning.leancheck import measure_lean
 from prunesearch.pruning.pipeline import ImportanceCalibration, prune_checkpoint
 from prunesearch.pruning.plan import PrunePlan
 from prunesearch.pruning.specdecode import plain_generate_lean, speculative_generate
+from prunesearch.pruning.speculative import speedup
 
 TINY = Path(__file__).resolve().parents[1] / "examples" / "tiny-llama"
 CALIB = TINY / "calib.txt"
@@ -238,3 +240,17 @@ def test_custom_generate_route(drafts, target, prompts, tmp_path):
     sampled = model.generate(prompts[0], assistant_model=draft, do_sample=True, temperature=1.0, seed=3, **route)
     again = model.generate(prompts[0], assistant_model=draft, do_sample=True, temperature=1.0, seed=3, **route)
     assert torch.equal(sampled, again) and sampled.shape[-1] == prompts[0].shape[-1] + 20
+
+
+def test_measure_lean_reports_consistent_figures(drafts, target, prompts):
+    model, tokenizer = target
+    draft = load_assistant(drafts["depth"], model, tokenizer)
+    report = measure_lean(model, draft, prompts[:2], lookaheads=(1, 3), max_new_tokens=10, repeats=2)
+    assert [row["lookahead"] for row in report["lookaheads"]] == [1, 3]
+    assert report["plain_tokens_per_second"] > 0 and report["draft_cost"] > 0
+    for row in report["lookaheads"]:
+        assert 0.0 <= row["acceptance"] <= 1.0 and 0.0 <= row["alpha_from_rounds"] <= 1.0
+        assert 1.0 <= row["tokens_per_round"] <= row["lookahead"] + 1
+        assert row["measured_speedup"] > 0 and row["verify_cost"] > 0
+        priced = speedup(row["alpha_from_rounds"], row["lookahead"], report["draft_cost"], row["verify_cost"])
+        assert row["predicted_speedup_priced"] == pytest.approx(priced, rel=0.01)
