@@ -13,7 +13,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,34 +23,14 @@ from prunesearch.choices import MAX_LOOKAHEAD
 
 from .draftvocab import adapt_to_target_vocabulary, read_token_map
 from .modeling import load_pruned
+from .specdecode import AssistStats
 from .speculative import GREEDY
+
+__all__ = ["AssistStats", "DraftError", "assisted_generate", "load_assistant", "plain_generate", "set_lookahead"]
 
 
 class DraftError(ValueError):
     """A draft that cannot run with its target as asked (wrong vocabulary, bad settings, unreadable data)."""
-
-
-@dataclass(frozen=True)
-class AssistStats:
-    """One generation: tokens produced, verification rounds, drafted and accepted tokens, wall time."""
-
-    new_tokens: int
-    rounds: int
-    drafted: int
-    accepted: int
-    seconds: float
-
-    @property
-    def acceptance(self) -> float:
-        """Accepted / drafted: the real per-token acceptance rate (0 when nothing was drafted)."""
-        return self.accepted / self.drafted if self.drafted else 0.0
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"acceptance": self.acceptance, "tokens_per_second": self.tokens_per_second}
 
 
 def load_assistant(draft_dir: str | Path, target, target_tokenizer, *, dtype: torch.dtype = torch.float32):

@@ -13,7 +13,7 @@ from transformers import PreTrainedModel
 
 from prunesearch.choices import TORCH_DTYPE_NAMES, DType
 
-from . import draftvocab
+from . import draftvocab, specdecode
 from .architectures import get_spec
 from .modelcard import MODEL_CARD_FILE, render_model_card
 from .modeling import REMOTE_MODELING_FILE, remote_modeling_source
@@ -24,6 +24,7 @@ PROVENANCE_FILE = "provenance.json"
 TOKEN_MAP_FILE = "token_map.json"
 SPECULATIVE_FILE = "speculative.json"  # only in drafts: what the draft is for, and what it predicts (docs/drafts.md)
 DRAFT_ADAPTER_FILE = "draft_vocab.py"  # draftvocab.py as shipped beside a trimmed draft
+CUSTOM_GENERATE_FILE = "custom_generate/generate.py"  # specdecode.py, as transformers' custom_generate loads it
 SPECULATIVE_FORMAT = 1
 
 DTYPES: dict[DType, torch.dtype] = {dtype: getattr(torch, name) for dtype, name in TORCH_DTYPE_NAMES.items()}
@@ -96,6 +97,7 @@ def export_checkpoint(
     draft = speculative_file(provenance, trimmed=kept_token_ids is not None)
     if draft is not None:
         _write_json(out / SPECULATIVE_FILE, draft)
+        write_custom_generate(out)
         if kept_token_ids is not None:
             write_draft_adapter(out)
     write_model_card(out)
@@ -107,6 +109,16 @@ def write_draft_adapter(export_dir: str | Path) -> Path:
     `draft_vocab.py`, so a trimmed draft runs as an assistant without prunesearch installed (docs/drafts.md)."""
     path = Path(export_dir) / DRAFT_ADAPTER_FILE
     path.write_text(Path(draftvocab.__file__).read_text())
+    return path
+
+
+def write_custom_generate(export_dir: str | Path) -> Path:
+    """Ship the lean speculative loop (`specdecode.py`, torch and transformers only) in an export as transformers'
+    `custom_generate/generate.py`: `target.generate(ids, custom_generate=export_dir, trust_remote_code=True,
+    assistant_model=draft, max_new_tokens=N, lookahead=g)` then decodes with it (docs/drafts.md, "A lean loop")."""
+    path = Path(export_dir) / CUSTOM_GENERATE_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(Path(specdecode.__file__).read_text())
     return path
 
 
