@@ -8,7 +8,13 @@ import json
 import pytest
 
 from prunesearch.cli import main
-from prunesearch.pruning.export import DRAFT_ADAPTER_FILE, SPECULATIVE_FILE, TOKEN_MAP_FILE, read_speculative
+from prunesearch.pruning.export import (
+    CUSTOM_GENERATE_FILE,
+    DRAFT_ADAPTER_FILE,
+    SPECULATIVE_FILE,
+    TOKEN_MAP_FILE,
+    read_speculative,
+)
 from prunesearch.pruning.modelcard import render_model_card
 from prunesearch.search.results import export_trial
 from prunesearch.service.settings import BUNDLED_EXAMPLES
@@ -59,6 +65,7 @@ def test_a_trimmed_draft_export_carries_speculative_json_and_a_draft_card(storag
     assert "draft model for speculative decoding with the target `tiny-llama`" in card
     assert "assistant_model=draft" in card and "adapt_to_target_vocabulary(draft, token_map" in card
     assert "def adapt_to_target_vocabulary" in (out / DRAFT_ADAPTER_FILE).read_text()  # what the card imports
+    assert "def speculative_generate" in (out / CUSTOM_GENERATE_FILE).read_text()  # transformers' custom_generate
     assert "num_assistant_tokens = 4" in card and '- "speculative-decoding"' in card
 
 
@@ -92,6 +99,7 @@ def test_an_export_of_a_job_without_drafts_has_no_speculative_json(storage, tmp_
     number = add_draft_trial(study, draft_plan(), metrics={})
     export_trial(storage, "plain", number, tmp_path / "out")
     assert read_speculative(tmp_path / "out") is None and not (tmp_path / "out" / SPECULATIVE_FILE).exists()
+    assert not (tmp_path / "out" / CUSTOM_GENERATE_FILE).exists()
     card = (tmp_path / "out" / "README.md").read_text()
     assert "# tiny-llama, structurally pruned by prunesearch" in card
     assert "speculative" not in card and "assistant_model" not in card
