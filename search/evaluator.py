@@ -208,7 +208,7 @@ class CandidateEvaluator:
         stack = decoder(model)
         if token_map is None:
             inputs = lambda batch: {"input_ids": batch}  # noqa: E731
-            head = _LogitHead(lm_head(model), None, self.temperature)
+            head = _LogitHead.of(lm_head(model), None, self.temperature)
         else:
             kept = torch.tensor(list(token_map), device=self.device)
             table = embedding(self.model).weight.detach().clone()
@@ -233,7 +233,7 @@ class Scoring:
         self.evaluator, self.resume = evaluator, resume
         self.candidate = apply_plan(evaluator.model, replace(plan, vocab=None), evaluator.scores)
         kept = torch.tensor(list(kept_token_ids), device=evaluator.device) if kept_token_ids is not None else None
-        self.head = _LogitHead(lm_head(self.candidate), kept, evaluator.temperature)
+        self.head = _LogitHead.of(lm_head(self.candidate), kept, evaluator.temperature)
         self.stack = decoder(self.candidate)
         self.sums = evaluator.new_sums()
         self.batches_done = 0
@@ -341,27 +341,36 @@ def _quality(sums: _Sums) -> Quality:
 
 
 def _widened(head: torch.nn.Linear, kept: torch.Tensor, vocab_size: int, temperature: float | None) -> _LogitHead:
-    """A trimmed model's LM head, its rows placed at their dense ids, restricted to those ids."""
-    wide = torch.nn.Linear(head.in_features, vocab_size, bias=head.bias is not None, device=kept.device)
-    wide.weight.zero_()
-    wide.weight[kept] = head.weight.to(wide.weight.dtype)
-    if head.bias is not None:
-        wide.bias.zero_()
-        wide.bias[kept] = head.bias.to(wide.bias.dtype)
-    return _LogitHead(wide, kept, temperature)
+    """A trimmed model's LM head (row i scores dense id kept[i]), restricted to those ids: its own rows are used
+    as they are, never widened to the dense vocabulary (a 128k x hidden matrix of zeros)."""
+    return _LogitHead(head.weight, head.bias, vocab_size, kept, temperature)
 
 
 class _LogitHead:
     """A candidate's LM head, restricted to the kept tokens, and the proxy sums over its logits."""
 
-    def __init__(self, linear: torch.nn.Linear, kept: torch.Tensor | None, temperature: float | None = None):
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        vocab_size: int,
+        kept: torch.Tensor | None,
+        temperature: float | None = None,
+    ):
+        """`weight` and `bias` score the kept tokens in order (all `vocab_size` of them when `kept` is None)."""
         self.kept, self.temperature = kept, temperature
+        if kept is not None:
+            self.new_id = torch.full((vocab_size,), -1, dtype=torch.long, device=weight.device)
+            self.new_id[kept] = torch.arange(len(kept), device=weight.device)
+        self.weight, self.bias = weight, bias
+
+    @classmethod
+    def of(cls, linear: torch.nn.Linear, kept: torch.Tensor | None, temperature: float | None = None) -> _LogitHead:
+        """A dense-vocabulary LM head, restricted to `kept` (None: every token)."""
         weight, bias = linear.weight, linear.bias
         if kept is not None:
             weight, bias = weight[kept], (bias[kept] if bias is not None else None)
-            self.new_id = torch.full((linear.out_features,), -1, dtype=torch.long, device=weight.device)
-            self.new_id[kept] = torch.arange(len(kept), device=weight.device)
-        self.weight, self.bias = weight, bias
+        return cls(weight, bias, linear.out_features, kept, temperature)
 
     def accumulate(
         self, sums: _Sums, hidden: torch.Tensor, teacher: Callable[[slice], Teacher], targets: torch.Tensor
