@@ -163,21 +163,18 @@ def check(args) -> None:
 
 
 def lean(args, target, draft, prompts, lookahead: int, temperatures) -> dict:
-    """The lean loop's measurement (`draftcheck.measure_lean`, pruning/specdecode.py), where it exists."""
-    from prunesearch.pruning import draftcheck
+    """The lean loop (pruning/specdecode.py) against lean plain decoding, lookaheads 1 to the searched one."""
+    from prunesearch.pruning.leancheck import measure_lean
 
-    measure = getattr(draftcheck, "measure_lean", None)
-    if measure is None:
-        return {}
     rows = {}
     for temperature in temperatures:
-        rows[str(temperature)] = measure(
+        rows[str(temperature)] = measure_lean(
             target,
             draft,
             prompts,
+            lookaheads=tuple(range(1, max(lookahead, 2) + 1)),
             max_new_tokens=args.new_tokens,
             temperature=temperature,
-            lookahead=lookahead,
             repeats=args.repeats,
         ) | {"load_average": load()}
     return {"lean": rows}
