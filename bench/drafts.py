@@ -108,18 +108,20 @@ def search(args) -> None:
 
 
 def _search_row(args, name: str) -> dict:
-    hardware, space = name.split("/")
+    hardware, space = name.split("@")[0].split("/")
     data = json.loads(args.results.read_text())
     return data["searches"][hardware][space]
 
 
 def export_best(args, name: str) -> Path:
+    """Export the front's best draft of search `name` (HARDWARE/SPACE), or its point number K with `@K`."""
     from prunesearch.search.results import export_trial
 
     row = _search_row(args, name)
-    out = args.workdir / "drafts" / name.replace("/", "-")
+    point = row["front"][int(name.split("@")[1])] if "@" in name else row["best"]
+    out = args.workdir / "drafts" / name.replace("/", "-").replace("@", "-")
     if not (out / "config.json").is_file():
-        export_trial(row["storage"], row["study"], row["best"]["trial"], out)
+        export_trial(row["storage"], row["study"], point["trial"], out)
     return out
 
 
