@@ -97,7 +97,6 @@ def export_checkpoint(
     draft = speculative_file(provenance, trimmed=kept_token_ids is not None)
     if draft is not None:
         _write_json(out / SPECULATIVE_FILE, draft)
-        write_custom_generate(out)
         if kept_token_ids is not None:
             write_draft_adapter(out)
     write_model_card(out)
@@ -115,7 +114,11 @@ def write_draft_adapter(export_dir: str | Path) -> Path:
 def write_custom_generate(export_dir: str | Path) -> Path:
     """Ship the lean speculative loop (`specdecode.py`, torch and transformers only) in an export as transformers'
     `custom_generate/generate.py`: `target.generate(ids, custom_generate=export_dir, trust_remote_code=True,
-    assistant_model=draft, max_new_tokens=N, lookahead=g)` then decodes with it (docs/drafts.md, "A lean loop")."""
+    assistant_model=draft, max_new_tokens=N, lookahead=g)` then decodes with it (docs/drafts.md, "A lean loop").
+
+    Not for the draft's own folder: transformers loads a model folder's `custom_generate` as that model's
+    `generate`, so a draft holding it would run the lean loop in place of the plain decoding assisted generation
+    asks of it. Exports therefore do not write it; give it a folder of its own."""
     path = Path(export_dir) / CUSTOM_GENERATE_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(Path(specdecode.__file__).read_text())
