@@ -22,38 +22,18 @@ from prunesearch.pruning.draftcheck import (
     alpha_from_tokens_per_round,
     heldout_token_ids,
     measure_generation,
-    prompts_from_ids,
     teacher_forced_acceptance,
 )
 from prunesearch.pruning.draftvocab import TargetVocabularyHead, read_token_map, target_to_draft_ids
 from prunesearch.pruning.export import load_base_model, write_draft_adapter
-from prunesearch.pruning.pipeline import ImportanceCalibration, prune_checkpoint
-from prunesearch.pruning.plan import PrunePlan
 from prunesearch.pruning.speculative import expected_tokens
 
-TINY = Path(__file__).resolve().parents[1] / "examples" / "tiny-llama"
-CALIB = TINY / "calib.txt"
-FULL = {"heads": 4, "ffn": 256}
-DRAFT_PLANS = {
-    "depth": {"layers": [FULL, {"heads": 0, "ffn": 0}, {"heads": 0, "ffn": 0}, FULL], "vocab": None},
-    "trimmed": {"layers": [FULL, FULL, {"heads": 0, "ffn": 0}, {"heads": 2, "ffn": 128}], "vocab": 600},
-}
+from .tiny_drafts import CALIB, DRAFT_PLANS, TINY, build_drafts, calibration_prompts
 
 
 @pytest.fixture(scope="module")
 def drafts(tmp_path_factory) -> dict[str, Path]:
-    """The tiny Llama cut into a depth-only draft (stock class) and a trimmed-vocabulary one (remote code)."""
-    root = tmp_path_factory.mktemp("drafts")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PRUNESEARCH_HOME", str(root / "home"))
-        for name, plan in DRAFT_PLANS.items():
-            prune_checkpoint(
-                TINY,
-                PrunePlan.from_dict({"version": 1, **plan}),
-                root / name,
-                calibration=ImportanceCalibration(path=CALIB, seq_len=64, max_tokens=4096),
-            )
-    return {name: root / name for name in DRAFT_PLANS}
+    return build_drafts(tmp_path_factory.mktemp("drafts"))
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +43,7 @@ def target():
 
 @pytest.fixture(scope="module")
 def prompts(target) -> list[torch.Tensor]:
-    return prompts_from_ids(heldout_token_ids(target[1], CALIB, 2048), count=3, length=12)
+    return calibration_prompts(target[1])
 
 
 @pytest.mark.parametrize("name", list(DRAFT_PLANS))

@@ -11,23 +11,14 @@ import torch
 import transformers
 
 from prunesearch.pruning.assist import load_assistant, plain_generate
-from prunesearch.pruning.draftcheck import heldout_token_ids, prompts_from_ids
 from prunesearch.pruning.draftvocab import TargetVocabularyHead
 from prunesearch.pruning.export import load_base_model, write_custom_generate
 from prunesearch.pruning.leancheck import measure_lean
-from prunesearch.pruning.pipeline import ImportanceCalibration, prune_checkpoint
-from prunesearch.pruning.plan import PrunePlan
 from prunesearch.pruning.specdecode import plain_generate_lean, speculative_generate
 from prunesearch.pruning.speculative import speedup
 
-TINY = Path(__file__).resolve().parents[1] / "examples" / "tiny-llama"
-CALIB = TINY / "calib.txt"
-FULL = {"heads": 4, "ffn": 256}
-DROPPED = {"heads": 0, "ffn": 0}
-DRAFT_PLANS = {
-    "depth": {"layers": [FULL, DROPPED, DROPPED, FULL], "vocab": None},
-    "trimmed": {"layers": [FULL, FULL, DROPPED, {"heads": 2, "ffn": 128}], "vocab": 600},
-}
+from .tiny_drafts import DRAFT_PLANS, TINY, build_drafts, calibration_prompts
+
 SAMPLES = 800
 Z_P001 = 3.09  # standard normal quantile at 1 - 0.001
 
@@ -43,18 +34,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def drafts(tmp_path_factory) -> dict[str, Path]:
-    """The tiny Llama cut into a depth-only draft and a trimmed-vocabulary one (remote code)."""
-    root = tmp_path_factory.mktemp("drafts")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PRUNESEARCH_HOME", str(root / "home"))
-        for name, plan in DRAFT_PLANS.items():
-            prune_checkpoint(
-                TINY,
-                PrunePlan.from_dict({"version": 1, **plan}),
-                root / name,
-                calibration=ImportanceCalibration(path=CALIB, seq_len=64, max_tokens=4096),
-            )
-    return {name: root / name for name in DRAFT_PLANS}
+    return build_drafts(tmp_path_factory.mktemp("drafts"))
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +44,7 @@ def target():
 
 @pytest.fixture(scope="module")
 def prompts(target) -> list[torch.Tensor]:
-    return prompts_from_ids(heldout_token_ids(target[1], CALIB, 2048), count=3, length=12)
+    return calibration_prompts(target[1])
 
 
 @pytest.mark.parametrize("name", list(DRAFT_PLANS))
