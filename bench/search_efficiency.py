@@ -25,8 +25,8 @@ from prunesearch.search.results import load_study
 from prunesearch.search.spec import Efficiency, SearchSpec
 
 OFF = {"low_fidelity": 1.0, "prefix_cache_mib": 0, "informed_starts": False}
-# Each saving alone, all of them, all of them (or prefix + fidelity: starts off) with TPE's multivariate mode,
-# and the two trial savings alone with univariate TPE.
+# Each saving alone, all of them, all of them (or the defaults: prefix + fidelity, starts off) with TPE's
+# multivariate mode, and the defaults with univariate TPE (`savings`, what the search runs by default).
 VARIANTS = {
     "none": OFF,
     "prefix": OFF | {"prefix_cache_mib": 1024},
