@@ -16,6 +16,7 @@ from prunesearch.profilers.hardware import HardwareError
 from prunesearch.pruning.architectures import UnsupportedArchitectureError
 from prunesearch.pruning.calibration import CalibrationError
 from prunesearch.pruning.plan import PlanError
+from prunesearch.pruning.vocab import VocabTrimError
 
 from .plot import plot_front
 from .results import (
@@ -189,7 +190,14 @@ def export_local(args: argparse.Namespace) -> int:
     output_dir(args.out)
     try:
         summary = export_trial(storage, args.study, args.trial, args.out, dtype=args.dtype)
-    except (UnknownStudyError, UnknownTrialError, PlanError, UnsupportedArchitectureError, CalibrationError) as exc:
+    except (
+        UnknownStudyError,
+        UnknownTrialError,
+        PlanError,
+        UnsupportedArchitectureError,
+        CalibrationError,
+        VocabTrimError,  # a vocabulary smaller than the tokenizer's mandatory tokens
+    ) as exc:
         raise CLIError(one_line(exc)) from None
     print_json(summary)
     return 0

@@ -169,3 +169,12 @@ def test_the_card_of_a_remote_code_draft_loads_it_with_trust_remote_code():
     assert 'from_pretrained("path/to/this/folder", trust_remote_code=True)' in card
     assert "target `llama-docs`" in card and "| target fingerprint | abc |" in card
     assert render_model_card({}, {}, {"base_model": "/models/llama-docs"}).startswith("---")
+
+
+def test_exporting_a_vocabulary_below_the_tokenizers_mandatory_tokens_is_a_one_line_error(storage, tmp_path, capsys):
+    study = create_draft_study(storage, "draft")
+    number = add_draft_trial(study, draft_plan(vocab=256))  # tiny-llama's tokenizer needs 258 tokens at least
+    argv = ["export", "--storage", storage, "--study", "draft", "--trial", str(number), "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "258" in err
