@@ -18,39 +18,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import resultsfile  # bench/, on the path as the script's folder
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 RESULTS = ROOT / "bench/results/drafts.json"
 HELD_OUT = {"in_domain": "pydocs-valid.txt", "out_of_domain": "kerneldocs-valid.txt"}
-
-
-def record(path: list[str], value, results: Path) -> None:
-    """Merge `value` into the results at `path` and write at once (a killed run keeps what it measured)."""
-    data = json.loads(results.read_text()) if results.is_file() else {}
-    data["machine"] = machine()
-    node = data
-    for key in path[:-1]:
-        node = node.setdefault(key, {})
-    node[path[-1]] = value
-    tmp = results.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, results)
-
-
-def machine() -> str:
-    cpu = next(
-        (ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in ln),
-        platform.processor(),
-    )
-    import torch
-
-    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
 
 
 def load() -> float:
@@ -68,7 +46,8 @@ def calibrate(args) -> None:
     started = time.perf_counter()
     cli = [sys.executable, "-m", "prunesearch.cli", "latency-calibrate", "--model", str(args.model)]
     subprocess.run(cli, check=True)
-    record(["calibration"], {"seconds": round(time.perf_counter() - started, 1), "command": command()}, args.results)
+    seconds = round(time.perf_counter() - started, 1)
+    resultsfile.record(args.results, ["calibration"], {"seconds": seconds, "command": command()})
 
 
 def search(args) -> None:
@@ -102,7 +81,7 @@ def search(args) -> None:
                 "study": out.resolve().name,
                 "command": command(),
             }
-            record(["searches", key, space], row, args.results)
+            resultsfile.record(args.results, ["searches", key, space], row)
             best = points[0] if points else {}
             print(f"{key}/{space}: {seconds:.0f} s, best speedup {best.get('speedup')}", flush=True)
 
@@ -160,7 +139,7 @@ def check(args) -> None:
                 )
             row["generation"][str(temperature)] = measured | {"load_average": load()}
         row.update(lean(args, target, draft, prompts, lookahead, temperatures))
-        record(["checks", name], row, args.results)
+        resultsfile.record(args.results, ["checks", name], row)
         print(json.dumps({name: row}, default=str)[:2000], flush=True)
 
 
@@ -208,7 +187,7 @@ def heal(args) -> None:
         "acceptance": acceptance,
         "command": command(),
     }
-    record(["heal", name], row, args.results)
+    resultsfile.record(args.results, ["heal", name], row)
     print(json.dumps(row, default=str), flush=True)
 
 

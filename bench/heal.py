@@ -33,7 +33,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -42,6 +41,7 @@ import sys
 import time
 from pathlib import Path
 
+import resultsfile  # bench/, on the path as the script's folder
 import torch
 import torch.nn.functional as F
 
@@ -66,28 +66,8 @@ PROBE_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 
 
 def record(path: list[str], value) -> None:
-    """Merge `value` into heal.json at `path` and write it at once (a killed run keeps what it measured)."""
-    data = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    data["machine"] = machine()
-    node = data
-    for key in path[:-1]:
-        node = node.setdefault(key, {})
-    node[path[-1]] = value
-    tmp = RESULTS.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, RESULTS)
-
-
-def machine() -> str:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if "model name" in line
-        ),
-        platform.processor(),
-    )
-    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    """Merge `value` into heal.json (or --results) at `path` and write it at once."""
+    resultsfile.record(RESULTS, path, value)
 
 
 def command() -> str:
