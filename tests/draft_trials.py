@@ -13,7 +13,8 @@ from optuna.trial import create_trial
 from prunesearch.pruning.plan import LayerPlan, PrunePlan
 from prunesearch.search.results import SPEC_ATTR
 from prunesearch.search.spec import SearchSpec
-from prunesearch.service.settings import BUNDLED_EXAMPLES
+
+from .service.conftest import job_body
 
 LAYERS, HEADS, FFN, VOCAB = 4, 4, 256, 1024  # the bundled tiny-llama's shape
 DRAFT_METRICS: dict[str, Any] = {
@@ -27,17 +28,10 @@ DRAFT_METRICS: dict[str, Any] = {
 
 
 def draft_spec_dict(**speculative: Any) -> dict[str, Any]:
-    """A tiny job on the bundled model that searches a draft (`speculative` overrides the objective's fields)."""
-    return {
-        "model": str(BUNDLED_EXAMPLES),
-        "calibration": str(BUNDLED_EXAMPLES / "calib.txt"),
-        "n_trials": 4,
-        "sampler": "random",
-        "hardware": "h100-sxm",
-        "calibration_settings": {"tokens": 512, "seq_len": 64},
-        "space": {"vocab": True},
-        "objectives": {"speculative": {"lookahead": "search", "temperature": 0.0} | speculative},
-    }
+    """The service tests' tiny job on the bundled model, searching a draft (`speculative` overrides the objective's
+    fields)."""
+    speculative = {"lookahead": "search", "temperature": 0.0} | speculative
+    return job_body(space={"vocab": True}, objectives={"speculative": speculative})
 
 
 def draft_plan(*, kept_layers: int = 2, vocab: int | None = 512) -> PrunePlan:
