@@ -193,11 +193,15 @@ def running_trial(settings: Settings, job_id: str) -> bool:
 
 def worker_kill(kind: str, tmp: Path, kills: int) -> dict[str, Any]:
     """Kill the job's worker with SIGKILL `kills` times while a trial runs; a new worker takes over each time."""
-    n_trials = 3 * kills + 3
+    n_trials = 5 * kills + 3  # room for the kills that are tried again
     with service(kind, tmp) as (settings, procs):
         job_id = submit(settings, job_spec(n_trials))
         mid_trial, done_at_kill = 0, 0
-        for _ in range(kills):
+        # a trial seen running may finish before the signal lands: a kill that caught none is tried again, within
+        # a bound (short trials on a fast machine), so `killed_mid_trial` counts kills that really hit a trial
+        for _ in range(4 * kills):
+            if mid_trial == kills:
+                break
             worker = procs.worker()
             # the new worker ran at least one trial of its own, and is in the middle of the next
             wait_for(lambda n=done_at_kill: job_row(settings, job_id).trials_done > n, 180, "a trial to finish")
