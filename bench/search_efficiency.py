@@ -24,7 +24,7 @@ from prunesearch.search.pareto import hypervolume
 from prunesearch.search.results import load_study
 from prunesearch.search.spec import Efficiency, SearchSpec
 
-OFF = {"low_fidelity": 1.0, "prefix_cache_mib": 0, "informed_starts": False}
+OFF = {"low_fidelity": 1.0, "prefix_cache_mib": 0, "informed_starts": False, "tolerance": 0.0}
 # Each saving alone, all of them, all of them (or the defaults: prefix + fidelity, starts off) with TPE's
 # multivariate mode, and the defaults with univariate TPE (`savings`, what the search runs by default).
 VARIANTS = {
@@ -36,6 +36,10 @@ VARIANTS = {
     "all+multivariate": {"informed_starts": True},
     "defaults+multivariate": {},
     "savings": {"informed_starts": False},  # prefix reuse and multi-fidelity, univariate TPE, no informed starts
+    # the same without the tolerance, and also without pairing (the rule of the first full-size runs)
+    "savings-exact": {"informed_starts": False, "tolerance": 0.0},
+    "savings-unpaired": {"informed_starts": False, "tolerance": 0.0},
+    "savings-eighth": {"informed_starts": False, "low_fidelity": 0.125},  # a first stage of 1/8 of the blocks
 }
 CLASSIC = ("dense", "uniform-", "shortgpt-")
 
@@ -60,14 +64,16 @@ def one_run(context: SearchContext, spec: SearchSpec, variant: str, workdir: Pat
     """One search of `variant`; its trials as points, its time and proxy time, its early stops."""
     context.spec = spec.model_copy(update={"efficiency": Efficiency(**VARIANTS[variant])})
     storage = f"sqlite:///{workdir / f'eff-{variant}-{spec.seed}.db'}"
-    original = engine.make_sampler
+    original, member = engine.make_sampler, engine._member
     engine.make_sampler = _sampler("multivariate" in variant, startup)
+    if variant.endswith("-unpaired"):  # front members without their blocks: the unpaired rule
+        engine._member = lambda trial: fidelity.FrontMember(tuple(trial.values))
     before = dense_forward_seconds(context)
     started = time.perf_counter()
     try:
         run_search(context.spec, storage=storage, study_name="s", context=context)
     finally:
-        engine.make_sampler = original
+        engine.make_sampler, engine._member = original, member
     seconds = time.perf_counter() - started
     dense_s = (before + dense_forward_seconds(context)) / 2  # on either side of the run: load changes slowly
     trials = [t for t in load_study(storage, "s").get_trials(deepcopy=False) if t.state.is_finished()]
@@ -88,7 +94,8 @@ def _point(trial) -> tuple[float, float, bool, bool, bool]:
 def audit_stops(context: SearchContext, trials) -> dict:
     """Finish every early-stopped candidate and count those that would have entered the front of the trials
     finished before it (the cost of a wrong stop)."""
-    stopped, entered = 0, 0
+    stopped, entered, beyond = 0, 0, 0
+    tolerance = context.spec.efficiency.tolerance
     for trial in trials:
         metrics = trial.user_attrs.get("metrics", {})
         if not metrics.get("stopped_early"):
@@ -97,8 +104,10 @@ def audit_stops(context: SearchContext, trials) -> dict:
         plan = PrunePlan.from_dict(trial.user_attrs["plan"])
         full = context.evaluator.evaluate(plan, context.kept_tokens(plan.vocab))
         before = [t.values for t in trials if t.number < trial.number and t.user_attrs.get("feasible") and t.values]
-        entered += fidelity.could_enter_front([full.kl, *trial.values[1:]], before)
-    return {"stopped": stopped, "would_have_entered_front": entered}
+        point = [full.kl, *trial.values[1:]]
+        entered += fidelity.could_enter_front(point, before)
+        beyond += not any(fidelity.within_tolerance(member, point, tolerance) for member in before)
+    return {"stopped": stopped, "would_have_entered_front": entered, "beyond_tolerance": beyond}
 
 
 def efficiency_ablation(args, context: SearchContext, workdir: Path) -> dict:
@@ -109,7 +118,7 @@ def efficiency_ablation(args, context: SearchContext, workdir: Path) -> dict:
     for seed in args.eff_seeds:
         for variant in args.eff_variants:
             run = one_run(context, base.model_copy(update={"seed": seed}), variant, workdir, args.eff_startup)
-            if variant in ("all", "fidelity"):
+            if variant in args.eff_audit:
                 run["audit"] = audit_stops(context, run["trials"])
             runs[variant][seed] = run
             print(f"efficiency {variant} seed {seed}: {run['seconds'] / run['dense_s']:.1f} dense forwards", flush=True)

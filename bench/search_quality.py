@@ -289,6 +289,12 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=256, help="calibration block length of every search")
     parser.add_argument("--eff-startup", type=int, default=10, help="TPE n_startup_trials in part 4")
     parser.add_argument(
+        "--eff-audit",
+        type=lambda s: s.split(","),
+        default=["all", "fidelity", "savings"],
+        help="variants whose early-stopped candidates are finished afterwards to count wrong stops",
+    )
+    parser.add_argument(
         "--eff-variants",
         type=lambda s: s.split(","),
         default=list(search_efficiency.VARIANTS),

@@ -24,6 +24,7 @@ from . import fidelity
 from .baselines import baseline_params
 from .draft import DraftPricing, draft_memory_violation, draft_pricing
 from .evaluator import CandidateEvaluator
+from .fidelity import FrontMember
 from .parametrize import Knobs, TrialLike, depth_violation, resolve, suggest_plan
 from .spec import SearchSpec
 from .starts import informed_params
@@ -49,9 +50,15 @@ class TrialOutcome:
     metrics: dict[str, Any]
     constraints: dict[str, float]
     feasible: bool = field(init=False)
+    blocks: list[float] | None = None  # per-block quality values of a candidate scored in full
 
     def __post_init__(self) -> None:
         self.feasible = all(value <= 0 for value in self.constraints.values())
+
+
+def _first_of(metrics: dict[str, Any], keys: Sequence[str], default: Any) -> Any:
+    """The first of `keys` present in `metrics` (a full score, else a stopped candidate's estimate)."""
+    return next((metrics[key] for key in keys if key in metrics), default)
 
 
 def proxy_batch_size(n_blocks: int) -> int:
@@ -129,11 +136,12 @@ class SearchContext:
             return 1.0
         return sum(self.frequencies.get(token, 0) for token in kept) / total
 
-    def evaluate(self, trial: TrialLike, front: Sequence[Sequence[float]] | None = None) -> TrialOutcome:
+    def evaluate(self, trial: TrialLike, front: Sequence[FrontMember | Sequence[float]] | None = None) -> TrialOutcome:
         """Suggest a plan, check its shape, price it, and run the proxy only if every constraint holds.
 
-        `front`: the objective values of the current Pareto front. With one, the proxy runs in two stages and
-        stops after the first when the candidate cannot enter it (`fidelity`); without (baselines), in full."""
+        `front`: the current Pareto front (`fidelity.FrontMember`s, or bare objective values). With one, the proxy
+        runs in two stages and stops after the first when the candidate cannot enter it (`fidelity`); without
+        (baselines), in full. A finished candidate's per-block quality values are `outcome.blocks`."""
         plan = suggest_plan(trial, self.knobs)
         depth = depth_violation(plan, self.knobs)
         if depth > 0:  # too shallow (possibly empty): neither priced nor scored
@@ -155,9 +163,11 @@ class SearchContext:
         constraints = self._constraints(estimate, latency, metrics["vocab_coverage"]) | {"depth": depth}
         outcome = TrialOutcome(plan=plan, values=[], metrics=metrics, constraints=constraints | {"fidelity": -1.0})
         extra = self._extra_values(estimate)
-        if outcome.feasible and not self._score(plan, kept, metrics, [latency, *extra], front):
-            outcome.constraints["fidelity"] = 1.0  # stopped early: kept off the front and the hypervolume
-            outcome.feasible = False
+        if outcome.feasible:
+            outcome.blocks = self._score(plan, kept, metrics, [latency, *extra], front)
+            if outcome.blocks is None:
+                outcome.constraints["fidelity"] = 1.0  # stopped early: kept off the front and the hypervolume
+                outcome.feasible = False
         if self.draft is not None and "acceptance" in metrics:
             metrics.update(self._draft_metrics(metrics["acceptance"], latency, metrics["vocab_coverage"]))
         outcome.values = [self._first_value(metrics, latency), latency, *extra]
@@ -173,15 +183,16 @@ class SearchContext:
         early; the infeasible value when it was never scored."""
         if self.draft is None:
             quality = self.spec.objectives.quality
-            return metrics.get(quality, metrics.get(f"{quality}_low", INFEASIBLE_QUALITY))
-        acceptance = metrics.get("acceptance", metrics.get("acceptance_low"))
+            return _first_of(metrics, (quality, f"{quality}_estimate", f"{quality}_low"), INFEASIBLE_QUALITY)
+        acceptance = _first_of(metrics, ("acceptance", "acceptance_estimate", "acceptance_low"), None)
         if acceptance is None:
             return INFEASIBLE_QUALITY
         return self.draft.objective(acceptance, latency)
 
-    def _score(self, plan: PrunePlan, kept, metrics: dict[str, Any], rest: list[float], front) -> bool:
-        """Run the proxy into `metrics`; False when it stopped after the low-fidelity stage (its `kl_low` and
-        `ppl_low` are then the only scores; a finished candidate has those too when it was staged)."""
+    def _score(self, plan: PrunePlan, kept, metrics: dict[str, Any], rest: list[float], front) -> list[float] | None:
+        """Run the proxy into `metrics`; its per-block quality values, or None when it stopped after the
+        low-fidelity stage (its `kl_low` and `ppl_low` are then the only scores; a finished candidate has those too
+        when it was staged)."""
         settings = self.spec.efficiency
         scoring = self.evaluator.start(plan, kept, reuse=settings.prefix_cache_mib > 0)
         metrics["resume_layer"] = scoring.resume
@@ -192,24 +203,37 @@ class SearchContext:
             metrics.update(low_fidelity=scoring.fraction, kl_low=partial.kl, ppl_low=partial.ppl)
             if partial.acceptance is not None:
                 metrics["acceptance_low"] = partial.acceptance
-            if not fidelity.could_enter_front([self._optimistic(scoring, rest[0]), *rest], front):
+            blocks = scoring.block_values(self.block_objective)
+            total, tolerance = len(self.evaluator.blocks), settings.tolerance
+            verdict = fidelity.judge(blocks, total, rest, front, self._optimistic, tolerance)
+            if not verdict.enter:
                 metrics.update(fidelity=scoring.fraction, stopped_early=True)
-                return False
+                metrics[f"{self.block_objective}_estimate"] = self._on_scale(verdict.estimate.mean)
+                return None
         quality = scoring.run().quality()
         metrics.update(kl=quality.kl, ppl=quality.ppl, fidelity=1.0, stopped_early=False)
         if quality.acceptance is not None:
             metrics["acceptance"] = quality.acceptance
-        return True
+        return scoring.block_values(self.block_objective)
 
-    def _optimistic(self, scoring, latency: float) -> float:
-        """The first objective value at the optimistic end of the low-fidelity estimate (`fidelity`)."""
-        margin, blocks = self.spec.efficiency.margin, len(self.evaluator.blocks)
+    @property
+    def block_objective(self) -> str:
+        """The per-block quality the early-stopping rule compares: acceptance for drafts, else the quality."""
+        return "acceptance" if self.draft is not None else self.spec.objectives.quality
+
+    def _on_scale(self, block_mean: float) -> float:
+        """A block mean on its metric's scale: perplexity from mean NLL, acceptance within [0, 1]."""
+        if self.block_objective == "ppl":
+            return math.exp(block_mean)
+        return min(max(block_mean, 0.0), 1.0) if self.block_objective == "acceptance" else block_mean
+
+    def _optimistic(self, guess: fidelity.Estimate, latency: float) -> float:
+        """The first objective value at the optimistic end (`margin` standard errors) of a block-mean estimate."""
+        margin = self.spec.efficiency.margin
         if self.draft is not None:  # optimistic = more acceptance; both draft objectives fall as it rises
-            guess = fidelity.estimate(scoring.block_values("acceptance"), blocks)
-            return self.draft.objective(min(1.0, guess.mean + margin * guess.stderr), latency)
-        objective = self.spec.objectives.quality
-        optimistic = fidelity.estimate(scoring.block_values(objective), blocks).optimistic(margin)
-        return math.exp(optimistic) if objective == "ppl" else optimistic
+            return self.draft.objective(min(1.0, guess.optimistic(margin, higher_is_better=True)), latency)
+        optimistic = guess.optimistic(margin)
+        return math.exp(optimistic) if self.spec.objectives.quality == "ppl" else optimistic
 
     def _rejected(self, plan: PrunePlan, depth: float) -> TrialOutcome:
         """A plan that breaks the depth bound: recorded at the dense latency and the infeasible quality."""

@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Callable
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
 from prunesearch.choices import Sampler
@@ -21,6 +21,7 @@ from prunesearch.choices import Sampler
 from .callbacks import SearchCallbacks
 from .context import SearchContext
 from .draft import objective_names as draft_objective_names
+from .fidelity import FrontMember
 from .results import (
     ABANDONED_ATTR,
     SPEC_ATTR,
@@ -50,6 +51,8 @@ log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 # User attribute of an enqueued baseline: its parameters, to enqueue it again should its trial be abandoned.
 BASELINE_PARAMS_ATTR = "baseline_params"
+# User attribute of a trial scored in full: its per-block quality values, which early stopping pairs with.
+BLOCKS_ATTR = "quality_blocks"
 
 
 def make_sampler(spec: SearchSpec, *, shared: bool = False, seed: int | None = None) -> optuna.samplers.BaseSampler:
@@ -155,7 +158,7 @@ def _run_trial(study: optuna.Study, context: SearchContext) -> int:
     """Ask, evaluate and tell one trial; its number."""
     trial = study.ask()
     # baselines are scored in full; others may stop early when they cannot enter the front (search/fidelity.py)
-    front = None if "baseline" in trial.user_attrs else [t.values for t in front_trials(study)]
+    front = None if "baseline" in trial.user_attrs else [_member(t) for t in front_trials(study)]
     try:
         outcome = context.evaluate(trial, front)
     except optuna.exceptions.UpdateFinishedTrialError:
@@ -175,11 +178,19 @@ def _run_trial(study: optuna.Study, context: SearchContext) -> int:
         trial.set_user_attr("plan", outcome.plan.to_dict())
         trial.set_user_attr("metrics", outcome.metrics)
         trial.set_user_attr("feasible", outcome.feasible)
+        if outcome.blocks is not None:
+            trial.set_user_attr(BLOCKS_ATTR, [round(value, 9) for value in outcome.blocks])
     except optuna.exceptions.UpdateFinishedTrialError:
         _lost_race(trial)
         return trial.number
     study.tell(trial, outcome.values, skip_if_finished=True)
     return trial.number
+
+
+def _member(trial: FrozenTrial) -> FrontMember:
+    """A front trial as the early-stopping rule reads it (search/fidelity.py): values and per-block quality."""
+    blocks = trial.user_attrs.get(BLOCKS_ATTR)
+    return FrontMember(tuple(trial.values), tuple(blocks) if blocks else None)
 
 
 def _lost_race(trial: optuna.Trial) -> None:

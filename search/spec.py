@@ -130,6 +130,13 @@ class Efficiency(_Strict):
         0.25, gt=0, le=1, description="share of calibration blocks scored before deciding to finish (1: off)"
     )
     margin: StrictFloat = Field(2.0, ge=0, le=100, description="standard errors of optimism when deciding")
+    tolerance: StrictFloat = Field(
+        0.005,
+        ge=0,
+        le=0.5,
+        description="a candidate that could improve on a front member by less than this share (quality, or a "
+        "faster latency) is not finished (epsilon-dominance; 0: plain dominance)",
+    )
     informed_starts: StrictBool = Field(
         False,
         description="enqueue FLAP-global, depth+width and profile starting points, and sample with multivariate "

@@ -12,7 +12,7 @@ from prunesearch.pruning.importance import compute_importance
 from prunesearch.pruning.plan import LayerPlan, PrunePlan
 from prunesearch.pruning.stats import collect_activation_stats
 from prunesearch.search import fidelity
-from prunesearch.search.engine import run_search
+from prunesearch.search.engine import BLOCKS_ATTR, run_search
 from prunesearch.search.evaluator import CandidateEvaluator, first_change, prefix_boundaries
 from prunesearch.search.results import front_trials, hypervolume, list_trials, load_study, pareto_front
 from prunesearch.search.spec import SearchSpec
@@ -100,6 +100,60 @@ def test_estimate_and_the_front_rule():
     assert fidelity.low_fidelity_batches(1, 0.25) == 0 and fidelity.low_fidelity_batches(8, 1.0) == 0
 
 
+def _kl_optimistic(margin: float):
+    return lambda guess, latency: guess.optimistic(margin)
+
+
+def test_paired_estimate_is_the_member_mean_plus_the_mean_difference():
+    member = [1.0, 3.0, 2.0, 6.0]
+    guess = fidelity.paired([1.5, 3.1], member, total_blocks=4)
+    differences = [0.5, 0.1]
+    assert guess.mean == pytest.approx(3.0 + 0.3) and guess.blocks == 2
+    assert guess.stderr == pytest.approx(fidelity.estimate(differences, 4).stderr)
+    with pytest.raises(ValueError, match="cannot pair"):
+        fidelity.paired([1.0], member[:3], total_blocks=4)
+
+
+def test_pairing_stops_a_candidate_the_unpaired_rule_keeps():
+    """Blocks differ widely; the candidate is worse than the member by 0.2 on every block it scored. Alone its
+    mean's error hides that; paired with the member's blocks it is plain."""
+    member_blocks = [float(x) for x in (1, 9, 3, 7, 2, 8, 4, 6)]
+    candidate = [b + 0.2 for b in member_blocks[:4]]
+    mean_full = sum(member_blocks) / 8
+    paired_member = fidelity.FrontMember((mean_full, 1.0), tuple(member_blocks))
+    bare_member = fidelity.FrontMember((mean_full, 1.0))
+    rule = _kl_optimistic(margin=2.0)
+    assert not fidelity.could_enter(candidate, 8, [1.0], [paired_member], rule)
+    assert fidelity.could_enter(candidate, 8, [1.0], [bare_member], rule)  # unpaired: 2 errors span the gap
+    assert fidelity.could_enter(candidate, 8, [1.0], [[mean_full, 1.0]], rule)  # bare values work as before
+    assert fidelity.could_enter(candidate, 8, [0.9], [paired_member], rule)  # faster: the member cannot dominate
+    better = [b - 0.2 for b in member_blocks[:4]]
+    assert fidelity.could_enter(better, 8, [1.0], [paired_member], rule)
+    noisy = [b + d for b, d in zip(member_blocks[:4], (1.5, -1.0, 1.2, -0.9), strict=True)]  # +0.2 on average
+    assert fidelity.could_enter(noisy, 8, [1.0], [paired_member], rule)  # the differences' own error keeps it
+
+
+def test_tolerance_stops_a_candidate_that_could_improve_the_front_only_a_little():
+    member = fidelity.FrontMember((1.0, 10.0), (1.0, 1.0, 1.0, 1.0))
+    exact = lambda guess, latency: guess.mean  # noqa: E731
+    slightly_better = [0.998, 0.998]  # 0.2% better quality at the same latency
+    assert fidelity.judge(slightly_better, 4, [10.0], [member], exact).enter
+    verdict = fidelity.judge(slightly_better, 4, [10.0], [member], exact, tolerance=0.005)
+    assert not verdict.enter and verdict.estimate.mean == pytest.approx(0.998)
+    assert not fidelity.judge([1.2, 1.2], 4, [9.96], [member], exact, tolerance=0.005).enter  # 0.4% faster only
+    assert fidelity.judge([1.2, 1.2], 4, [9.9], [member], exact, tolerance=0.005).enter  # 1% faster: a new point
+    assert fidelity.judge([0.99, 0.99], 4, [10.0], [member], exact, tolerance=0.005).enter  # 1% better
+
+
+def test_pairing_compares_drafts_at_each_side_s_own_latency():
+    """A draft objective depends on latency as well as on acceptance: the member's reference value is taken at
+    the member's latency, the candidate's at its own."""
+    objective = lambda guess, latency: latency / (1 + guess.optimistic(0.0, higher_is_better=True))  # noqa: E731
+    member = fidelity.FrontMember((2.0 / 1.5, 2.0), (0.5, 0.5, 0.5, 0.5))
+    assert not fidelity.could_enter([0.4, 0.4], 4, [3.0], [member], objective)  # slower and accepts less
+    assert fidelity.could_enter([0.9, 0.9], 4, [2.5], [member], objective)  # slower but far better: 2.5 / 1.9
+
+
 def _search_spec(calibration, **overrides) -> SearchSpec:
     body = {
         "model": str(LLAMA_DOCS),
@@ -131,6 +185,7 @@ def test_early_stopped_trials_are_recorded_counted_and_never_on_the_front(tmp_pa
     for r in stopped:
         m = r["metrics"]
         assert m["fidelity"] == m["low_fidelity"] == pytest.approx(0.25) and "kl" not in m and m["kl_low"] >= 0
+        assert m["kl_estimate"] > 0  # the paired estimate the sampler learns from (search/fidelity.py)
         assert not r["feasible"] and r["state"] == "complete"
     staged = [r for r in finished if "kl_low" in r["metrics"]]
     assert staged and all(r["metrics"]["fidelity"] == 1.0 and "kl" in r["metrics"] for r in staged)
@@ -138,8 +193,15 @@ def test_early_stopped_trials_are_recorded_counted_and_never_on_the_front(tmp_pa
     assert baselines and all("kl_low" not in r["metrics"] for r in baselines)  # baselines are scored in full
     front = {x["trial"] for x in pareto_front(storage, "s")}
     assert front and not front & {r["trial"] for r in stopped}
-    # the stopped trials' estimates are stored as values, yet dominate nothing on the reported front
     study = load_study(storage, "s")
+    blocks = {t.number: t.user_attrs.get(BLOCKS_ATTR) for t in study.trials}
+    assert all(len(blocks[r["trial"]]) == 32 for r in finished)  # kept for pairing (search/fidelity.py)
+    assert all(blocks[r["trial"]] is None for r in stopped)
+    for r in finished:
+        assert sum(blocks[r["trial"]]) / 32 == pytest.approx(r["metrics"]["kl"], rel=1e-5)
+    values = {t.number: t.values[0] for t in study.trials}
+    assert all(values[r["trial"]] == r["metrics"]["kl_estimate"] for r in stopped)
+    # the stopped trials' estimates are stored as values, yet dominate nothing on the reported front
     assert {t.number for t in front_trials(study)} == front and hypervolume(study) == progress.hypervolume
 
 
