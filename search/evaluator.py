@@ -24,15 +24,19 @@ probability that the dense model accepts the candidate's token at each position 
 on the kept tokens; trimmed tokens are never proposed, so their dense mass is rejected): greedy compares the
 candidate's argmax with the dense argmax (cached beside the probabilities), sampling sums min(p_T, q_T) with the
 dense distribution at temperature T cached too (the same tensor at T = 1). Without a temperature nothing of this
-is computed.
+is computed. A draft's trimmed vocabulary comes as a `VocabChoice` per fold of the calibration blocks
+(`search/vocabfit.py`: each fold scored with tokens chosen without its region of the text), with the ids the draft
+reads in place of trimmed tokens (`pruning.vocab.draft_reads`, the exported draft's own input mapping): the
+candidate reads those, the dense model and the targets stay the text's. A batch holds blocks of one fold.
 
 Two savings per trial (docs/search.md, "Search efficiency"):
 - Prefix reuse: the dense hidden states at a few layer boundaries are cached once per job (within
   `prefix_cache_bytes`); a candidate whose first `first_change` layers equal the dense ones starts its forward
   at the deepest cached boundary at or before that layer. Layers before it compute exactly what the dense
   model computes, so the scores equal a full forward's to numerical tolerance (tests/search/test_efficiency.py).
-  A trimmed vocabulary changes neither: the candidate reads the dense embedding of every calibration token and
-  only its LM head is restricted.
+  A trimmed vocabulary read as the dense ids changes neither (only the LM head is restricted); one read as a
+  draft reads it (`VocabChoice.reads`) changes the inputs, so such a candidate runs its forward from the
+  embedding.
 - Scoring in stages: `start` returns a `Scoring` that runs any number of batches, keeps per-block sums, and can
   be finished later, so a candidate scored on a fraction of the blocks is finished without recomputation. The
   blocks are put in a fixed random order once, so any prefix of batches samples the whole calibration text.
