@@ -18,6 +18,8 @@ from typing import Any
 from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
 
+from .draftvocab import target_to_draft_ids
+
 _BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 _BATCH = 256
 
@@ -72,6 +74,23 @@ def select_kept_tokens(tokenizer: Any, frequencies: Mapping[int, int], size: int
         if len(kept) + len(extra) <= size:
             kept |= extra
     return sorted(kept)
+
+
+def mandatory_token_count(tokenizer: Any) -> int:
+    """The smallest vocabulary `select_kept_tokens` can build: special and added tokens, the base alphabet and
+    their merge closure (raises `VocabTrimError` for a tokenizer that cannot be trimmed)."""
+    vocab = _bpe_vocab(tokenizer)
+    return len(_closure(vocab, vocab.mandatory, frozenset()))
+
+
+def draft_reads(tokenizer: Any, kept_ids: Sequence[int], vocab_size: int) -> list[int]:
+    """For every original id, the original id a draft that keeps only `kept_ids` reads in its place: itself
+    when kept, else the last piece the trimmed tokenizer splits its string into (`draftvocab.target_to_draft_ids`,
+    the mapping the exported draft runs with), as an original id. The search's proxy feeds these ids so that it
+    reads what the draft will read."""
+    kept = list(kept_ids)
+    lookup = target_to_draft_ids(kept, tokenizer, trim_tokenizer(tokenizer, kept), vocab_size)
+    return [kept[i] for i in lookup.tolist()]
 
 
 def trim_tokenizer(tokenizer: Any, kept_ids: Sequence[int]) -> PreTrainedTokenizerFast:

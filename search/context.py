@@ -18,16 +18,17 @@ from prunesearch.pruning.export import load_base_model
 from prunesearch.pruning.importance import compute_importance
 from prunesearch.pruning.plan import PrunePlan
 from prunesearch.pruning.stats import cached_activation_stats
-from prunesearch.pruning.vocab import select_kept_tokens, token_frequencies
+from prunesearch.pruning.vocab import draft_reads, mandatory_token_count, select_kept_tokens, token_frequencies
 
 from . import fidelity
 from .baselines import baseline_params
 from .draft import DraftPricing, draft_memory_violation, draft_pricing
-from .evaluator import CandidateEvaluator
+from .evaluator import CandidateEvaluator, VocabChoice
 from .fidelity import FrontMember
 from .parametrize import Knobs, TrialLike, depth_violation, resolve, suggest_plan
 from .spec import SearchSpec
 from .starts import informed_params
+from .vocabfit import VocabFolds, vocab_folds
 
 # Quality recorded for trials that violate a constraint: the expensive proxy is never run for them.
 INFEASIBLE_QUALITY = 1e6
@@ -88,7 +89,15 @@ class SearchContext:
             stock_heads = stock_head_counts(architecture, self.shape)
         step = recommended_ffn_step(spec.hardware) if spec.space.ffn_step == "hardware" else None
         influence = stats.influence.tolist()
-        self.knobs: Knobs = resolve(self.shape, spec.space, influence, step, stock_heads=stock_heads)
+        min_vocab = mandatory_token_count(self.tokenizer) if spec.space.vocab else 0
+        self.knobs: Knobs = resolve(
+            self.shape, spec.space, influence, step, stock_heads=stock_heads, min_vocab=min_vocab
+        )
+        self.frequencies = token_frequencies(self.tokenizer, [doc.coverage_text for doc in docs])
+        # drafts with a vocabulary knob: acceptance of a trim is scored out of sample (search/vocabfit.py)
+        self.folds: VocabFolds | None = None
+        if spec.objectives.speculative is not None and spec.space.vocab:
+            self.folds = vocab_folds(self.tokenizer, docs, self.frequencies, settings.seq_len, len(blocks))
         self.evaluator = CandidateEvaluator(
             self.model,
             blocks,
@@ -96,8 +105,8 @@ class SearchContext:
             batch_size=proxy_batch_size(len(blocks)),
             prefix_cache_bytes=spec.efficiency.prefix_cache_mib << 20,
             temperature=spec.objectives.speculative.temperature if spec.objectives.speculative else None,
+            folds=self.folds.block_fold if self.folds is not None else None,
         )
-        self.frequencies = token_frequencies(self.tokenizer, [doc.coverage_text for doc in docs])
         self.latency_model: LatencyModel = latency_model_for(spec.hardware, spec.workload.engine)
         self.config = self.model.config.to_dict()
         self.workload: Workload = spec.workload
@@ -108,6 +117,7 @@ class SearchContext:
         self.dense_latency = self._latency(self.latency_model.estimate(self.config, None, self.workload))
         self.budget_ms = spec.latency_budget_ms(self.dense_latency)
         self.kept_tokens = lru_cache(maxsize=256)(self._kept_tokens)
+        self.scored_vocabulary = lru_cache(maxsize=64)(self._scored_vocabulary)
 
     def _latency(self, estimate: LatencyEstimate) -> float:
         """The minimised latency: the objective's, or for a draft its decode step (draft_ms)."""
@@ -119,6 +129,27 @@ class SearchContext:
         if size is None or size >= self.shape.vocab_size:
             return None
         return tuple(select_kept_tokens(self.tokenizer, self.frequencies, size))
+
+    def _scored_vocabulary(self, size: int | None):
+        """What the proxy scores a vocabulary of `size` with: for drafts, per fold of the calibration blocks, the
+        kept tokens chosen without that fold's region and the ids the draft reads in place of the others
+        (search/vocabfit.py); otherwise the kept tokens (`kept_tokens`)."""
+        kept = self.kept_tokens(size)
+        if kept is None or self.folds is None:
+            return kept
+        choices = {}
+        for fold in self.folds.used:
+            fold_kept = select_kept_tokens(self.tokenizer, self.folds.counts[fold], size)
+            reads = draft_reads(self.tokenizer, fold_kept, self.shape.vocab_size)
+            choices[fold] = VocabChoice(kept=tuple(fold_kept), reads=tuple(reads))
+        return choices
+
+    def draft_inputs(self, kept: Sequence[int] | None) -> list[int] | None:
+        """For a draft search, the ids a draft keeping `kept` reads in place of every token (None otherwise):
+        what `evaluator.evaluate_model` feeds a materialised draft (a healed one) so it reads as it will run."""
+        if self.draft is None or kept is None:
+            return None
+        return draft_reads(self.tokenizer, kept, self.shape.vocab_size)
 
     def starting_points(self) -> list[tuple[str, dict[str, Any]]]:
         """(name, complete params) of the baselines, then of the informed starting points (search/starts.py), at
@@ -164,7 +195,8 @@ class SearchContext:
         outcome = TrialOutcome(plan=plan, values=[], metrics=metrics, constraints=constraints | {"fidelity": -1.0})
         extra = self._extra_values(estimate)
         if outcome.feasible:
-            outcome.blocks = self._score(plan, kept, metrics, [latency, *extra], front)
+            scored = self.scored_vocabulary(plan.vocab)
+            outcome.blocks = self._score(plan, scored, metrics, [latency, *extra], front)
             if outcome.blocks is None:
                 outcome.constraints["fidelity"] = 1.0  # stopped early: kept off the front and the hypervolume
                 outcome.feasible = False

@@ -24,15 +24,19 @@ probability that the dense model accepts the candidate's token at each position 
 on the kept tokens; trimmed tokens are never proposed, so their dense mass is rejected): greedy compares the
 candidate's argmax with the dense argmax (cached beside the probabilities), sampling sums min(p_T, q_T) with the
 dense distribution at temperature T cached too (the same tensor at T = 1). Without a temperature nothing of this
-is computed.
+is computed. A draft's trimmed vocabulary comes as a `VocabChoice` per fold of the calibration blocks
+(`search/vocabfit.py`: each fold scored with tokens chosen without its region of the text), with the ids the draft
+reads in place of trimmed tokens (`pruning.vocab.draft_reads`, the exported draft's own input mapping): the
+candidate reads those, the dense model and the targets stay the text's. A batch holds blocks of one fold.
 
 Two savings per trial (docs/search.md, "Search efficiency"):
 - Prefix reuse: the dense hidden states at a few layer boundaries are cached once per job (within
   `prefix_cache_bytes`); a candidate whose first `first_change` layers equal the dense ones starts its forward
   at the deepest cached boundary at or before that layer. Layers before it compute exactly what the dense
   model computes, so the scores equal a full forward's to numerical tolerance (tests/search/test_efficiency.py).
-  A trimmed vocabulary changes neither: the candidate reads the dense embedding of every calibration token and
-  only its LM head is restricted.
+  A trimmed vocabulary read as the dense ids changes neither (only the LM head is restricted); one read as a
+  draft reads it (`VocabChoice.reads`) changes the inputs, so such a candidate runs its forward from the
+  embedding.
 - Scoring in stages: `start` returns a `Scoring` that runs any number of batches, keeps per-block sums, and can
   be finished later, so a candidate scored on a fraction of the blocks is finished without recomputation. The
   blocks are put in a fixed random order once, so any prefix of batches samples the whole calibration text.
@@ -41,7 +45,7 @@ Two savings per trial (docs/search.md, "Search efficiency"):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -60,6 +64,20 @@ class Quality:
     kl: float
     ppl: float
     acceptance: float | None = None  # drafts only: mean acceptance of the candidate's tokens by the dense model
+
+
+@dataclass(frozen=True)
+class VocabChoice:
+    """The trimmed vocabulary one fold of the calibration blocks is scored with (`search/vocabfit.py`)."""
+
+    kept: Sequence[int]  # original ids the candidate keeps, ascending
+    # drafts: per original id, the original id the draft reads in its place (`pruning.vocab.draft_reads`);
+    # None: every token is read as itself (the dense embedding of a trimmed one)
+    reads: Sequence[int] | None = None
+
+
+# What `start` takes for a trimmed vocabulary: one kept set for every block, or a choice per fold.
+Vocabulary = Sequence[int] | Mapping[int, VocabChoice] | None
 
 
 @dataclass(frozen=True)
@@ -133,15 +151,21 @@ class CandidateEvaluator:
         teacher_cache_bytes: int = TEACHER_CACHE_BYTES,
         prefix_cache_bytes: int = PREFIX_CACHE_BYTES,
         temperature: float | None = None,
+        folds: Sequence[int] | None = None,
     ):
+        """`folds`: the cross-fitting fold of each block (`search/vocabfit.py`); a batch then holds blocks of one
+        fold only, and the folds take turns batch by batch, so any prefix of batches still samples them all."""
         self.model = model
         self.temperature = temperature  # drafts: also score acceptance at this temperature (0: greedy)
         self.scores = scores
         self.batch_size = batch_size
         self.device = next(model.parameters()).device
         order = torch.randperm(len(blocks), generator=torch.Generator().manual_seed(0))
-        self.blocks = blocks[order].to(self.device)
-        self.n_batches = math.ceil(len(blocks) / batch_size)
+        batches = _fold_batches(order.tolist(), list(folds) if folds is not None else [0] * len(blocks), batch_size)
+        self.blocks = blocks[torch.tensor([i for _, batch in batches for i in batch])].to(self.device)
+        self.batch_fold = [fold for fold, _ in batches]
+        self.batch_sizes = [len(batch) for _, batch in batches]
+        self.n_batches = len(batches)
         self.boundaries = prefix_boundaries(model, blocks, prefix_cache_bytes)
         self.prefix: dict[int, list[torch.Tensor]] = {b: [] for b in self.boundaries}
         hidden = self._teacher_hidden()
@@ -157,10 +181,7 @@ class CandidateEvaluator:
         stack, layers = decoder(self.model), decoder_layers(self.model)
         hooks = [layers[b - 1].register_forward_hook(self._recorder(b)) for b in self.boundaries]
         try:
-            return [
-                stack(input_ids=batch, use_cache=False).last_hidden_state[:, :-1]
-                for batch in self.blocks.split(self.batch_size)
-            ]
+            return [stack(input_ids=batch, use_cache=False).last_hidden_state[:, :-1] for batch in self.batches()]
         finally:
             for hook in hooks:
                 hook.remove()
@@ -170,6 +191,10 @@ class CandidateEvaluator:
             self.prefix[boundary].append(_hidden_of(output).detach().clone())
 
         return record
+
+    def batches(self) -> tuple[torch.Tensor, ...]:
+        """The calibration blocks, batch by batch, in scoring order."""
+        return self.blocks.split(self.batch_sizes)
 
     def resume_boundary(self, plan: PrunePlan) -> int:
         """The deepest cached boundary at or before the plan's first changed layer (0: a full forward)."""
@@ -188,22 +213,31 @@ class CandidateEvaluator:
         dense_head = lm_head(self.model)
         return lambda rows: Teacher.from_logits(dense_head(hidden[rows]), self.temperature)
 
-    def start(self, plan: PrunePlan, kept_token_ids: Sequence[int] | None = None, *, reuse: bool = True) -> Scoring:
-        """A scoring of `plan` that has run no batch yet (`reuse`: start at a cached boundary where it can)."""
-        return Scoring(self, plan, kept_token_ids, self.resume_boundary(plan) if reuse else 0)
+    def start(self, plan: PrunePlan, vocabulary: Vocabulary = None, *, reuse: bool = True) -> Scoring:
+        """A scoring of `plan` that has run no batch yet (`reuse`: start at a cached boundary where it can).
 
-    def evaluate(self, plan: PrunePlan, kept_token_ids: Sequence[int] | None = None) -> Quality:
-        """KL and perplexity of `plan` (vocabulary restricted to `kept_token_ids` when given)."""
-        return self.start(plan, kept_token_ids).run().quality()
+        `vocabulary`: None (all tokens), the kept ids (every block), or a `VocabChoice` per fold of `folds`.
+        A choice that `reads` trimmed tokens as the draft does changes the candidate's inputs, so its forward
+        starts at the embedding (the cached dense prefix read the dense inputs)."""
+        choices = _choices(vocabulary, set(self.batch_fold))
+        mapped = any(choice is not None and choice.reads is not None for choice in choices.values())
+        return Scoring(self, plan, choices, self.resume_boundary(plan) if reuse and not mapped else 0)
+
+    def evaluate(self, plan: PrunePlan, vocabulary: Vocabulary = None) -> Quality:
+        """KL and perplexity of `plan` (vocabulary restricted as `start` says)."""
+        return self.start(plan, vocabulary).run().quality()
 
     @torch.inference_mode()
-    def evaluate_model(self, model, token_map: Sequence[int] | None = None) -> Quality:
+    def evaluate_model(
+        self, model, token_map: Sequence[int] | None = None, reads: Sequence[int] | None = None
+    ) -> Quality:
         """KL and perplexity of a materialised model (an exported or healed checkpoint) on the same blocks and
         by the same definitions as `evaluate`, so its scores compare with the proxy's.
 
-        `token_map` (new id -> dense id) for a trimmed vocabulary: as `evaluate` does for a candidate, the
-        model reads every calibration token (the dense embedding row for one the trim dropped, its own for a
-        kept one) and its LM head scores the kept tokens only."""
+        `token_map` (new id -> dense id) for a trimmed vocabulary: the model reads every calibration token (a
+        kept one as its own row; one the trim dropped as the dense embedding row, or with `reads`, as the draft
+        reads it: its own row of `reads[token]`, `VocabChoice.reads`) and its LM head scores the kept tokens
+        only."""
         model = model.to(self.device).eval()
         stack = decoder(model)
         if token_map is None:
@@ -213,10 +247,12 @@ class CandidateEvaluator:
             kept = torch.tensor(list(token_map), device=self.device)
             table = embedding(self.model).weight.detach().clone()
             table[kept] = embedding(model).weight.to(table.dtype)
+            if reads is not None:  # every id reads the row of the kept id the draft reads in its place
+                table = table[torch.tensor(list(reads), device=self.device)]
             head = _widened(lm_head(model), kept, table.shape[0], self.temperature)
             inputs = lambda batch: {"inputs_embeds": F.embedding(batch, table)}  # noqa: E731
         sums = self.new_sums()
-        for index, batch in enumerate(self.blocks.split(self.batch_size)):
+        for index, batch in enumerate(self.batches()):
             hidden = stack(**inputs(batch), use_cache=False).last_hidden_state[:, :-1]
             head.accumulate(sums, hidden, self._teacher(index), batch[:, 1:])
         return _quality(sums)
@@ -229,11 +265,18 @@ class Scoring:
     """One candidate being scored batch by batch: `run` more batches, read `quality` (of the blocks scored so
     far) or `block_values` at any point; built once, so a stopped scoring can be finished without recomputing."""
 
-    def __init__(self, evaluator: CandidateEvaluator, plan: PrunePlan, kept_token_ids, resume: int):
+    def __init__(
+        self, evaluator: CandidateEvaluator, plan: PrunePlan, choices: Mapping[int, VocabChoice | None], resume: int
+    ):
         self.evaluator, self.resume = evaluator, resume
         self.candidate = apply_plan(evaluator.model, replace(plan, vocab=None), evaluator.scores)
-        kept = torch.tensor(list(kept_token_ids), device=evaluator.device) if kept_token_ids is not None else None
-        self.head = _LogitHead.of(lm_head(self.candidate), kept, evaluator.temperature)
+        device, head = evaluator.device, lm_head(self.candidate)
+        # per fold: the LM head restricted to its kept tokens, and the ids its blocks are read as (None: as they are)
+        self.heads = {
+            fold: _LogitHead.of(head, _tensor(choice and choice.kept, device), evaluator.temperature)
+            for fold, choice in choices.items()
+        }
+        self.reads = {fold: _tensor(choice and choice.reads, device) for fold, choice in choices.items()}
         self.stack = decoder(self.candidate)
         self.sums = evaluator.new_sums()
         self.batches_done = 0
@@ -253,12 +296,15 @@ class Scoring:
         """Score up to `batches` more batches (all that remain when None)."""
         ev = self.evaluator
         stop = ev.n_batches if batches is None else min(ev.n_batches, self.batches_done + batches)
+        batches = ev.batches()
         for index in range(self.batches_done, stop):
-            batch = ev.blocks[index * ev.batch_size : (index + 1) * ev.batch_size]
+            batch, fold = batches[index], ev.batch_fold[index]
             if self._replay is not None:
                 self._replay.index = index
-            hidden = self.stack(input_ids=batch, use_cache=False).last_hidden_state[:, :-1]
-            self.head.accumulate(self.sums, hidden, ev._teacher(index), batch[:, 1:])
+            reads = self.reads[fold]
+            inputs = batch if reads is None else reads[batch]  # the draft's view of the text; targets stay
+            hidden = self.stack(input_ids=inputs, use_cache=False).last_hidden_state[:, :-1]
+            self.heads[fold].accumulate(self.sums, hidden, ev._teacher(index), batch[:, 1:])
             self.batches_done = index + 1
         return self
 
@@ -299,6 +345,33 @@ def _install_replay(candidate, cached: list[torch.Tensor] | None, resume: int) -
         layers[i] = _Replay(None)
     layers[resume - 1] = last
     return last
+
+
+def _fold_batches(order: list[int], folds: list[int], batch_size: int) -> list[tuple[int, list[int]]]:
+    """(fold, block indices) per batch: each fold's blocks in `order`, cut into batches, the folds taking turns
+    (one fold: `order` cut into batches of `batch_size`)."""
+    per_fold: dict[int, list[list[int]]] = {}
+    for fold in sorted(set(folds)):
+        mine = [i for i in order if folds[i] == fold]
+        per_fold[fold] = [mine[start : start + batch_size] for start in range(0, len(mine), batch_size)]
+    turns = max(len(batches) for batches in per_fold.values()) if per_fold else 0
+    return [(fold, batches[t]) for t in range(turns) for fold, batches in per_fold.items() if t < len(batches)]
+
+
+def _choices(vocabulary: Vocabulary, folds: set[int]) -> dict[int, VocabChoice | None]:
+    """A `VocabChoice` (or None: every token) per fold."""
+    if vocabulary is None:
+        return dict.fromkeys(folds)
+    if isinstance(vocabulary, Mapping):
+        missing = folds - vocabulary.keys()
+        if missing:
+            raise ValueError(f"no vocabulary for calibration folds {sorted(missing)}")
+        return {fold: vocabulary[fold] for fold in folds}
+    return dict.fromkeys(folds, VocabChoice(kept=vocabulary))
+
+
+def _tensor(ids: Sequence[int] | None, device: torch.device) -> torch.Tensor | None:
+    return None if ids is None else torch.as_tensor(list(ids), dtype=torch.long, device=device)
 
 
 def _hidden_of(output) -> torch.Tensor:

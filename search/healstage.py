@@ -163,7 +163,9 @@ def heal_candidate(
             _renew(progress)
             result = heal(pruned, spec.model, spec.calibration, healed, settings, progress=progress)
             _renew(progress)
-            quality = context.evaluator.evaluate_model(load_pruned(healed), read_token_map(healed))
+            token_map = read_token_map(healed)  # a draft reads trimmed tokens as it runs (`draft_inputs`)
+            reads = context.draft_inputs(token_map)
+            quality = context.evaluator.evaluate_model(load_pruned(healed), token_map, reads)
         except _Stopped:
             raise
         except Exception as exc:  # bad input (HealError, ...), out of memory, disk full: this candidate only

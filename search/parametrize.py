@@ -47,6 +47,7 @@ class Knobs:
     order: tuple[int, ...]  # layer indices, least influential first (ShortGPT order)
     depth: str = "sublayers"  # the space's depth knob; "layers" where sublayers would break stock loading
     stock_group_cuts: tuple[int, ...] | None = None  # deploy: stock: the allowed uniform KV-group cuts
+    min_vocab: int = 0  # the tokenizer's mandatory tokens (`pruning.vocab.mandatory_token_count`)
 
     @property
     def stock(self) -> bool:
@@ -67,8 +68,10 @@ class Knobs:
         return -(-size // step) * step if self.aligned else size
 
     def vocab_bounds(self) -> tuple[int, int]:
-        low = max(self.shape.num_special_tokens, math.ceil(self.shape.vocab_size * self.space.min_keep.vocab))
-        return low, self.shape.vocab_size
+        """The smallest and largest vocabulary: `min_keep.vocab` of it, but never fewer tokens than the tokenizer
+        must keep (specials, base alphabet and their merge closure), so no sampled size fails to trim."""
+        share = math.ceil(self.shape.vocab_size * self.space.min_keep.vocab)
+        return max(self.shape.num_special_tokens, self.min_vocab, share), self.shape.vocab_size
 
 
 def default_ffn_step(shape: ModelShape) -> int:
@@ -83,11 +86,13 @@ def resolve(
     hardware_step: int | None = None,
     *,
     stock_heads: Sequence[int] | None = None,
+    min_vocab: int = 0,
 ) -> Knobs:
     """Bounds of every knob for this model; raises ValueError for layers the model does not have.
 
     `hardware_step`: the hardware profile's recommended MLP granularity (for `ffn_step: "hardware"`).
-    `stock_heads` (`pruning.deploy.stock_head_counts`) restricts the space to stock-loadable plans."""
+    `stock_heads` (`pruning.deploy.stock_head_counts`) restricts the space to stock-loadable plans; `min_vocab`
+    (`pruning.vocab.mandatory_token_count`) bounds the vocabulary knob below."""
     touchable = tuple(space.layers) if space.layers is not None else tuple(range(shape.num_layers))
     bad = [i for i in touchable if i >= shape.num_layers]
     if bad:
@@ -119,6 +124,7 @@ def resolve(
         depth="layers" if stock_cuts is not None and space.depth == "sublayers" else space.depth,
         stock_group_cuts=stock_cuts,
         aligned=aligned,
+        min_vocab=min_vocab,
     )
 
 

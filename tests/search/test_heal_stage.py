@@ -88,7 +88,8 @@ def test_healed_scores_use_the_proxys_definitions(scratch, tmp_path, monkeypatch
 
     # any failure of one candidate (here scores that are not finite, a full disk) is its record, not the job's
     nan = SimpleNamespace(kl=float("nan"), ppl=float("inf"))
-    scorer = SimpleNamespace(spec=_spec(), evaluator=SimpleNamespace(evaluate_model=lambda *a: nan))
+    evaluator = SimpleNamespace(evaluate_model=lambda *a: nan)
+    scorer = SimpleNamespace(spec=_spec(), evaluator=evaluator, draft_inputs=lambda token_map: None)
     record = healstage.heal_candidate(optuna.storages.RDBStorage(storage), study, scorer, whole[0].number)
     assert "not finite" in record["error"] and "healed_kl" not in record
 

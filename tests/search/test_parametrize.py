@@ -104,3 +104,13 @@ def test_depth_violation_counts_sublayers_beyond_the_bound():
 def test_bad_specs_name_the_problem(body, message):
     with pytest.raises(ValidationError, match=message):
         SearchSpec.model_validate({"model": "m", "calibration": "c", **body})
+
+
+def test_the_vocabulary_knob_never_goes_below_the_tokenizers_mandatory_tokens():
+    space = SearchSpace(vocab=True, min_keep={"vocab": 0.01})  # 50 of 5000 tokens by the share alone
+    assert resolve(SHAPE, space, INFLUENCE).vocab_bounds() == (50, 5000)
+    knobs = resolve(SHAPE, space, INFLUENCE, min_vocab=1300)
+    assert knobs.vocab_bounds() == (1300, 5000)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    sizes = [suggest_plan(study.ask(), knobs).vocab for _ in range(80)]
+    assert all(size is None or 1300 <= size < 5000 for size in sizes) and min(s for s in sizes if s) < 1500
