@@ -50,6 +50,7 @@ class AssistStats:
     seconds: float
     draft_seconds: float = 0.0  # lean loop only: time in the draft's forwards (proposals)
     verify_seconds: float = 0.0  # lean loop only: time in the target's verification forwards
+    prefill_seconds: float = 0.0  # lean loop only: reading the prompt (both models' caches)
 
     @property
     def acceptance(self) -> float:
@@ -213,6 +214,7 @@ def speculative_generate(
     with torch.inference_mode():
         started = time.perf_counter()
         target_cache, draft_cache = _prefill(target, tokens, device), _prefill(draft, tokens, device)
+        tally.prefill_seconds = time.perf_counter() - started
         while len(tokens) < limit:
             clock = time.perf_counter()
             drafts, draft_probs = _propose(draft, draft_cache, tokens, min(lookahead, limit - len(tokens) - 1), picker)
@@ -239,13 +241,21 @@ class _Tally:
     accepted: int = 0
     draft_seconds: float = 0.0
     verify_seconds: float = 0.0
+    prefill_seconds: float = 0.0
 
     def count(self, drafted: int, accepted: int) -> None:
         self.rounds, self.drafted, self.accepted = self.rounds + 1, self.drafted + drafted, self.accepted + accepted
 
     def stats(self, new_tokens: int, seconds: float) -> AssistStats:
         return AssistStats(
-            new_tokens, self.rounds, self.drafted, self.accepted, seconds, self.draft_seconds, self.verify_seconds
+            new_tokens,
+            self.rounds,
+            self.drafted,
+            self.accepted,
+            seconds,
+            self.draft_seconds,
+            self.verify_seconds,
+            self.prefill_seconds,
         )
 
 
@@ -281,6 +291,7 @@ def plain_generate_lean(
     with torch.inference_mode():
         started = time.perf_counter()
         cache = _prefill(target, tokens, device)
+        prefill = time.perf_counter() - started
         for _ in range(max_new_tokens):
             token, _ = picker.pick(_forward(target, tokens[-1:], cache, device)[-1])
             tokens.append(token)
@@ -288,7 +299,9 @@ def plain_generate_lean(
                 break
         seconds = time.perf_counter() - started
     new_tokens = len(tokens) - input_ids.shape[1]
-    return _output(tokens, input_ids.device), AssistStats(new_tokens, new_tokens, 0, 0, seconds)
+    return _output(tokens, input_ids.device), AssistStats(
+        new_tokens, new_tokens, 0, 0, seconds, prefill_seconds=prefill
+    )
 
 
 def generate(

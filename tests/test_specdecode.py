@@ -262,5 +262,6 @@ def test_measure_lean_reports_consistent_figures(drafts, target, prompts):
         assert 0.0 <= row["acceptance"] <= 1.0 and 0.0 <= row["alpha_from_rounds"] <= 1.0
         assert 1.0 <= row["tokens_per_round"] <= row["lookahead"] + 1
         assert row["measured_speedup"] > 0 and row["verify_cost"] > 0
+        assert row["prefill_share"] > 0 and row["round_overhead"] >= 0
         priced = speedup(row["alpha_from_rounds"], row["lookahead"], report["draft_cost"], row["verify_cost"])
         assert row["predicted_speedup_priced"] == pytest.approx(priced, rel=0.01)
