@@ -5,6 +5,7 @@ predicted, real assisted generation on this CPU, and a healed draft.
     python bench/drafts.py search [--trials 100] [--hardware h100-sxm,local-calibrated] [--spaces ...]
     python bench/drafts.py check [--from local-calibrated/joint,h100-sxm/joint]
     python bench/drafts.py heal [--tokens 100000]
+    python bench/drafts.py selfheal [--cuts 0:2048,0-1:2048] [--heal-steps 300] [--self-data 150000] --threads 1
 
 Every stage merges its figures into --results (default bench/results/drafts.json) with the command that produced
 them, so stages run separately. Searches are greedy (temperature 0) unless --temperature is given; the
@@ -191,10 +192,71 @@ def heal(args) -> None:
     print(json.dumps(row, default=str), flush=True)
 
 
+def selfheal(args) -> None:
+    """Cheap drafts cut from the target (kept layers, vocabulary), healed on the target's own greedy continuations
+    (self-data at temperature 0), measured in the lean loop on held-out prompts, greedy and at --temperatures,
+    with the weights as loaded and column-major (`specdecode.column_major_linears`)."""
+    from prunesearch.pruning.assist import load_assistant
+    from prunesearch.pruning.draftcheck import heldout_token_ids, prompts_from_ids, teacher_forced_acceptance
+    from prunesearch.pruning.export import load_base_model
+    from prunesearch.pruning.specdecode import column_major_linears
+
+    layouts = {"row_major": load_base_model(args.model), "column_major": load_base_model(args.model)}
+    column_major_linears(layouts["column_major"][0])
+    tokenizer = layouts["row_major"][1]
+    ids = heldout_token_ids(tokenizer, args.data / HELD_OUT["in_domain"], args.alpha_tokens)
+    prompts = prompts_from_ids(ids, args.prompts, args.prompt_tokens)
+    temperatures = sorted({0.0, *args.temperatures})
+    for cut in args.cuts:
+        draft_dir = _cut_and_heal(args, cut)
+        row: dict = {"draft": str(draft_dir), "command": command(), "lean": {}}
+        draft = load_assistant(draft_dir, *layouts["row_major"])
+        alphas = teacher_forced_acceptance(layouts["row_major"][0], draft, ids, temperatures)
+        row["teacher_forced_in_domain"] = {str(t): round(a, 4) for t, a in alphas.items()}
+        for layout in args.layouts:
+            target, _ = layouts[layout]
+            draft = load_assistant(draft_dir, target, tokenizer)
+            if layout == "column_major":
+                column_major_linears(draft)
+            row["lean"][layout] = lean(args, target, draft, prompts, args.lookahead, temperatures)["lean"]
+        resultsfile.record(args.results, ["selfheal", f"{cut} healed {args.heal_steps}"], row)
+        print(json.dumps({cut: row}, default=str)[:3000], flush=True)
+
+
+def _cut_and_heal(args, cut: str) -> Path:
+    """`LAYERS:VOCAB` (e.g. `0-1:2048`, `0:full`): the target with only those layers and that many tokens (FLAP on
+    pydocs-calib), healed on greedy self-data; both kept in the workdir and reused when present."""
+    from prunesearch.pruning.heal import heal as heal_checkpoint
+    from prunesearch.pruning.healsettings import HealSettings
+    from prunesearch.pruning.pipeline import ImportanceCalibration, prune_checkpoint
+    from prunesearch.pruning.plan import LayerPlan, PrunePlan
+
+    layers_text, vocab_text = cut.split(":")
+    first, _, last = layers_text.partition("-")
+    kept = range(int(first), int(last or first) + 1)
+    name = cut.replace(":", "-v")
+    cut_dir, healed = args.workdir / "selfheal" / name, args.workdir / "selfheal" / f"{name}-healed{args.heal_steps}"
+    calibration = args.data / "pydocs-calib.txt"
+    if not (cut_dir / "config.json").is_file():
+        config = json.loads((args.model / "config.json").read_text())
+        whole = LayerPlan(config["num_attention_heads"], config["intermediate_size"])
+        layers = tuple(whole if i in kept else LayerPlan(0, 0) for i in range(config["num_hidden_layers"]))
+        vocab = None if vocab_text == "full" else int(vocab_text)
+        plan = PrunePlan(layers=layers, vocab=vocab)
+        prune_checkpoint(args.model, plan, cut_dir, calibration=ImportanceCalibration(calibration, max_tokens=16_384))
+    if args.heal_steps and not (healed / "config.json").is_file():
+        settings = HealSettings(
+            steps=args.heal_steps, lr=5e-4, seq_len=128, batch=8, seed=args.seed,
+            self_data_tokens=args.self_data, self_data_temperature=0.0,
+        )  # fmt: skip
+        heal_checkpoint(cut_dir, args.model, calibration, healed, settings)
+    return healed if args.heal_steps else cut_dir
+
+
 def main(argv: list[str] | None = None) -> int:
     words = lambda s: [w for w in s.split(",") if w]  # noqa: E731
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["calibrate", "search", "check", "heal"])
+    parser.add_argument("what", choices=["calibrate", "search", "check", "heal", "selfheal"])
     parser.add_argument("--model", type=Path, default=SHARED / "models/llama-docs")
     parser.add_argument("--data", type=Path, default=SHARED / "data")
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench/results/drafts-work")
@@ -216,13 +278,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--method", default="full", help="heal: full or lora")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cuts", type=words, default=["0:2048", "0-1:2048"], help="selfheal: LAYERS:VOCAB drafts")
+    parser.add_argument("--heal-steps", type=int, default=300, help="selfheal: 0 measures the cut unhealed")
+    parser.add_argument("--self-data", type=int, default=150_000, help="selfheal: greedy self-data tokens")
+    parser.add_argument("--lookahead", type=int, default=3, help="selfheal: lookaheads 1 to this")
+    parser.add_argument("--layouts", type=words, default=["row_major", "column_major"])
     args = parser.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
     os.environ.setdefault("PRUNESEARCH_HOME", str(args.workdir / "home"))
     args.workdir.mkdir(parents=True, exist_ok=True)
-    {"calibrate": calibrate, "search": search, "check": check, "heal": heal}[args.what](args)
+    stages = {"calibrate": calibrate, "search": search, "check": check, "heal": heal, "selfheal": selfheal}
+    stages[args.what](args)
     return 0
 
 

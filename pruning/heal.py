@@ -117,7 +117,9 @@ def _training_data(models: _Models, data: Path, settings: HealSettings) -> tuple
     }
     extra = []
     if settings.self_data_tokens:
-        config = SelfDataSettings(tokens=settings.self_data_tokens, seed=settings.seed)
+        config = SelfDataSettings(
+            tokens=settings.self_data_tokens, seed=settings.seed, temperature=settings.self_data_temperature
+        )
         extra, _ = self_data_docs(
             models.teacher, models.teacher_tokenizer, data, docs, config, teacher_fingerprint=fingerprints["teacher"]
         )

@@ -40,6 +40,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ce-weight", type=float, default=0.0, help="weight of cross-entropy in the loss, 0..1")
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--self-data", type=int, default=0, metavar="N", help="tokens of teacher-written text to add")
+    p.add_argument(
+        "--self-data-temperature", type=float, default=1.0, metavar="T",
+        help="the teacher's sampling temperature for self-data (default 1; 0 decodes greedily, for greedy drafts)",
+    )  # fmt: skip
     p.add_argument("--dtype", choices=values(DType), help="of the healed checkpoint (default: the input's)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--eval", nargs="+", default=[], type=Path, metavar="FILE", help="perplexity before/after")
@@ -69,6 +73,7 @@ def _heal(args: argparse.Namespace) -> int:
         lora_rank=args.lora_rank,
         gradient_checkpointing=args.gradient_checkpointing,
         self_data_tokens=args.self_data,
+        self_data_temperature=args.self_data_temperature,
         seed=args.seed,
         dtype=DType(args.dtype) if args.dtype else None,
         device=args.device,

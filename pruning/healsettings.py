@@ -38,6 +38,7 @@ class HealSettings:
     max_grad_norm: float = 1.0
     gradient_checkpointing: bool = False
     self_data_tokens: int = 0
+    self_data_temperature: float = 1.0  # the teacher's sampling temperature for self-data; 0 decodes greedily
     seed: int = 0
     dtype: DType | None = None  # of the healed checkpoint; None: the unhealed checkpoint's
     device: str = "cpu"
@@ -60,6 +61,8 @@ class HealSettings:
         ]
         if self.dtype is not None and self.dtype not in values(DType):
             problems.append(f"dtype must be one of {', '.join(values(DType))}")
+        if self.self_data_temperature < 0:
+            problems.append("self_data_temperature must not be negative (0 decodes greedily)")
         if not 0.0 <= self.ce_weight <= 1.0:
             problems.append("ce_weight must lie in [0, 1]")
         if self.seq_len < 2:

@@ -11,7 +11,9 @@ back to back, their order rotating with the repeat; one untimed warm-up of each 
 - `predicted_speedup`: `speculative.speedup(alpha_from_rounds, g, c)`, verification priced as one target step
   (the paper's formula);
 - `verify_cost` v: median over runs of the target's verification forward (g + 1 tokens) / one plain target step;
-  `round_overhead`: the rest of a round (acceptance rule, cache cropping, the loop) in target steps;
+  `prefill_share`: both models reading the prompt, per round, in target steps (the plain step carries the
+  target's prefill spread over its tokens the same way); `round_overhead`: the rest of a round (acceptance rule,
+  cache cropping, the loop) in target steps;
 - `predicted_speedup_priced`: `speculative.speedup(alpha_from_rounds, g, c, v)`, verification at its real cost.
 """
 
@@ -35,6 +37,7 @@ class _LookaheadRuns:
     tokens_per_second: list[float] = field(default_factory=list)
     verify_costs: list[float] = field(default_factory=list)
     overheads: list[float] = field(default_factory=list)
+    prefills: list[float] = field(default_factory=list)
     drafted: int = 0
     accepted: int = 0
     rounds: int = 0
@@ -42,8 +45,9 @@ class _LookaheadRuns:
 
     def add(self, stats: AssistStats, plain_tps: float) -> None:
         step = 1.0 / plain_tps  # one plain target step, seconds (prefill included, as in the speculative run)
-        rest = stats.seconds - stats.draft_seconds - stats.verify_seconds
+        rest = stats.seconds - stats.draft_seconds - stats.verify_seconds - stats.prefill_seconds
         self.verify_costs.append(stats.verify_seconds / stats.rounds / step)
+        self.prefills.append(stats.prefill_seconds / stats.rounds / step)
         self.overheads.append(rest / stats.rounds / step)
         self.ratios.append(stats.tokens_per_second / plain_tps)
         self.tokens_per_second.append(stats.tokens_per_second)
@@ -122,6 +126,7 @@ def _row(lookahead: int, runs: _LookaheadRuns, draft_cost: float) -> dict[str, A
         "measured_speedup": round(statistics.median(runs.ratios), 3),
         "predicted_speedup": round(speedup(alpha_rounds, lookahead, draft_cost), 3),
         "verify_cost": round(verify_cost, 3),
+        "prefill_share": round(statistics.median(runs.prefills), 3),
         "round_overhead": round(statistics.median(runs.overheads), 3),
         "predicted_speedup_priced": round(speedup(alpha_rounds, lookahead, draft_cost, verify_cost), 3),
     }

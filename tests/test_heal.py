@@ -18,6 +18,7 @@ from prunesearch.choices import HealMethod
 from prunesearch.cli import main
 from prunesearch.pruning import healstate
 from prunesearch.pruning.heal import HealSettings, heal, loss_curve
+from prunesearch.pruning.healdata import HealDataError
 from prunesearch.pruning.healloop import with_lora
 from prunesearch.pruning.healstate import HealStateError, work_dir
 from prunesearch.pruning.modeling import load_pruned
@@ -240,6 +241,42 @@ def test_self_data_from_chat_answers_the_user_turns(tmp_path, prunesearch_home):
     for doc in generated:
         assert doc.text.startswith("user: Question") and "\nassistant:" in doc.text
         assert len(doc.text.split("\nassistant:", 1)[1]) > 0
+
+
+def test_greedy_self_data_is_the_teachers_greedy_continuation_of_distinct_prompts(tmp_path, prunesearch_home):
+    """Temperature 0: each text is the teacher's own greedy continuation (what a greedy draft will face), no
+    prompt repeats before every prompt was used, and the cache keys the two temperatures apart."""
+    from prunesearch.pruning.calibration import load_calibration
+    from prunesearch.pruning.selfdata import SelfDataSettings, _prompts, cache_path, self_data_docs
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(TINY)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(TINY)
+    docs = load_calibration(CALIB, tokenizer)
+    greedy = SelfDataSettings(tokens=96, prompt_tokens=8, max_new_tokens=12, batch=4, temperature=0.0)
+    generated, _ = self_data_docs(model, tokenizer, CALIB, docs, greedy, teacher_fingerprint="t")
+    prompts = _prompts(tokenizer, docs, greedy)
+    used = []
+    for doc in generated:  # the prompt a text grew from: one whose decoded text starts it
+        starts = [
+            i for i, p in enumerate(prompts) if doc.text.startswith(tokenizer.decode(p, skip_special_tokens=True))
+        ]
+        continuations = {
+            i: tokenizer.decode(
+                model.generate(torch.tensor([prompts[i]]), do_sample=False, max_new_tokens=12)[0],
+                skip_special_tokens=True,
+            )
+            for i in starts
+        }
+        matching = [i for i, text in continuations.items() if text == doc.text]
+        assert matching, doc.text
+        used.append(matching[0])
+    assert len(generated) >= 8 and len(set(used)) == len(used) < len(prompts)  # no prompt drawn twice
+    sampled = SelfDataSettings(tokens=96, prompt_tokens=8, max_new_tokens=12, batch=4)
+    assert cache_path("t", docs, greedy) != cache_path("t", docs, sampled)
+    with pytest.raises(HealDataError, match="temperature must be >= 0"):
+        self_data_docs(
+            model, tokenizer, CALIB, docs, SelfDataSettings(tokens=8, temperature=-1.0), teacher_fingerprint="t"
+        )
 
 
 def test_loss_curve_keeps_at_most_the_asked_points():

@@ -14,7 +14,7 @@ from prunesearch.pruning.assist import load_assistant, plain_generate
 from prunesearch.pruning.draftvocab import TargetVocabularyHead
 from prunesearch.pruning.export import load_base_model, write_custom_generate
 from prunesearch.pruning.leancheck import measure_lean
-from prunesearch.pruning.specdecode import plain_generate_lean, speculative_generate
+from prunesearch.pruning.specdecode import column_major_linears, plain_generate_lean, speculative_generate
 from prunesearch.pruning.speculative import speedup
 
 from .tiny_drafts import DRAFT_PLANS, TINY, build_drafts, calibration_prompts
@@ -59,6 +59,36 @@ def test_greedy_equals_plain_greedy(name, lookahead, drafts, target, prompts):
         assert stats.new_tokens == output.shape[-1] - prompt.shape[-1]
         assert 0 <= stats.accepted <= stats.drafted <= stats.rounds * lookahead
         assert stats.new_tokens == stats.accepted + stats.rounds  # no early stop: every round adds one target token
+
+
+@pytest.mark.parametrize("name", list(DRAFT_PLANS))
+def test_column_major_weights_keep_the_greedy_output(name, drafts, target, prompts):
+    """The CPU layout changes how the weights lie, not what they are: same greedy tokens, same weight values."""
+    model, tokenizer = target
+    expected = [plain_generate(model, prompt, max_new_tokens=16)[0] for prompt in prompts]
+    laid_out, _ = load_base_model(TINY)
+    draft = load_assistant(drafts[name], laid_out, tokenizer)
+    linears = [m for m in laid_out.modules() if isinstance(m, torch.nn.Linear)]
+    assert column_major_linears(laid_out) == len(linears) and column_major_linears(draft) > 0
+    for module, original in zip(linears, (m for m in model.modules() if isinstance(m, torch.nn.Linear)), strict=True):
+        assert module.weight.t().is_contiguous() and torch.equal(module.weight, original.weight)
+    for prompt, want in zip(prompts, expected, strict=True):
+        assert torch.equal(plain_generate_lean(laid_out, prompt, max_new_tokens=16)[0], want)
+        assert torch.equal(speculative_generate(laid_out, draft, prompt, max_new_tokens=16, lookahead=3)[0], want)
+
+
+def test_column_major_leaves_a_tied_head_alone():
+    """A head tied to the embedding keeps the embedding's row-major layout (its lookups read rows)."""
+    model = transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(
+            vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+            tie_word_embeddings=True,
+        )
+    )  # fmt: skip
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    changed = column_major_linears(model)
+    assert changed == len([m for m in model.modules() if isinstance(m, torch.nn.Linear)]) - 1
+    assert model.model.embed_tokens.weight.is_contiguous() and model.lm_head.weight is model.model.embed_tokens.weight
 
 
 def test_lean_plain_equals_generate(target, prompts):
@@ -232,5 +262,6 @@ def test_measure_lean_reports_consistent_figures(drafts, target, prompts):
         assert 0.0 <= row["acceptance"] <= 1.0 and 0.0 <= row["alpha_from_rounds"] <= 1.0
         assert 1.0 <= row["tokens_per_round"] <= row["lookahead"] + 1
         assert row["measured_speedup"] > 0 and row["verify_cost"] > 0
+        assert row["prefill_share"] > 0 and row["round_overhead"] >= 0
         priced = speedup(row["alpha_from_rounds"], row["lookahead"], report["draft_cost"], row["verify_cost"])
         assert row["predicted_speedup_priced"] == pytest.approx(priced, rel=0.01)
