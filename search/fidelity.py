@@ -149,17 +149,6 @@ def within_tolerance(member: Sequence[float], point: Sequence[float], tolerance:
     return all(m <= p + tolerance * abs(p) for m, p in zip(member, point, strict=True))
 
 
-def could_enter(
-    candidate_blocks: Sequence[float],
-    total_blocks: int,
-    rest: Sequence[float],
-    front: Sequence[FrontMember | Sequence[float]],
-    optimistic: Optimistic,
-) -> bool:
-    """`judge` at plain dominance: True unless a front member dominates the candidate's optimistic point."""
-    return judge(candidate_blocks, total_blocks, rest, front, optimistic).enter
-
-
 def low_fidelity_batches(n_batches: int, fraction: float) -> int:
     """How many batches the first stage scores: at least one, fewer than all (0 when staging cannot save)."""
     if fraction >= 1 or n_batches < 2:

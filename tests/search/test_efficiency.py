@@ -123,14 +123,14 @@ def test_pairing_stops_a_candidate_the_unpaired_rule_keeps():
     paired_member = fidelity.FrontMember((mean_full, 1.0), tuple(member_blocks))
     bare_member = fidelity.FrontMember((mean_full, 1.0))
     rule = _kl_optimistic(margin=2.0)
-    assert not fidelity.could_enter(candidate, 8, [1.0], [paired_member], rule)
-    assert fidelity.could_enter(candidate, 8, [1.0], [bare_member], rule)  # unpaired: 2 errors span the gap
-    assert fidelity.could_enter(candidate, 8, [1.0], [[mean_full, 1.0]], rule)  # bare values work as before
-    assert fidelity.could_enter(candidate, 8, [0.9], [paired_member], rule)  # faster: the member cannot dominate
+    assert not fidelity.judge(candidate, 8, [1.0], [paired_member], rule).enter
+    assert fidelity.judge(candidate, 8, [1.0], [bare_member], rule).enter  # unpaired: 2 errors span the gap
+    assert fidelity.judge(candidate, 8, [1.0], [[mean_full, 1.0]], rule).enter  # bare values work as before
+    assert fidelity.judge(candidate, 8, [0.9], [paired_member], rule).enter  # faster: the member cannot dominate
     better = [b - 0.2 for b in member_blocks[:4]]
-    assert fidelity.could_enter(better, 8, [1.0], [paired_member], rule)
+    assert fidelity.judge(better, 8, [1.0], [paired_member], rule).enter
     noisy = [b + d for b, d in zip(member_blocks[:4], (1.5, -1.0, 1.2, -0.9), strict=True)]  # +0.2 on average
-    assert fidelity.could_enter(noisy, 8, [1.0], [paired_member], rule)  # the differences' own error keeps it
+    assert fidelity.judge(noisy, 8, [1.0], [paired_member], rule).enter  # the differences' own error keeps it
 
 
 def test_tolerance_stops_a_candidate_that_could_improve_the_front_only_a_little():
@@ -150,8 +150,8 @@ def test_pairing_compares_drafts_at_each_side_s_own_latency():
     the member's latency, the candidate's at its own."""
     objective = lambda guess, latency: latency / (1 + guess.optimistic(0.0, higher_is_better=True))  # noqa: E731
     member = fidelity.FrontMember((2.0 / 1.5, 2.0), (0.5, 0.5, 0.5, 0.5))
-    assert not fidelity.could_enter([0.4, 0.4], 4, [3.0], [member], objective)  # slower and accepts less
-    assert fidelity.could_enter([0.9, 0.9], 4, [2.5], [member], objective)  # slower but far better: 2.5 / 1.9
+    assert not fidelity.judge([0.4, 0.4], 4, [3.0], [member], objective).enter  # slower and accepts less
+    assert fidelity.judge([0.9, 0.9], 4, [2.5], [member], objective).enter  # slower but far better: 2.5 / 1.9
 
 
 def _search_spec(calibration, **overrides) -> SearchSpec:
