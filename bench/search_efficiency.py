@@ -192,8 +192,12 @@ def counted_score(context: SearchContext, proxy: dict):
         try:
             return original(*a, **k)
         finally:
-            proxy["seconds"] += time.perf_counter() - t
+            seconds = time.perf_counter() - t
+            proxy["seconds"] += seconds
             proxy["calls"] += 1
+            # no front: an enqueued starting point, always scored in full (search/engine.py)
+            kind = "enqueued" if (a[4] if len(a) > 4 else k.get("front")) is None else "sampled"
+            proxy.setdefault(f"{kind}_seconds", []).append(seconds)
 
     return counted
 
@@ -226,4 +230,11 @@ def qwen_per_trial_cost(args, workdir: Path, make_spec) -> dict:
         "proxy_per_trial_over_dense_forward": round(proxy["seconds"] / len(trials) / dense_s, 3),
         "proxy_per_scored_trial_over_dense_forward": round(proxy["seconds"] / max(proxy["calls"], 1) / dense_s, 3),
         "search_over_trials_x_dense_forward": round(seconds / len(trials) / dense_s, 3),
+        **{
+            f"{kind}_trials": {
+                "scored": len(proxy.get(f"{kind}_seconds", [])),
+                "proxy_over_dense_forward": round(sum(proxy.get(f"{kind}_seconds", [])) / dense_s, 2),
+            }
+            for kind in ("enqueued", "sampled")
+        },
     }

@@ -3,7 +3,8 @@
 - dense (the reference);
 - uniform widths (every layer keeps the same share of KV groups and MLP channels, as LLM-Pruner / FLAP-style
   uniform pruning does);
-- layer removal by block influence (ShortGPT): drop the k layers whose output is most similar to their input.
+- layer removal by block influence (ShortGPT): drop the k layers whose output is most similar to their input,
+  for k on a ladder of at most `MAX_DEPTH_BASELINES` counts (`depth_ladder`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,10 @@ from typing import Any
 from .parametrize import Knobs, complete_params
 
 UNIFORM_RATIOS = (0.875, 0.75, 0.625, 0.5, 0.375, 0.25)
+# At most this many ShortGPT depths, evenly spread from one removal to the most the space allows: a deep model
+# (24 layers, a quarter kept: 18 removals) would otherwise spend 18 full-fidelity trials on one ladder whose
+# neighbouring rungs differ by a layer (docs/search.md, "Search efficiency").
+MAX_DEPTH_BASELINES = 8
 
 
 def _uniform(knobs: Knobs, ratio: float) -> dict[str, Any] | None:
@@ -52,6 +57,14 @@ def _layer_removal(knobs: Knobs, count: int) -> dict[str, Any]:
     return {f"{name}_{i}": False for i in dropped for name in ("keep_attn", "keep_mlp")}
 
 
+def depth_ladder(most: int, rungs: int = MAX_DEPTH_BASELINES) -> list[int]:
+    """Removal counts of the ShortGPT baselines: every count from 1 to `most` when there are at most `rungs` of
+    them, else `rungs` counts evenly spread from 1 to `most`, both ends included."""
+    if most <= rungs:
+        return list(range(1, most + 1))
+    return sorted({round(1 + (most - 1) * i / (rungs - 1)) for i in range(rungs)})
+
+
 def baseline_params(knobs: Knobs) -> list[tuple[str, dict[str, Any]]]:
     """(name, complete params) of every baseline this space can express, dense first."""
     found: list[tuple[str, dict[str, Any]]] = [("dense", {})]
@@ -60,7 +73,7 @@ def baseline_params(knobs: Knobs) -> list[tuple[str, dict[str, Any]]]:
         if params is not None:
             found.append((f"uniform-{ratio:g}", params))
     if knobs.depth != "none":
-        for count in range(1, knobs.max_removed_sublayers + 1):
+        for count in depth_ladder(knobs.max_removed_sublayers):
             found.append((f"shortgpt-{count}", _layer_removal(knobs, count)))
     unique, seen = [], set()
     for name, params in found:

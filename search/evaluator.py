@@ -1,11 +1,13 @@
 """Zero-shot quality proxies of a candidate plan, computed with the same surgery code that exports it.
 
-The dense model's outputs over the calibration blocks are computed once per job: its next-token
-probabilities p and their negative entropy sum_v p log p when they fit in 1 GiB, else its final hidden states,
-from which each trial re-derives them through the dense LM head (hidden states are far smaller than logits, so
-this scales to large vocabularies). A candidate is built by `apply_plan` (the export path, minus the
-vocabulary), and a trimmed vocabulary keeps only the kept rows of its LM head: this equals the exported model
-on kept-token inputs (tests/test_surgery.py proves it).
+The dense model's outputs over the calibration blocks are computed once per job: the `Moments` of its next-token
+distribution p at every position (sum_v p log p and the expected output embedding sum_v p(v) W_v), which is all
+a candidate scored with the dense LM head over every token needs (see `Moments`); and, for the other cases
+(a trimmed vocabulary, a sampling draft, a materialised checkpoint with its own head), p itself when it fits in
+1 GiB, else its final hidden states, from which each trial re-derives p through the dense LM head (hidden states
+are far smaller than logits, so this scales to large vocabularies). A candidate is built by `apply_plan` (the
+export path, minus the vocabulary), and a trimmed vocabulary keeps only the kept rows of its LM head: this
+equals the exported model on kept-token inputs (tests/test_surgery.py proves it).
 
 - `kl`: mean over positions of KL(p_K || q) - log p(K), where p is the dense next-token distribution, p_K its
   renormalisation to the kept tokens K and q the candidate's. Without vocabulary trimming it is KL(p || q);
@@ -16,8 +18,11 @@ Both come from one log-softmax of the candidate's logits: KL(p || q) = sum p log
 term is cached, and NLL(t) = -log q_t. With a trimmed vocabulary of kept mass m = p(K),
 KL(p_K || q) - log m = (sum_K p log p - p_K.log q) / m - 2 log m. With the teacher cached, a trial thus costs
 its forward pass, one log-softmax, a row-wise dot product and a gather (no exponentials of the teacher's
-distribution); uncached, the teacher's chunk is re-derived alongside. The fp32 difference of the two KL terms
-resolves KL to about 1e-6 nats per position, far below any candidate's (dense scores 0 by definition).
+distribution); uncached, the teacher's chunk is re-derived alongside. Without a trim (and without a sampling
+temperature) it is cheaper still: p.log q = e.h - lse(z) from the cached `Moments`, so a trial costs its forward
+pass, one log-sum-exp, a dot product of hidden size and a gather, and p is never read nor re-derived. The fp32
+difference of the two KL terms resolves KL to about 1e-6 nats per position, far below any candidate's (dense
+scores 0 by definition).
 
 Drafts (`temperature` set: a speculative objective, docs/drafts.md): the same pass also sums, per block, the
 probability that the dense model accepts the candidate's token at each position (`pruning/speculative.acceptance`
@@ -112,6 +117,55 @@ class Teacher:
         return Teacher(flat(self.probs, 1), flat(self.neg_entropy, 0), flat(self.top, 0), flat(self.tempered, 1))
 
 
+@dataclass(frozen=True)
+class Moments:
+    """What the proxy needs of the dense distribution p at each position when the candidate scores with the
+    dense LM head (weight W, bias b): no vocabulary trim, no sampling temperature. Since log q(v) = z_v - lse(z)
+    and z = W h + b, sum_v p(v) log q(v) = e.h + p.b - lse(z) with e = sum_v p(v) W_v, so KL(p || q) needs the
+    candidate's log-normaliser and a dot product of hidden size, never p itself."""
+
+    neg_entropy: torch.Tensor  # [rows]: sum_v p log p
+    expected: torch.Tensor  # [rows, hidden]: sum_v p(v) W_v
+    expected_bias: torch.Tensor | None  # [rows]: sum_v p(v) b_v (None: the head has no bias)
+    top: torch.Tensor | None  # [rows]: the dense argmax (greedy drafts only)
+
+    @classmethod
+    def of(cls, head: torch.nn.Linear, hidden: torch.Tensor, greedy: bool) -> Moments:
+        """Moments of the dense distribution over `hidden` ([rows, hidden]), computed in row chunks."""
+        weight = head.weight.float()
+        bias = head.bias.float() if head.bias is not None else None
+        parts = []
+        for rows in hidden.split(_chunk_rows(weight.shape[0])):
+            logits = F.linear(rows, head.weight, head.bias).float()
+            log_p = F.log_softmax(logits, dim=-1)
+            p = log_p.exp()
+            parts.append(
+                (
+                    torch.linalg.vecdot(p, log_p),
+                    p @ weight,
+                    p @ bias if bias is not None else None,
+                    logits.argmax(-1) if greedy else None,
+                )
+            )
+        neg_entropy, expected, expected_bias, top = (
+            None if part[0] is None else torch.cat(part) for part in zip(*parts, strict=True)
+        )
+        return cls(neg_entropy, expected, expected_bias, top)
+
+    def rows(self, rows: slice) -> Moments:
+        fields = (self.neg_entropy, self.expected, self.expected_bias, self.top)
+        return Moments(*(None if x is None else x[rows] for x in fields))
+
+
+@dataclass(frozen=True)
+class _BatchTeacher:
+    """The dense model's side of one batch, by row chunk: its `moments` (always cached), or the full `teacher`
+    (cached when it fits, else re-derived from the dense hidden states)."""
+
+    moments: Callable[[slice], Moments]
+    teacher: Callable[[slice], Teacher]
+
+
 class _Sums:
     """Running fp64 sums per calibration block on the evaluation device (read back once per candidate, not once
     per chunk): KL, target NLL, scored targets, positions."""
@@ -134,8 +188,15 @@ class _Sums:
 TEACHER_CACHE_BYTES = 1 << 30
 # Dense hidden states at layer boundaries are cached within this many bytes, for prefix reuse.
 PREFIX_CACHE_BYTES = 1 << 30
-# Logits are scored in row chunks of about this size, so the log-softmax and the dot product read them from cache.
+# Logits are scored in row chunks of about this size, so the log-softmax and the dot product read them from cache,
 _CHUNK_BYTES = 16 << 20
+# but never fewer rows than this: each chunk reads the whole LM head, and for a large vocabulary (151,936 x 896)
+# a chunk of 16 MiB is 27 rows, which made the head's matmul memory-bound (9 s instead of 4 s on 2,048 positions).
+_MIN_CHUNK_ROWS = 256
+
+
+def _chunk_rows(vocab: int) -> int:
+    return max(_MIN_CHUNK_ROWS, _CHUNK_BYTES // (4 * vocab))
 
 
 class CandidateEvaluator:
@@ -173,6 +234,7 @@ class CandidateEvaluator:
         cached = blocks.numel() * model.config.vocab_size * 4 * copies <= teacher_cache_bytes
         self.teacher_cache = self._teacher_cache(hidden) if cached else None
         self.teacher_hidden = None if cached else hidden
+        self.moments = self._moments(hidden)
 
     @torch.inference_mode()
     def _teacher_hidden(self) -> list[torch.Tensor]:
@@ -205,13 +267,19 @@ class CandidateEvaluator:
     def _teacher_cache(self, hidden: list[torch.Tensor]) -> list[Teacher]:
         return [Teacher.from_logits(lm_head(self.model)(h), self.temperature) for h in hidden]
 
-    def _teacher(self, index: int) -> Callable[[slice], Teacher]:
-        """The dense distribution over a row chunk of batch `index` (rows: its positions, flattened)."""
+    @torch.inference_mode()
+    def _moments(self, hidden: list[torch.Tensor]) -> list[Moments]:
+        head = lm_head(self.model)
+        return [Moments.of(head, h.reshape(-1, h.shape[-1]), self.temperature == GREEDY) for h in hidden]
+
+    def _teacher(self, index: int) -> _BatchTeacher:
+        """The dense side of batch `index`, by row chunk (rows: its positions, flattened)."""
+        moments = self.moments[index].rows
         if self.teacher_cache is not None:
-            return self.teacher_cache[index].rows
+            return _BatchTeacher(moments, self.teacher_cache[index].rows)
         hidden = self.teacher_hidden[index].reshape(-1, self.teacher_hidden[index].shape[-1])
         dense_head = lm_head(self.model)
-        return lambda rows: Teacher.from_logits(dense_head(hidden[rows]), self.temperature)
+        return _BatchTeacher(moments, lambda rows: Teacher.from_logits(dense_head(hidden[rows]), self.temperature))
 
     def start(self, plan: PrunePlan, vocabulary: Vocabulary = None, *, reuse: bool = True) -> Scoring:
         """A scoring of `plan` that has run no batch yet (`reuse`: start at a cached boundary where it can).
@@ -273,7 +341,7 @@ class Scoring:
         device, head = evaluator.device, lm_head(self.candidate)
         # per fold: the LM head restricted to its kept tokens, and the ids its blocks are read as (None: as they are)
         self.heads = {
-            fold: _LogitHead.of(head, _tensor(choice and choice.kept, device), evaluator.temperature)
+            fold: _LogitHead.of(head, _tensor(choice and choice.kept, device), evaluator.temperature, dense=True)
             for fold, choice in choices.items()
         }
         self.reads = {fold: _tensor(choice and choice.reads, device) for fold, choice in choices.items()}
@@ -429,25 +497,29 @@ class _LogitHead:
         vocab_size: int,
         kept: torch.Tensor | None,
         temperature: float | None = None,
+        dense: bool = False,
     ):
-        """`weight` and `bias` score the kept tokens in order (all `vocab_size` of them when `kept` is None)."""
+        """`weight` and `bias` score the kept tokens in order (all `vocab_size` of them when `kept` is None);
+        `dense`: they are the dense model's LM head (restricted to `kept`), so `Moments` apply."""
         self.kept, self.temperature = kept, temperature
+        # KL from the dense distribution's moments: the dense head over every token, nothing tempered to compare
+        self.by_moments = dense and kept is None and temperature in (None, GREEDY)
         if kept is not None:
             self.new_id = torch.full((vocab_size,), -1, dtype=torch.long, device=weight.device)
             self.new_id[kept] = torch.arange(len(kept), device=weight.device)
         self.weight, self.bias = weight, bias
 
     @classmethod
-    def of(cls, linear: torch.nn.Linear, kept: torch.Tensor | None, temperature: float | None = None) -> _LogitHead:
-        """A dense-vocabulary LM head, restricted to `kept` (None: every token)."""
+    def of(
+        cls, linear: torch.nn.Linear, kept: torch.Tensor | None, temperature: float | None = None, dense: bool = False
+    ) -> _LogitHead:
+        """A dense-vocabulary LM head, restricted to `kept` (None: every token); `dense`: the dense model's own."""
         weight, bias = linear.weight, linear.bias
         if kept is not None:
             weight, bias = weight[kept], (bias[kept] if bias is not None else None)
-        return cls(weight, bias, linear.out_features, kept, temperature)
+        return cls(weight, bias, linear.out_features, kept, temperature, dense)
 
-    def accumulate(
-        self, sums: _Sums, hidden: torch.Tensor, teacher: Callable[[slice], Teacher], targets: torch.Tensor
-    ) -> None:
+    def accumulate(self, sums: _Sums, hidden: torch.Tensor, teacher: _BatchTeacher, targets: torch.Tensor) -> None:
         """Add one batch; its positions go through in row chunks whose logits stay in cache (about 16 MiB), and
         an uncached teacher is derived chunk by chunk too (never a whole batch of full-vocabulary logits)."""
         blocks, positions = hidden.shape[0], hidden.shape[1]
@@ -456,10 +528,36 @@ class _LogitHead:
             targets = self.new_id[targets]
         block_of = torch.arange(len(targets), device=targets.device) // positions
         per_block = sums.new_batch(blocks)
-        step = max(1, _CHUNK_BYTES // (4 * self.weight.shape[0]))
+        step = _chunk_rows(self.weight.shape[0])
         for start in range(0, len(targets), step):
             rows = slice(start, start + step)
-            self._accumulate_chunk(per_block, block_of[rows], hidden[rows], teacher(rows), targets[rows])
+            if self.by_moments:
+                self._accumulate_by_moments(
+                    per_block, block_of[rows], hidden[rows], teacher.moments(rows), targets[rows]
+                )
+            else:
+                self._accumulate_chunk(per_block, block_of[rows], hidden[rows], teacher.teacher(rows), targets[rows])
+
+    def _accumulate_by_moments(
+        self, per_block: torch.Tensor, block_of: torch.Tensor, hidden: torch.Tensor, moments: Moments, targets
+    ) -> None:
+        """`_accumulate_chunk` for the dense head over every token: KL(p || q) = sum p log p - (e.h + p.b -
+        lse(z)) (`Moments`), so the dense distribution is never read and the logits only through lse."""
+        logits = F.linear(hidden, self.weight, self.bias).float()
+        log_norm = torch.logsumexp(logits, dim=-1)
+        p_dot_z = torch.linalg.vecdot(moments.expected, hidden.float())
+        if moments.expected_bias is not None:
+            p_dot_z = p_dot_z + moments.expected_bias
+        target_logit = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        rows = [
+            (moments.neg_entropy - p_dot_z + log_norm).double(),
+            (log_norm - target_logit).double(),
+            torch.ones_like(log_norm, dtype=torch.float64),
+            torch.ones_like(log_norm, dtype=torch.float64),
+        ]
+        if self.temperature == GREEDY:
+            rows.append((logits.argmax(-1) == moments.top).double())
+        per_block.index_add_(1, block_of, torch.stack(rows))
 
     def _accumulate_chunk(
         self, per_block: torch.Tensor, block_of: torch.Tensor, hidden: torch.Tensor, teacher: Teacher, targets

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from itertools import pairwise
+
 import optuna
 import pytest
 from pydantic import ValidationError
 
 from prunesearch.pruning.plan import ModelShape, PrunePlan
-from prunesearch.search.baselines import baseline_params
+from prunesearch.search.baselines import MAX_DEPTH_BASELINES, baseline_params, depth_ladder
 from prunesearch.search.parametrize import FixedParams, depth_violation, resolve, suggest_plan
 from prunesearch.search.spec import SearchSpace, SearchSpec
 
@@ -80,6 +83,21 @@ def test_baselines_are_dense_uniform_and_shortgpt(parametrization):
     removed = [i for i, x in enumerate(plans["shortgpt-2"].layers) if x.heads == 0 and x.ffn == 0]
     assert removed == [1, 3]
     assert max(int(name.split("-")[1]) for name in plans if name.startswith("shortgpt")) == 4  # min_keep 0.5
+
+
+@pytest.mark.parametrize("most", [1, 4, MAX_DEPTH_BASELINES, MAX_DEPTH_BASELINES + 1, 18, 60])
+def test_the_shortgpt_ladder_spans_every_depth_with_few_rungs(most):
+    ladder = depth_ladder(most)
+    assert ladder[0] == 1 and ladder[-1] == most and ladder == sorted(set(ladder))
+    assert len(ladder) == min(most, MAX_DEPTH_BASELINES)
+    gaps = [b - a for a, b in pairwise(ladder)]
+    assert not gaps or max(gaps) - min(gaps) <= 1  # evenly spread
+
+
+def test_a_deep_model_gets_a_short_shortgpt_ladder():
+    knobs = resolve(replace(SHAPE, num_layers=24), SearchSpace(min_keep={"layers": 0.25}))
+    names = [name for name, _ in baseline_params(knobs) if name.startswith("shortgpt")]
+    assert names == [f"shortgpt-{k}" for k in depth_ladder(18)]
 
 
 def test_depth_violation_counts_sublayers_beyond_the_bound():
