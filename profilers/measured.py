@@ -2,6 +2,8 @@
 
 Prefill is one forward over the prompt with `logits_to_keep=1` (as `generate` runs it); decode is G-1
 single-token forwards on the KV cache plus the greedy pick, each timed on its own (convention: `latency.py`).
+Verification (`measure_verification`): forwards feeding q tokens per sequence on the prompt's cache, with logits
+and the greedy pick at all q, the cache cropped back after each; v(g) = median(q = g + 1) / median(q = 1).
 CUDA events with synchronisation on GPUs, `time.perf_counter_ns` on CPU; the timer is injectable.
 """
 
@@ -125,6 +127,61 @@ def measure_interleaved(
     return [(Stats.of([r[0] for r in runs]), Stats.of([r[1] for r in runs])) for runs in samples]
 
 
+def measure_verification(
+    model, workload: Workload, max_tokens: int, *, warmup: int = 2, repeats: int = 5, timer: Timer | None = None
+) -> list[Stats]:
+    """Statistics of one forward feeding q = 1..`max_tokens` new tokens per sequence (index q - 1) on a cache of
+    the prompt, with logits and the greedy pick at all q: a plain decode step at q = 1, the verification of q - 1
+    drafted tokens above it. Each round times every q once, in an order rotating with the round, so load from
+    other processes spreads over all q; the cache is cropped back after every forward, so all read the same keys."""
+    device = str(next(model.parameters()).device)
+    timer = timer or timer_for(device)
+    samples: list[list[float]] = [[] for _ in range(max_tokens)]
+    with torch.inference_mode():
+        cache = _prompt_cache(model, workload, device)
+        for index in range(warmup + repeats):
+            for q in _rotated(max_tokens, index):
+                ms = _timed_verification(model, cache, _random_ids(model, workload.batch, q, device), timer)
+                if index >= warmup:
+                    samples[q - 1].append(ms)
+    return [Stats.of(runs) for runs in samples]
+
+
+def _prompt_cache(model, workload: Workload, device: str) -> Any:
+    """The KV cache after an (untimed) prefill of a random prompt, recording past states so that sliding-window
+    layers can be cropped back too."""
+    ids = _random_ids(model, workload.batch, workload.prompt_tokens, device)
+    _, cache = _step(model, ids, None, logits_to_keep=1)
+    cache.activate_past_recording()
+    return cache
+
+
+def _rotated(count: int, start: int) -> list[int]:
+    """1..count, starting at 1 + start % count."""
+    order = list(range(1, count + 1))
+    shift = start % count
+    return order[shift:] + order[:shift]
+
+
+def _random_ids(model, batch: int, tokens: int, device: str) -> torch.Tensor:
+    return torch.randint(0, model.config.vocab_size, (batch, tokens), device=device)
+
+
+def _timed_verification(model, cache: Any, ids: torch.Tensor, timer: Timer) -> float:
+    """The ms of one forward feeding `ids` (batch, tokens) on `cache`; the cache is cropped back after it."""
+    length = cache.get_seq_length()
+    _, ms = timer(lambda: _verify(model, ids, cache))
+    cache.crop(-ids.shape[1])
+    if cache.get_seq_length() != length:
+        raise RuntimeError(f"the cache did not crop back to {length} tokens")
+    return ms
+
+
+def _verify(model, ids: torch.Tensor, cache: Any) -> torch.Tensor:
+    """The greedy pick at every fed position, shape (batch, tokens)."""
+    return model(ids, cache=cache, use_cache=True).logits.argmax(-1)
+
+
 def hf_config(config: Mapping[str, Any] | transformers.PretrainedConfig) -> transformers.PretrainedConfig:
     """A transformers config from a config dict (as read from config.json) or a config."""
     if isinstance(config, transformers.PretrainedConfig):
@@ -147,7 +204,8 @@ def build_model(config: Any, plan: PrunePlan | None, dtype: str, device: str):
 class MeasuredLatencyModel:
     """`LatencyModel` that times the real (random-weight) model on `device`: transformers eager, `repeats` timed
     runs after `warmup`, each a prefill followed by its decode steps (prefill and decode interleaved, so slow
-    phases of a shared machine hit both); medians, with p10/p90 and their spread in `details`."""
+    phases of a shared machine hit both); medians, with p10/p90 and their spread in `details`. It prices the
+    target's speculative verification step by timing it too (`verification_costs`)."""
 
     device: str = "cpu"
     warmup: int = 2
@@ -156,10 +214,7 @@ class MeasuredLatencyModel:
 
     def estimate(self, config: Any, plan: PrunePlan | None, workload: Workload) -> LatencyEstimate:
         """Build, warm up and time `config` pruned by `plan`; medians with p10/p90 in `details`."""
-        if workload.engine not in (None, Engine.EAGER):
-            raise HardwareError(
-                "measured latency times transformers eager; the graphs engine is measured by bench/gpu_validate.py"
-            )
+        _check_engine(workload)
         model = build_model(config, plan, workload.dtype, self.device)
         prefill, decode = measure_latency(model, workload, warmup=self.warmup, repeats=self.repeats, timer=self.timer)
         total_ms, tokens_per_s = totals(prefill.median, decode.median, workload)
@@ -177,6 +232,23 @@ class MeasuredLatencyModel:
             fits_in_memory=True,  # it ran
             method=f"measured:{facts.get('name', self.device)}",
             details=details,
+        )
+
+    def verification_costs(self, config: Any, workload: Workload, max_lookahead: int) -> tuple[float, ...]:
+        """`v(g)` for g = 1..max_lookahead, timed on the dense model: the median (g + 1)-token forward on the
+        prompt's cache over the median one-token forward, in the same rounds (`measure_verification`)."""
+        _check_engine(workload)
+        model = build_model(config, None, workload.dtype, self.device)
+        stats = measure_verification(
+            model, workload, max_lookahead + 1, warmup=self.warmup, repeats=self.repeats, timer=self.timer
+        )
+        return tuple(step.median / stats[0].median for step in stats[1:])
+
+
+def _check_engine(workload: Workload) -> None:
+    if workload.engine not in (None, Engine.EAGER):
+        raise HardwareError(
+            "measured latency times transformers eager; the graphs engine is measured by bench/gpu_validate.py"
         )
 
 

@@ -1,6 +1,10 @@
 """The cost of a speculative-decoding verification step: the target scoring `tokens` new tokens per sequence in
 one forward, with logits at every one of them. Pure logic: numpy only.
 
+`verification_costs` asks the latency model first: one that prices verification itself (`VerificationPricer`,
+e.g. `measured.MeasuredLatencyModel`, which times the (g + 1)-token forward on the device) answers; otherwise
+the roofline behind the model prices it as below; a model with neither gets None (the caller prices v = 1).
+
 A plain decode step feeds one token per sequence and needs logits at that one position. Verifying `g` drafted
 tokens feeds `g + 1` (the last accepted token and the `g` drafts) and needs logits at all `g + 1`: the same op
 list as a decode step with `q = g + 1` queries per sequence (GEMMs over `batch * q` rows, attention of `q`
@@ -12,7 +16,7 @@ little; once the GEMMs become compute-bound (large batches, large models on a GP
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -25,6 +29,15 @@ from .engines import graphs_forward_ops
 from .latency import LatencyModel, Workload
 from .ops import GemmTile, ModelDims, Op, forward_ops, gemm_op, memory_op, model_dims
 from .roofline import OpArrays, phase_seconds
+
+
+@runtime_checkable
+class VerificationPricer(Protocol):
+    """A latency model that prices the verification step itself (a measured one: it times it)."""
+
+    def verification_costs(self, config: Any, workload: Workload, max_lookahead: int) -> tuple[float, ...]:
+        """`v(g)` for g = 1..max_lookahead, relative to one plain decode step of the dense model."""
+        ...
 
 
 def roofline_of(model: LatencyModel) -> RooflineModel | None:
@@ -78,7 +91,9 @@ def verification_costs(
     model: LatencyModel, config: Any, workload: Workload, max_lookahead: int
 ) -> tuple[float, ...] | None:
     """`v(g)` for g = 1..max_lookahead: the dense model scoring g + 1 tokens per sequence in one forward, relative
-    to one plain decode step (None: the model has no roofline to price it with)."""
+    to one plain decode step: the model's own pricing if it has one, else its roofline's (None: neither)."""
+    if isinstance(model, VerificationPricer):
+        return model.verification_costs(config, workload, max_lookahead)
     one = multi_token_step_ms(model, config, None, workload, 1)
     if one is None:
         return None
@@ -86,4 +101,4 @@ def verification_costs(
     return tuple(float(ms) / one for ms in costs)
 
 
-__all__ = ["multi_token_ops", "multi_token_step_ms", "roofline_of", "verification_costs"]
+__all__ = ["VerificationPricer", "multi_token_ops", "multi_token_step_ms", "roofline_of", "verification_costs"]

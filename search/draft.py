@@ -3,8 +3,9 @@ its expected acceptance and the end-to-end speedup of target + draft (docs/draft
 
 Costs come from the job's latency model (hardware, workload, engine), all relative to one plain decode step of
 the target: `c` = the draft's decode step / the target's, `v(g)` = the target scoring `g + 1` tokens in one
-forward (`profilers.verify`). The lookahead `g` is fixed, or (`"search"`) the best of 1..8 for each candidate,
-found analytically: given alpha, c and v(g), the expected speedup of every g is known in closed form.
+forward (`profilers.verify`: priced by the roofline, or timed by a measured latency model). The lookahead `g` is
+fixed, or (`"search"`) the best of 1..8 for each candidate, found analytically: given alpha, c and v(g), the
+expected speedup of every g is known in closed form.
 
 Objective values (all minimised, so the engine's front, hypervolume and early stopping apply unchanged):
 - goal `speedup`: `[1 / speedup, draft_ms]`: the time per generated token relative to plain decoding, and the
@@ -56,7 +57,7 @@ class DraftPricing:
     speculative: Speculative
     target_ms: float
     verify_costs: tuple[float, ...]  # v(g) for g = 1..MAX_LOOKAHEAD
-    verify_priced: bool  # False: the latency model has no roofline, and v(g) = 1 (the paper's pricing)
+    verify_priced: bool  # False: the latency model cannot price verification, and v(g) = 1 (the paper's pricing)
 
     @property
     def lookaheads(self) -> tuple[int, ...]:

@@ -1,15 +1,18 @@
-"""Measured latency on CPU, the injectable timers, and device facts with and without NVML."""
+"""Measured latency and verification steps on CPU, the injectable timers, and device facts with and without NVML."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
+from prunesearch.choices import Engine
 from prunesearch.profilers.device import cpu_facts, device_facts, device_key, gpu_facts
+from prunesearch.profilers.hardware import HardwareError
 from prunesearch.profilers.latency import Workload
 from prunesearch.profilers.measured import (
     CudaTimer,
@@ -17,7 +20,10 @@ from prunesearch.profilers.measured import (
     Stats,
     build_model,
     measure_latency,
+    measure_verification,
 )
+
+from .factories import tiny_model
 
 TINY = json.loads((Path(__file__).parent / "profilers" / "tiny_configs.json").read_text())
 
@@ -42,6 +48,56 @@ def test_injected_timer_sees_every_prefill_and_decode_step():
     prefill, decode = measure_latency(model, Workload(2, 8, 4, "fp32"), warmup=2, repeats=3, timer=fake_timer)
     assert len(calls) == (2 + 3) * 4
     assert prefill.median == 2.0 and decode.median == 1.0
+
+
+def test_verification_costs_are_median_ratios_to_the_one_token_step():
+    fed = []
+
+    def fake_timer(fn):
+        picks = fn()  # the greedy pick at every fed position: (batch, tokens)
+        fed.append(picks.shape[1])
+        return picks, 4.0 + picks.shape[1]  # a fixed 4 ms plus 1 ms per token
+
+    model = MeasuredLatencyModel(warmup=1, repeats=3, timer=fake_timer)
+    costs = model.verification_costs(TINY["qwen2"], Workload(2, 8, 4, "fp32"), 3)
+    assert costs == pytest.approx((6 / 5, 7 / 5, 8 / 5))
+    rounds = [fed[i : i + 4] for i in range(0, len(fed), 4)]  # the prefill is not timed
+    assert len(rounds) == 1 + 3 and all(sorted(r) == [1, 2, 3, 4] for r in rounds)
+    assert [r[0] for r in rounds] == [1, 2, 3, 4]  # the order rotates, so no q always runs first
+
+
+class RecordingModel(torch.nn.Module):
+    """Forwards to `inner`, recording the tokens fed and the cache length each forward starts from."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.config, self.calls = inner, inner.config, []
+
+    def forward(self, ids, cache=None, **kwargs):
+        self.calls.append((ids.shape[1], None if cache is None else cache.get_seq_length()))
+        return self.inner(ids, cache=cache, **kwargs)
+
+
+def _sliding_mistral():
+    return build_model(TINY["mistral"] | {"sliding_window": 8}, None, "fp32", "cpu")  # the prompt outgrows it
+
+
+@pytest.mark.parametrize("make", [lambda: tiny_model("llama"), _sliding_mistral], ids=["llama", "sliding-window"])
+def test_every_verification_step_reads_the_prompt_cache(make):
+    model = RecordingModel(make())
+    stats = measure_verification(model, Workload(2, 12, 4, "fp32"), 4, warmup=1, repeats=2)
+    assert model.calls[0] == (12, None)  # the prefill
+    steps = model.calls[1:]
+    assert len(steps) == (1 + 2) * 4 and {length for _, length in steps} == {12}
+    assert sorted(q for q, _ in steps) == sorted([1, 2, 3, 4] * 3)
+    assert len(stats) == 4 and all(len(s.samples) == 2 and 0 < s.median < math.inf for s in stats)
+
+
+def test_measured_verification_costs_of_a_tiny_model_are_finite():
+    costs = MeasuredLatencyModel(warmup=0, repeats=2).verification_costs(TINY["llama"], Workload(1, 8, 2, "fp32"), 3)
+    assert len(costs) == 3 and all(0 < v < math.inf for v in costs)
+    with pytest.raises(HardwareError, match="eager"):
+        MeasuredLatencyModel().verification_costs(TINY["llama"], Workload(1, 8, 2, "fp32", Engine.GRAPHS), 3)
 
 
 def test_cuda_timer_records_events_and_synchronises():

@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import itertools
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from prunesearch.choices import Engine
 from prunesearch.profilers.analytical import RooflineModel
 from prunesearch.profilers.hardware import get_profile
-from prunesearch.profilers.latency import Workload
+from prunesearch.profilers.latency import LatencyEstimate, Workload
+from prunesearch.profilers.measured import MeasuredLatencyModel
 from prunesearch.profilers.verify import multi_token_step_ms, verification_costs
 from prunesearch.pruning.plan import LayerPlan, PrunePlan
 from prunesearch.pruning.speculative import MAX_LOOKAHEAD, speedup
-from prunesearch.search.draft import DraftPricing, draft_memory_violation, draft_points, objective_names
+from prunesearch.search.draft import (
+    DraftPricing,
+    draft_memory_violation,
+    draft_points,
+    draft_pricing,
+    objective_names,
+)
 from prunesearch.search.spec import Speculative
 
 # a 7B-like config: at batch 32 on an H100 its decode GEMMs approach the compute roof
@@ -50,6 +61,39 @@ def test_verification_grows_with_the_lookahead_where_compute_matters(engine):
     # memory-bound at batch 1: verifying a few tokens costs about one step, never less
     small = verification_costs(model, BIG, Workload(batch=1, engine=engine), 8)
     assert all(1.0 <= v < 1.05 for v in small) and all(b >= a for a, b in itertools.pairwise(small))
+
+
+class FixedStep:
+    """A latency model with a 2 ms decode step and no roofline."""
+
+    def estimate(self, config, plan, workload) -> LatencyEstimate:
+        return LatencyEstimate(1.0, 2.0, 3.0, 1.0, 1, 1, 1, True, "fixed")
+
+
+@dataclass(frozen=True)
+class SelfPriced(FixedStep):
+    """... that prices verification itself."""
+
+    costs: tuple[float, ...]
+
+    def verification_costs(self, config, workload, max_lookahead: int) -> tuple[float, ...]:
+        return self.costs[:max_lookahead]
+
+
+def test_a_model_pricing_verification_itself_is_asked_first():
+    own = tuple(1.0 + g / 8 for g in range(1, MAX_LOOKAHEAD + 1))
+    assert verification_costs(SelfPriced(own), BIG, Workload(), 3) == own[:3]
+    assert verification_costs(FixedStep(), BIG, Workload(), 3) is None
+    priced, unpriced = (draft_pricing(m, BIG, Workload(), Speculative()) for m in (SelfPriced(own), FixedStep()))
+    assert priced.verify_priced and priced.verify_costs == own and priced.target_ms == 2.0
+    assert not unpriced.verify_priced and unpriced.verify_costs == (1.0,) * MAX_LOOKAHEAD
+
+
+def test_measured_hardware_prices_verification_by_timing_it():
+    tiny = json.loads((Path(__file__).parents[1] / "profilers" / "tiny_configs.json").read_text())["qwen3"]
+    pricing = draft_pricing(MeasuredLatencyModel(warmup=0, repeats=2), tiny, Workload(1, 8, 2, "fp32"), Speculative())
+    assert pricing.verify_priced and len(pricing.verify_costs) == MAX_LOOKAHEAD
+    assert all(0 < v < math.inf for v in pricing.verify_costs)
 
 
 def _pricing(lookahead="search", goal="speedup", costs=(1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7, 1.8)) -> DraftPricing:
