@@ -6,6 +6,7 @@ predicted, real assisted generation on this CPU, and a healed draft.
     python bench/drafts.py check [--from local-calibrated/joint,h100-sxm/joint]
     python bench/drafts.py heal [--tokens 100000]
     python bench/drafts.py selfheal [--cuts 0:2048,0-1:2048] [--heal-steps 300] [--self-data 150000] --threads 1
+    python bench/drafts.py verify [--batches 1,4] [--repeats 30] --threads 1  # measured v(g) of the target
 
 Every stage merges its figures into --results (default bench/results/drafts.json) with the command that produced
 them, so stages run separately. Searches are greedy (temperature 0) unless --temperature is given; the
@@ -253,10 +254,32 @@ def _cut_and_heal(args, cut: str) -> Path:
     return healed if args.heal_steps else cut_dir
 
 
+def verify(args) -> None:
+    """The target's verification cost v(g), g = 1..8, timed on this CPU as `--hardware measured` prices it
+    (`MeasuredLatencyModel.verification_costs`), per batch size; fp32, a 256-token prompt."""
+    from prunesearch.profilers.latency import Workload
+    from prunesearch.profilers.measured import MeasuredLatencyModel
+
+    config = json.loads((args.model / "config.json").read_text())
+    model = MeasuredLatencyModel(warmup=2, verify_rounds=args.repeats)
+    for batch in args.batches:
+        started = time.perf_counter()
+        costs = model.verification_costs(config, Workload(batch, 256, 64, "fp32"), 8)
+        row = {
+            "v": [round(v, 3) for v in costs],
+            "seconds": round(time.perf_counter() - started, 1),
+            "load_average": load(),
+            "threads": args.threads,
+            "command": command(),
+        }
+        resultsfile.record(args.results, ["verify", f"batch {batch}"], row)
+        print(json.dumps({f"batch {batch}": row}), flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     words = lambda s: [w for w in s.split(",") if w]  # noqa: E731
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["calibrate", "search", "check", "heal", "selfheal"])
+    parser.add_argument("what", choices=["calibrate", "search", "check", "heal", "selfheal", "verify"])
     parser.add_argument("--model", type=Path, default=SHARED / "models/llama-docs")
     parser.add_argument("--data", type=Path, default=SHARED / "data")
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench/results/drafts-work")
@@ -283,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--self-data", type=int, default=150_000, help="selfheal: greedy self-data tokens")
     parser.add_argument("--lookahead", type=int, default=3, help="selfheal: lookaheads 1 to this")
     parser.add_argument("--layouts", type=words, default=["row_major", "column_major"])
+    parser.add_argument("--batches", type=lambda s: [int(x) for x in words(s)], default=[1, 4], help="verify")
     args = parser.parse_args(argv)
     import torch
 
@@ -290,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PRUNESEARCH_HOME", str(args.workdir / "home"))
     args.workdir.mkdir(parents=True, exist_ok=True)
     stages = {"calibrate": calibrate, "search": search, "check": check, "heal": heal, "selfheal": selfheal}
+    stages["verify"] = verify
     stages[args.what](args)
     return 0
 

@@ -211,6 +211,9 @@ class MeasuredLatencyModel:
     warmup: int = 2
     repeats: int = 5
     timer: Timer | None = None
+    # rounds of the verification timing: each is 9 decode-sized forwards, cheap, and at 5 rounds a loaded 2-core
+    # CPU gave v(1) = 2.1 and v(2) = 1.3 for llama-docs; 40 rounds gave a smooth 1.03, 1.07, ... (docs/drafts.md)
+    verify_rounds: int = 30
 
     def estimate(self, config: Any, plan: PrunePlan | None, workload: Workload) -> LatencyEstimate:
         """Build, warm up and time `config` pruned by `plan`; medians with p10/p90 in `details`."""
@@ -240,7 +243,7 @@ class MeasuredLatencyModel:
         _check_engine(workload)
         model = build_model(config, None, workload.dtype, self.device)
         stats = measure_verification(
-            model, workload, max_lookahead + 1, warmup=self.warmup, repeats=self.repeats, timer=self.timer
+            model, workload, max_lookahead + 1, warmup=self.warmup, repeats=self.verify_rounds, timer=self.timer
         )
         return tuple(step.median / stats[0].median for step in stats[1:])
 

@@ -58,7 +58,7 @@ def test_verification_costs_are_median_ratios_to_the_one_token_step():
         fed.append(picks.shape[1])
         return picks, 4.0 + picks.shape[1]  # a fixed 4 ms plus 1 ms per token
 
-    model = MeasuredLatencyModel(warmup=1, repeats=3, timer=fake_timer)
+    model = MeasuredLatencyModel(warmup=1, verify_rounds=3, timer=fake_timer)
     costs = model.verification_costs(TINY["qwen2"], Workload(2, 8, 4, "fp32"), 3)
     assert costs == pytest.approx((6 / 5, 7 / 5, 8 / 5))
     rounds = [fed[i : i + 4] for i in range(0, len(fed), 4)]  # the prefill is not timed
@@ -94,7 +94,8 @@ def test_every_verification_step_reads_the_prompt_cache(make):
 
 
 def test_measured_verification_costs_of_a_tiny_model_are_finite():
-    costs = MeasuredLatencyModel(warmup=0, repeats=2).verification_costs(TINY["llama"], Workload(1, 8, 2, "fp32"), 3)
+    measured = MeasuredLatencyModel(warmup=0, verify_rounds=2)
+    costs = measured.verification_costs(TINY["llama"], Workload(1, 8, 2, "fp32"), 3)
     assert len(costs) == 3 and all(0 < v < math.inf for v in costs)
     with pytest.raises(HardwareError, match="eager"):
         MeasuredLatencyModel().verification_costs(TINY["llama"], Workload(1, 8, 2, "fp32", Engine.GRAPHS), 3)

@@ -91,7 +91,8 @@ def test_a_model_pricing_verification_itself_is_asked_first():
 
 def test_measured_hardware_prices_verification_by_timing_it():
     tiny = json.loads((Path(__file__).parents[1] / "profilers" / "tiny_configs.json").read_text())["qwen3"]
-    pricing = draft_pricing(MeasuredLatencyModel(warmup=0, repeats=2), tiny, Workload(1, 8, 2, "fp32"), Speculative())
+    measured = MeasuredLatencyModel(warmup=0, repeats=2, verify_rounds=2)
+    pricing = draft_pricing(measured, tiny, Workload(1, 8, 2, "fp32"), Speculative())
     assert pricing.verify_priced and len(pricing.verify_costs) == MAX_LOOKAHEAD
     assert all(0 < v < math.inf for v in pricing.verify_costs)
 
