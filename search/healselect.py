@@ -88,6 +88,26 @@ def near_budgets(members: Sequence[dict[str, Any]], top_k: int, budgets_ms: Sequ
     return sorted(chosen, key=order.__getitem__)
 
 
+def baseline_rivals(
+    baselines: Sequence[dict[str, Any]], budgets_ms: Sequence[float], quality: str, taken: Sequence[int] = ()
+) -> list[int]:
+    """For each budget, the slowest enqueued baseline (records with `trial`, `metrics`, `baseline`) at or under
+    it, unless already `taken`: the baseline with the most room at that budget, the one a healed plan must beat.
+    One-shot KL ranks these below the front, yet they can heal as well or better (ShortGPT's whole-layer cuts
+    keep more parameters at equal latency; docs/benchmarks.md, "Heal"), so they are healed beside the front's
+    candidates and the healed front says which wins. Fastest first; a budget no baseline meets adds nothing."""
+    usable = [r for r in baselines if r.get("baseline") not in SKIPPED_BASELINES and quality in r["metrics"]]
+    chosen: list[int] = []
+    for budget in budgets_ms:
+        under = [r for r in usable if r["metrics"]["latency_ms"] <= budget]
+        if under:
+            rival = max(under, key=lambda r: (r["metrics"]["latency_ms"], -r["trial"]))["trial"]
+            if rival not in chosen and rival not in taken:
+                chosen.append(rival)
+    latency = {r["trial"]: r["metrics"]["latency_ms"] for r in usable}
+    return sorted(chosen, key=lambda t: (latency[t], t))
+
+
 def healed_records(user_attrs: dict[str, Any]) -> list[dict[str, Any]]:
     """The healed scores the stage stored in a study's user attributes, by trial number."""
     records = [v for k, v in user_attrs.items() if k.startswith(RESULT_PREFIX) and isinstance(v, dict)]

@@ -31,8 +31,8 @@ from prunesearch.pruning.modeling import load_pruned
 
 from .callbacks import SearchCallbacks
 from .context import SearchContext
-from .healselect import CANDIDATES_ATTR, claim_key, pick_candidates, progress_key, result_key
-from .results import counts_as_done, export_trial, front_record, front_trials
+from .healselect import CANDIDATES_ATTR, baseline_rivals, claim_key, pick_candidates, progress_key, result_key
+from .results import counts_as_done, export_trial, feasible_baselines, front_record, front_trials
 
 log = logging.getLogger(__name__)
 # Seconds between the stage's progress writes (and cancel checks) while a candidate heals.
@@ -69,9 +69,7 @@ def run_heal_stage(
         return []
     candidates = study.user_attrs.get(CANDIDATES_ATTR)
     if candidates is None:
-        front = [front_record(t) for t in front_trials(study)]
-        budgets = [b * context.dense_latency for b in heal.budgets] if heal.budgets else None
-        candidates = pick_candidates(front, heal.top_k, context.spec.objectives.quality, budgets)
+        candidates = _candidates(study, context)
         study.set_user_attr(CANDIDATES_ATTR, candidates)
     owner, healed = uuid.uuid4().hex, []
     for number in candidates:
@@ -101,6 +99,19 @@ def run_heal_stage(
         log.info("healed trial %d of %s: %s", number, study.study_name, record.get("error") or "ok")
         healed.append(number)
     return healed
+
+
+def _candidates(study: optuna.Study, context: SearchContext) -> list[int]:
+    """The front members to heal (`pick_candidates`), then, with budgets and `heal.rivals`, the strongest
+    enqueued baseline under each budget (`baseline_rivals`), beyond `top_k`."""
+    heal, quality = context.spec.heal, context.spec.objectives.quality
+    front = [front_record(t) for t in front_trials(study)]
+    budgets = [b * context.dense_latency for b in heal.budgets] if heal.budgets else None
+    candidates = pick_candidates(front, heal.top_k, quality, budgets)
+    if budgets and heal.rivals:
+        baselines = [front_record(t) for t in feasible_baselines(study)]
+        candidates += baseline_rivals(baselines, budgets, quality, taken=candidates)
+    return candidates
 
 
 def _claim(study: optuna.Study, number: int, owner: str) -> dict[str, Any] | None:

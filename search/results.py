@@ -138,6 +138,16 @@ def trial_record(trial: FrozenTrial) -> dict[str, Any]:
     }
 
 
+def feasible_baselines(study: optuna.Study) -> list[FrozenTrial]:
+    """The enqueued baselines and starting points scored in full within every constraint (on the front or not)."""
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return [
+        t
+        for t in trials
+        if "baseline" in t.user_attrs and "plan" in t.user_attrs and all(c <= 0.0 for c in t.constraints.values())
+    ]
+
+
 def front_record(trial: FrozenTrial) -> dict[str, Any]:
     """A Pareto front member as callers see it: {trial, plan, metrics, baseline}."""
     record = {

@@ -162,6 +162,12 @@ class HealSpec(_Strict):
         "(default: spread over the whole front)",
         exclude_if=lambda value: value is None,  # heal blocks stored before it existed dump as they did
     )
+    rivals: StrictBool = Field(
+        True,
+        description="with budgets: also heal the strongest enqueued baseline under each budget (beyond top_k), so "
+        "the healed front says whether the search's plan still wins once both are healed",
+        exclude_if=lambda value: value,  # the default: heal blocks stored before it existed dump as they did
+    )
 
     @model_validator(mode="after")
     def _one_step(self) -> HealSpec:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from prunesearch.search.healselect import healed_front, pick_candidates
+from prunesearch.search.healselect import baseline_rivals, healed_front, pick_candidates
 from prunesearch.search.spec import SearchSpec
 
 
@@ -40,6 +40,29 @@ def test_budgets_pick_the_members_just_under_each_budget_in_turns():
     assert pick_candidates(front, 3, "kl", budgets_ms=[1.15, 1.25, 0.5]) == [10, 11, 12]
     assert pick_candidates(front, 20, "kl", budgets_ms=[1.05]) == [10]
     assert pick_candidates(front, 2, "kl", budgets_ms=[0.5]) == []
+
+
+def test_rivals_are_the_slowest_baseline_under_each_budget():
+    baselines = _front(
+        [1.0, 2.0, 3.0, 3.5, 9.0],
+        [0.0, 0.9, 0.6, 0.8, 0.1],
+        ["dense", "shortgpt-3", "uniform-0.5", "shortgpt-2", "shortgpt-1"],
+    )
+    # 1.5 ms: only the dense model fits (never a rival); 3.2 ms: uniform-0.5 (3.0); 4 ms: shortgpt-2 (3.5)
+    assert baseline_rivals(baselines, [1.5, 3.2, 4.0], "kl") == [12, 13]
+    assert baseline_rivals(baselines, [4.0, 3.2], "kl") == [12, 13]  # fastest first, whatever the budgets' order
+    assert baseline_rivals(baselines, [3.2, 3.3], "kl") == [12]  # two budgets with one rival heal it once
+    assert baseline_rivals(baselines, [4.0], "kl", taken=[13]) == []  # already a front candidate
+    assert baseline_rivals(baselines, [4.0], "ppl") == []  # no score of the search's quality
+
+
+def test_spec_heal_rivals_default_on_and_dump_as_before():
+    base = {"model": "m", "calibration": "c.txt", "hardware": "h100-sxm"}
+    heal = {"top_k": 2, "tokens": 4096, "seq_len": 64, "batch": 2}
+    assert SearchSpec(**base, heal=heal).heal.rivals is True
+    assert "rivals" not in SearchSpec(**base, heal=heal).model_dump()["heal"]
+    off = SearchSpec(**base, heal=heal | {"rivals": False})
+    assert off.heal.rivals is False and off.model_dump()["heal"]["rivals"] is False
 
 
 def test_spec_heal_budgets_are_shares_of_dense_and_omitted_when_unset():

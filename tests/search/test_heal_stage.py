@@ -20,9 +20,17 @@ from prunesearch.search import healstage
 from prunesearch.search.callbacks import SearchCallbacks
 from prunesearch.search.context import SearchContext
 from prunesearch.search.engine import run_search
-from prunesearch.search.healselect import CANDIDATES_ATTR, claim_key, pick_candidates, progress_key, result_key
+from prunesearch.search.healselect import (
+    CANDIDATES_ATTR,
+    baseline_rivals,
+    claim_key,
+    pick_candidates,
+    progress_key,
+    result_key,
+)
 from prunesearch.search.results import (
     export_trial,
+    feasible_baselines,
     front_record,
     front_trials,
     heal_status,
@@ -296,7 +304,16 @@ def test_stage_with_budgets_heals_the_members_just_under_them(scratch, tmp_path,
     run_search(spec, storage=storage, study_name="s", context=context)
     study = load_study(storage, "s")
     front = [front_record(t) for t in front_trials(study)]
-    expected = pick_candidates(front, 2, "kl", [b * context.dense_latency for b in budgets])
-    assert study.user_attrs[CANDIDATES_ATTR] == expected and sorted(healed) == sorted(expected)
-    latency = {r["trial"]: r["metrics"]["latency_ms"] for r in front}
-    assert expected and all(latency[t] <= max(budgets) * context.dense_latency for t in expected)
+    budgets_ms = [b * context.dense_latency for b in budgets]
+    expected = pick_candidates(front, 2, "kl", budgets_ms)
+    baselines = [front_record(t) for t in feasible_baselines(study)]
+    rivals = baseline_rivals(baselines, budgets_ms, "kl", taken=expected)
+    assert study.user_attrs[CANDIDATES_ATTR] == expected + rivals and sorted(healed) == sorted(expected + rivals)
+    latency = {r["trial"]: r["metrics"]["latency_ms"] for r in front + baselines}
+    assert expected and all(latency[t] <= max(budgets) * context.dense_latency for t in expected + rivals)
+    # the strongest baseline under the loosest budget is healed, unless the front's candidates hold it already
+    strongest = max(
+        (r for r in baselines if r["baseline"] != "dense" and latency[r["trial"]] <= budgets_ms[-1]),
+        key=lambda r: latency[r["trial"]],
+    )
+    assert strongest["trial"] in expected + rivals
