@@ -74,13 +74,17 @@ def _feasible(trial: FrozenTrial) -> bool:
     return trial.state == TrialState.COMPLETE and bool(trial.user_attrs.get("feasible"))
 
 
+def _within_constraints(trial: FrozenTrial) -> bool:
+    """Every constraint <= 0 (as Optuna's `best_trials` counts feasibility)."""
+    return all(c <= 0.0 for c in trial.constraints.values())
+
+
 def front_trials(study: optuna.Study) -> list[FrozenTrial]:
     """Feasible non-dominated trials, fastest first.
 
     The trials `study.best_trials` returns (complete, every constraint <= 0, not dominated), without its deep
     copy of every trial: this runs after each trial."""
-    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    trials = [t for t in trials if all(c <= 0.0 for c in t.constraints.values())]
+    trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if _within_constraints(t)]
     if not trials:
         return []
     signs = np.array([1.0 if d == StudyDirection.MINIMIZE else -1.0 for d in study.directions])
@@ -141,11 +145,7 @@ def trial_record(trial: FrozenTrial) -> dict[str, Any]:
 def feasible_baselines(study: optuna.Study) -> list[FrozenTrial]:
     """The enqueued baselines and starting points scored in full within every constraint (on the front or not)."""
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return [
-        t
-        for t in trials
-        if "baseline" in t.user_attrs and "plan" in t.user_attrs and all(c <= 0.0 for c in t.constraints.values())
-    ]
+    return [t for t in trials if "baseline" in t.user_attrs and "plan" in t.user_attrs and _within_constraints(t)]
 
 
 def front_record(trial: FrozenTrial) -> dict[str, Any]:
