@@ -81,8 +81,7 @@ def timer_for(device: str) -> Timer:
 
 def _one_run(model, workload: Workload, timer: Timer, device: str) -> tuple[float, float]:
     """One prefill and its decode steps; returns (prefill ms, mean decode-step ms)."""
-    vocab = model.config.vocab_size
-    ids = torch.randint(0, vocab, (workload.batch, workload.prompt_tokens), device=device)
+    ids = _random_ids(model, workload.batch, workload.prompt_tokens, device)
     out, prefill_ms = timer(lambda: _step(model, ids, None, logits_to_keep=1))
     steps = []
     for _ in range(max(workload.decode_steps, 1)):
