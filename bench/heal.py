@@ -52,6 +52,7 @@ from prunesearch.pruning.healio import eval_text, load_student, perplexities
 from prunesearch.pruning.healsettings import DEFAULT_LR
 from prunesearch.pruning.plan import PrunePlan
 from prunesearch.pruning.surgery import apply_plan
+from prunesearch.search.parametrize import FixedParams, complete_params, suggest_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -108,8 +109,9 @@ def build_students(args, names: list[str]) -> dict[str, dict]:
         budget = float(budget)
         search_plan = PrunePlan.from_dict(searched[budget]["search"]["plan"])
         info: dict = {"kind": kind, "budget": budget}
-        if kind == "search":
-            model, plan = apply_plan(context.model, search_plan, context.scores), search_plan
+        if kind in ("search", "filled"):  # filled: the searched plan with the cuts its budget pays for taken back
+            plan = search_plan if kind == "search" else filled_plan(context, search_plan, budget)
+            model = apply_plan(context.model, plan, context.scores)
             info["trial"] = searched[budget]["search"]["trial"]
         elif kind in ("shortgpt", "uniform"):
             plan = (sq.shortgpt_under if kind == "shortgpt" else sq.best_uniform_under)(context, budget)
@@ -138,6 +140,22 @@ def build_students(args, names: list[str]) -> dict[str, dict]:
         built[name] = info
         print(f"{name}: {json.dumps({k: v for k, v in info.items() if k != 'plan'})}", flush=True)
     return built
+
+
+def filled_plan(context, plan: PrunePlan, budget: float) -> PrunePlan:
+    """`plan` filled up to `budget` of the dense latency as the search fills its last trials (search/fill.py)."""
+    filled = context.fill(plan_params(context.knobs, plan), budget * context.dense_latency)
+    return suggest_plan(FixedParams(filled.params), context.knobs)
+
+
+def plan_params(knobs, plan: PrunePlan) -> dict:
+    """The per-layer parameters of the search space that describe `plan` (the inverse of `suggest_plan`)."""
+    shape, params = knobs.shape, {}
+    for i, layer in enumerate(plan.layers):
+        params[f"group_cuts_{i}"] = (shape.num_heads - layer.heads) // shape.group_size if layer.heads else 0
+        params[f"ffn_cuts_{i}"] = (knobs.ffn_top() - layer.ffn) // knobs.ffn_step if layer.ffn else 0
+        params[f"keep_attn_{i}"], params[f"keep_mlp_{i}"] = layer.heads > 0, layer.ffn > 0
+    return complete_params(knobs, params)
 
 
 def torch_pruning_student(context, search_plan: PrunePlan, gradient_model, tpb):
@@ -228,7 +246,8 @@ def best_lr(method: str) -> float:
 
 
 def heal_matrix(args) -> None:
-    names = [f"search-{b}" for b in args.plans] + [f"{k}-{b}" for b in args.plans for k in args.baselines]
+    searched = [] if args.skip_search else [f"search-{b}" for b in args.plans]
+    names = searched + [f"{k}-{b}" for b in args.plans for k in args.baselines]
     chosen = students(args, names)
     skipped = {n: "no plan reaches the budget" for n in names if n not in chosen}
     if skipped:
@@ -502,7 +521,13 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench/results/heal-work")
     parser.add_argument("--plan", type=float, default=0.5, help="budget of the plan for throughput, memory, lr")
     parser.add_argument("--plans", type=floats, default=[0.5, 0.6, 0.7])
-    parser.add_argument("--baselines", type=words, default=["shortgpt", "uniform", "torch_pruning"])
+    parser.add_argument(
+        "--baselines",
+        type=words,
+        default=["shortgpt", "uniform", "torch_pruning"],
+        help="students beside the searched plan: shortgpt, uniform, torch_pruning, filled (the searched plan filled)",
+    )
+    parser.add_argument("--skip-search", action="store_true", help="heal: the baselines (and filled plans) only")
     parser.add_argument("--methods", type=words, default=["full", "lora"])
     parser.add_argument("--tokens", type=ints, default=None)
     parser.add_argument("--steps", type=ints, default=None)

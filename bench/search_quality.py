@@ -76,6 +76,9 @@ def make_spec(args, sampler: str, trials: int, tokens: int) -> SearchSpec:
             "sampler": sampler,
             "n_trials": trials,
             "seed": args.seed,
+            # the budgets the quality table reads: the search's last trials fill each (docs/search.md)
+            "budgets": getattr(args, "budgets", None),
+            "efficiency": {"fill": not getattr(args, "no_fill", False)},
         }
     )
 
@@ -278,6 +281,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--min-keep-layers", type=float, default=0.25, help="the search's depth bound")
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench/results/search-work")
+    parser.add_argument("--no-fill", action="store_true", help="the searches do not fill the budgets")
     parser.add_argument("--skip-hv", action="store_true")
     parser.add_argument("--only-hv", action="store_true", help="run only the sampler comparison")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/search_quality.json")

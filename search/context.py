@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -25,7 +25,8 @@ from .baselines import baseline_params
 from .draft import DraftPricing, draft_memory_violation, draft_pricing
 from .evaluator import CandidateEvaluator, VocabChoice
 from .fidelity import FrontMember
-from .parametrize import Knobs, TrialLike, depth_violation, resolve, suggest_plan
+from .fill import Filled, fill
+from .parametrize import FixedParams, Knobs, TrialLike, complete_params, depth_violation, resolve, suggest_plan
 from .spec import SearchSpec
 from .starts import informed_params
 from .vocabfit import VocabFolds, vocab_folds
@@ -160,6 +161,23 @@ class SearchContext:
             informed = informed_params(self.knobs, kv, [s.tolist() for s in self.scores.channels])
             points += informed[: self.spec.n_trials // INFORMED_SHARE]
         return points
+
+    def price_params(self, params: Mapping[str, Any]) -> tuple[float, float] | None:
+        """The latency and parameter count of the plan `params` describe; None when it breaks a constraint other
+        than the latency budget's (depth, memory, coverage). Prices only: no proxy runs."""
+        plan = suggest_plan(FixedParams(params), self.knobs)
+        if depth_violation(plan, self.knobs) > 0:
+            return None
+        estimate = self.latency_model.estimate(self.config, plan, self.workload)
+        latency = self._latency(estimate)
+        constraints = self._constraints(estimate, latency, self.coverage(self.kept_tokens(plan.vocab)))
+        if any(value > 0 for name, value in constraints.items() if name != "latency"):
+            return None
+        return latency, float(estimate.params)
+
+    def fill(self, params: Mapping[str, Any], limit_ms: float) -> Filled | None:
+        """`params` with the cuts that `limit_ms` still pays for taken back (search/fill.py)."""
+        return fill(params, complete_params(self.knobs, {}), self.price_params, limit_ms)
 
     def coverage(self, kept: tuple[int, ...] | None) -> float:
         total = sum(self.frequencies.values())

@@ -26,6 +26,7 @@ from .results import (
     ABANDONED_ATTR,
     SPEC_ATTR,
     SearchProgress,
+    counts_as_done,
     export_trial,
     front_trials,
     list_trials,
@@ -53,6 +54,10 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 BASELINE_PARAMS_ATTR = "baseline_params"
 # User attribute of a trial scored in full: its per-block quality values, which early stopping pairs with.
 BLOCKS_ATTR = "quality_blocks"
+# User attribute of a filled plan's trial (search/fill.py): the trial whose plan it fills.
+FILLED_FROM_ATTR = "filled_from"
+# Study attribute: the filled plans enqueued, once per study ({budget_ms, from, moves}).
+FILLS_ATTR = "fills"
 
 
 def make_sampler(spec: SearchSpec, *, shared: bool = False, seed: int | None = None) -> optuna.samplers.BaseSampler:
@@ -154,11 +159,40 @@ def _abandon(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
         study.enqueue_trial(baseline[BASELINE_PARAMS_ATTR], user_attrs=baseline)
 
 
+def _enqueue_fills(study: optuna.Study, context: SearchContext) -> None:
+    """Once as many trials are left as the job has budgets to fill, enqueue the filled plan of the best front
+    member under each budget (search/fill.py), so the search's last trials score them. Once per study; a filled
+    plan equal to a trial's plan is skipped and its trial left to the sampler."""
+    budgets = context.spec.fill_budgets_ms(context.dense_latency)
+    if not budgets or FILLS_ATTR in study.user_attrs:
+        return
+    started = sum(counts_as_done(t) or t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False))
+    if context.spec.n_trials - started > len(budgets):
+        return
+    front, fills = front_trials(study), []
+    for budget in budgets:
+        under = [t for t in front if t.values[1] <= budget]
+        if not under:
+            continue
+        source = under[-1]  # fastest first: the slowest member under the budget has its best quality
+        filled = context.fill(source.params, budget)
+        if filled is None or filled.params == source.params:
+            continue
+        attrs = {FILLED_FROM_ATTR: source.number}
+        study.enqueue_trial(filled.params, user_attrs=attrs, skip_if_exists=True)
+        fills.append({"budget_ms": budget, "from": source.number, "moves": filled.moves})
+    study.set_user_attr(FILLS_ATTR, fills)
+    if fills:
+        log.info("enqueued %d filled plan(s): %s", len(fills), fills)
+
+
 def _run_trial(study: optuna.Study, context: SearchContext) -> int:
     """Ask, evaluate and tell one trial; its number."""
     trial = study.ask()
-    # baselines are scored in full; others may stop early when they cannot enter the front (search/fidelity.py)
-    front = None if "baseline" in trial.user_attrs else [_member(t) for t in front_trials(study)]
+    # baselines and filled plans are scored in full; others may stop early when they cannot enter the front
+    # (search/fidelity.py)
+    full = "baseline" in trial.user_attrs or FILLED_FROM_ATTR in trial.user_attrs
+    front = None if full else [_member(t) for t in front_trials(study)]
     try:
         outcome = context.evaluate(trial, front)
     except optuna.exceptions.UpdateFinishedTrialError:
@@ -176,6 +210,8 @@ def _run_trial(study: optuna.Study, context: SearchContext) -> int:
         for name, value in outcome.constraints.items():
             trial.set_constraint(name, float(value))
         trial.set_user_attr("plan", outcome.plan.to_dict())
+        if FILLED_FROM_ATTR in trial.user_attrs:
+            outcome.metrics[FILLED_FROM_ATTR] = trial.user_attrs[FILLED_FROM_ATTR]
         trial.set_user_attr("metrics", outcome.metrics)
         trial.set_user_attr("feasible", outcome.feasible)
         if outcome.blocks is not None:
@@ -234,6 +270,7 @@ def run_search(
         stopped = callbacks.should_stop()
         if stopped or timed_out or not (below_n_trials() and callbacks.claim()):
             break
+        _enqueue_fills(study, context)
         number = _run_trial(study, context)
         progress = dataclasses.replace(progress_of(study, spec.n_trials), last_trial=number)
         bar.update(progress.trials_done - bar.n)

@@ -142,6 +142,11 @@ class Efficiency(_Strict):
         description="enqueue FLAP-global, depth+width and profile starting points, and sample with multivariate "
         "TPE: a better front after 25-50 trials, a worse one after 100 (docs/benchmarks.md)",
     )
+    fill: StrictBool = Field(
+        True,
+        description="spend the last trials on the best plan under each latency budget (`budgets`, the latency "
+        "constraint, heal.budgets) with the cuts its budget still pays for taken back (docs/search.md)",
+    )
 
 
 class HealSpec(_Strict):
@@ -198,6 +203,13 @@ class SearchSpec(_Strict):
     timeout_s: StrictFloat | None = Field(None, gt=0)
     seed: StrictInt = 0
     baselines: StrictBool = True
+    budgets: list[Annotated[StrictFloat, Field(gt=0, le=1, allow_inf_nan=False)]] | None = Field(
+        None,
+        max_length=16,
+        description="latency budgets as shares of dense latency that winners will be picked at: the search fills "
+        "the best plan under each one (efficiency.fill); no constraint",
+        exclude_if=lambda value: value is None,  # specs stored before it existed dump as they did
+    )
     # Default efficiency settings are left out of the dump, so older specs and studies read back unchanged.
     efficiency: Efficiency = Field(default_factory=Efficiency, exclude_if=lambda value: value == Efficiency())
     # A spec without heal dumps exactly as before the field existed (stored specs, studies, job views).
@@ -221,6 +233,18 @@ class SearchSpec(_Strict):
     def stock_only(self) -> bool:
         """Only plans whose export loads with the stock classes (`constraints.deploy: stock`)."""
         return self.constraints.deploy == DeployTarget.STOCK
+
+    def fill_budgets_ms(self, dense_ms: float) -> list[float]:
+        """The latency budgets (ms) whose best plans the search fills: `budgets`, the latency constraint and
+        heal.budgets, smallest first; none for drafts (their objective is speedup) or with efficiency.fill off."""
+        if not self.efficiency.fill or self.objectives.speculative is not None:
+            return []
+        shares = [*(self.budgets or ()), *((self.heal.budgets or ()) if self.heal is not None else ())]
+        found = {share * dense_ms for share in shares}
+        constraint = self.latency_budget_ms(dense_ms)
+        if constraint is not None:
+            found = {b for b in found if b <= constraint} | {constraint}
+        return sorted(found)
 
     def latency_budget_ms(self, dense_ms: float) -> float | None:
         """The latency budget in milliseconds, given the dense model's latency."""
