@@ -22,6 +22,7 @@ from .callbacks import SearchCallbacks
 from .context import SearchContext
 from .draft import objective_names as draft_objective_names
 from .fidelity import FrontMember
+from .fill import FILLED_FROM_ATTR
 from .results import (
     ABANDONED_ATTR,
     SPEC_ATTR,
@@ -54,8 +55,6 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 BASELINE_PARAMS_ATTR = "baseline_params"
 # User attribute of a trial scored in full: its per-block quality values, which early stopping pairs with.
 BLOCKS_ATTR = "quality_blocks"
-# User attribute of a filled plan's trial (search/fill.py): the trial whose plan it fills.
-FILLED_FROM_ATTR = "filled_from"
 # Study attribute: the filled plans enqueued, once per study ({budget_ms, from, moves}).
 FILLS_ATTR = "fills"
 

@@ -21,6 +21,8 @@ from typing import Any
 # What `fill` prices a candidate with: (latency in ms, parameter count), or None when it breaks a constraint
 # other than the latency limit (memory, depth).
 Pricer = Callable[[Mapping[str, Any]], "tuple[float, float] | None"]
+# User attribute of a filled plan's trial (and metric): the number of the trial whose plan it fills.
+FILLED_FROM_ATTR = "filled_from"
 # Pricing calls one fill may make (each move of each step is priced): bounds its cost on deep models.
 MAX_PRICINGS = 20_000
 

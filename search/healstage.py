@@ -31,6 +31,7 @@ from prunesearch.pruning.modeling import load_pruned
 
 from .callbacks import SearchCallbacks
 from .context import SearchContext
+from .fill import FILLED_FROM_ATTR
 from .healselect import CANDIDATES_ATTR, baseline_rivals, claim_key, pick_candidates, progress_key, result_key
 from .results import counts_as_done, export_trial, feasible_baselines, front_record, front_trials
 
@@ -102,15 +103,17 @@ def run_heal_stage(
 
 
 def _candidates(study: optuna.Study, context: SearchContext) -> list[int]:
-    """The front members to heal (`pick_candidates`), then, with budgets and `heal.rivals`, the strongest
-    enqueued baseline under each budget (`baseline_rivals`), beyond `top_k`."""
+    """The front members to heal (`pick_candidates`), then, with budgets and `heal.rivals`, beyond `top_k`: the
+    strongest enqueued baseline under each budget (`baseline_rivals`), and the filled plan under each
+    (search/fill.py) that the proxy ranked a hair behind its source, since filling keeps capacity a heal uses."""
     heal, quality = context.spec.heal, context.spec.objectives.quality
     front = [front_record(t) for t in front_trials(study)]
     budgets = [b * context.dense_latency for b in heal.budgets] if heal.budgets else None
     candidates = pick_candidates(front, heal.top_k, quality, budgets)
     if budgets and heal.rivals:
-        baselines = [front_record(t) for t in feasible_baselines(study)]
-        candidates += baseline_rivals(baselines, budgets, quality, taken=candidates)
+        for attr in ("baseline", FILLED_FROM_ATTR):
+            rivals = [front_record(t) for t in feasible_baselines(study, attr)]
+            candidates += baseline_rivals(rivals, budgets, quality, taken=candidates)
     return candidates
 
 

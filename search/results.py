@@ -142,10 +142,11 @@ def trial_record(trial: FrozenTrial) -> dict[str, Any]:
     }
 
 
-def feasible_baselines(study: optuna.Study) -> list[FrozenTrial]:
-    """The enqueued baselines and starting points scored in full within every constraint (on the front or not)."""
+def feasible_baselines(study: optuna.Study, attr: str = "baseline") -> list[FrozenTrial]:
+    """The enqueued baselines and starting points scored in full within every constraint (on the front or not);
+    with `attr`, the trials carrying that user attribute instead (`filled_from`: the filled plans)."""
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return [t for t in trials if "baseline" in t.user_attrs and "plan" in t.user_attrs and _within_constraints(t)]
+    return [t for t in trials if attr in t.user_attrs and "plan" in t.user_attrs and _within_constraints(t)]
 
 
 def front_record(trial: FrozenTrial) -> dict[str, Any]:

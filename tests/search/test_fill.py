@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from prunesearch.search.engine import FILLED_FROM_ATTR, FILLS_ATTR, run_search
-from prunesearch.search.fill import fill, restoring_moves
+from prunesearch.search.engine import FILLS_ATTR, run_search
+from prunesearch.search.fill import FILLED_FROM_ATTR, fill, restoring_moves
 from prunesearch.search.results import list_trials, load_study
 from prunesearch.search.spec import SearchSpec
 

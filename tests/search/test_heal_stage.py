@@ -20,6 +20,7 @@ from prunesearch.search import healstage
 from prunesearch.search.callbacks import SearchCallbacks
 from prunesearch.search.context import SearchContext
 from prunesearch.search.engine import run_search
+from prunesearch.search.fill import FILLED_FROM_ATTR
 from prunesearch.search.healselect import (
     CANDIDATES_ATTR,
     baseline_rivals,
@@ -308,6 +309,8 @@ def test_stage_with_budgets_heals_the_members_just_under_them(scratch, tmp_path,
     expected = pick_candidates(front, 2, "kl", budgets_ms)
     baselines = [front_record(t) for t in feasible_baselines(study)]
     rivals = baseline_rivals(baselines, budgets_ms, "kl", taken=expected)
+    filled = [front_record(t) for t in feasible_baselines(study, FILLED_FROM_ATTR)]
+    rivals += baseline_rivals(filled, budgets_ms, "kl", taken=expected + rivals)
     assert study.user_attrs[CANDIDATES_ATTR] == expected + rivals and sorted(healed) == sorted(expected + rivals)
     latency = {r["trial"]: r["metrics"]["latency_ms"] for r in front + baselines}
     assert expected and all(latency[t] <= max(budgets) * context.dense_latency for t in expected + rivals)
@@ -317,3 +320,32 @@ def test_stage_with_budgets_heals_the_members_just_under_them(scratch, tmp_path,
         key=lambda r: latency[r["trial"]],
     )
     assert strongest["trial"] in expected + rivals
+
+
+def _finished(number: int, kl: float, latency_ms: float, **attrs) -> optuna.trial.FrozenTrial:
+    metrics = {"kl": kl, "latency_ms": latency_ms}
+    return optuna.trial.create_trial(
+        values=[kl, latency_ms],
+        user_attrs={"plan": {"layers": [], "number": number}, "metrics": metrics, "feasible": True} | attrs,
+        system_attrs={"constraints": [-1.0]},
+    )
+
+
+def test_a_filled_plan_the_proxy_ranks_behind_its_source_is_healed_beside_it():
+    """Filling keeps capacity a heal can use, so a filled plan just off the front is healed as a rival."""
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    trials = [
+        _finished(0, 0.0, 100.0, baseline="dense"),
+        _finished(1, 0.50, 60.0, baseline="shortgpt-2"),
+        _finished(2, 0.30, 68.0),  # the proxy's pick under 70
+        _finished(3, 0.31, 68.0, filled_from=2),  # its filled plan: a hair worse one shot, off the front
+        _finished(4, 0.20, 80.0),
+    ]
+    for trial in trials:
+        study.add_trial(trial)
+    heal = {"top_k": 1, "tokens": 256, "seq_len": 32, "batch": 2, "budgets": [0.7]}
+    context = SimpleNamespace(spec=_spec(heal=heal), dense_latency=100.0)
+    assert 3 not in {t.number for t in front_trials(study)}
+    assert healstage._candidates(study, context) == [2, 1, 3]  # the pick, ShortGPT, the filled plan
+    without = context.spec.model_copy(update={"heal": context.spec.heal.model_copy(update={"rivals": False})})
+    assert healstage._candidates(study, SimpleNamespace(spec=without, dense_latency=100.0)) == [2]
