@@ -47,6 +47,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     search.add_argument("--latency-budget", type=float, help="at most this fraction of dense latency (0-1]")
     search.add_argument(
+        "--budgets",
+        type=_fractions,
+        help="comma-separated latency budgets as shares of dense (e.g. 0.5,0.7) you will pick winners at: the "
+        "search's last trials fill the best plan under each (docs/search.md)",
+    )
+    search.add_argument(
         "--deploy",
         choices=values(DeployTarget),
         help="stock: only plans whose export loads with the stock transformers class and serving engines",
@@ -108,6 +114,8 @@ def _spec_from_args(args: argparse.Namespace) -> SearchSpec:
     base.setdefault("calibration_settings", {})["tokens"] = args.calibration_tokens
     if args.latency_budget is not None:
         base.setdefault("constraints", {})["latency_budget_fraction"] = args.latency_budget
+    if args.budgets is not None:
+        base["budgets"] = args.budgets
     if args.deploy is not None:
         base.setdefault("constraints", {})["deploy"] = args.deploy
     if args.engine is not None:

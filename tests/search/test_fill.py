@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+
 import pytest
 
+from prunesearch.cli import main
 from prunesearch.search.engine import FILLS_ATTR, run_search
 from prunesearch.search.fill import FILLED_FROM_ATTR, fill, restoring_moves
 from prunesearch.search.results import list_trials, load_study
@@ -132,3 +136,23 @@ def test_fill_off_leaves_the_sampler_every_trial(calibration, tmp_path, prunesea
     study = load_study(storage, "s")
     assert FILLS_ATTR not in study.user_attrs
     assert not any(FILLED_FROM_ATTR in t.user_attrs for t in study.get_trials())
+
+
+@pytest.mark.parametrize(("budgets", "message"), [("0.5,1.5", "budgets.1"), ("0.5,x", "comma-separated numbers")])
+def test_cli_search_refuses_bad_budgets(calibration, tmp_path, capsys, budgets, message):
+    argv = ["search", "--model", str(LLAMA_DOCS), "--calibration", str(calibration), "--budgets", budgets]
+    with contextlib.suppress(SystemExit):  # argparse's own refusal exits 2 itself
+        assert main([*argv, "--out", str(tmp_path / "x")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_search_fills_the_budgets_it_is_given(calibration, tmp_path, prunesearch_home):
+    argv = ["search", "--model", str(LLAMA_DOCS), "--calibration", str(calibration), "--calibration-tokens", "512"]
+    spec = tmp_path / "job.json"
+    spec.write_text(json.dumps({"workload": {"engine": "eager"}, "calibration_settings": {"seq_len": 64}}))
+    argv += ["--spec", str(spec), "--sampler", "random", "--trials", "16", "--budgets", "0.7,0.85"]
+    assert main([*argv, "--out", str(tmp_path / "run")]) == 0
+    study = load_study(f"sqlite:///{tmp_path / 'run' / 'study.db'}", "run")
+    assert SearchSpec.model_validate(study.user_attrs["prunesearch_spec"]).budgets == [0.7, 0.85]
+    assert study.user_attrs[FILLS_ATTR]

@@ -41,6 +41,7 @@ def _post_raw(api, body: str, url: str = "/v1/jobs"):
         '"model": NaN',  # a non-finite value in a field that fails for another reason: echoed as text
         '"n_trials": NaN',
         '"heal": {"lr": Infinity}',
+        '"budgets": [0.5, NaN]',
     ],
 )
 def test_non_finite_numbers_get_a_422_that_encodes(api, fragment):
@@ -280,3 +281,16 @@ def test_non_finite_numbers_on_postgresql_get_422(pg_settings):
             body = json.dumps(job_body())[:-1] + ", " + fragment + "}"
             assert _post_raw(api, body).status_code == 422
         assert api.post("/v1/jobs", json=job_body(timeout_s=5.0)).status_code == 202
+
+
+@pytest.mark.parametrize(("budgets", "loc"), [([0.5, 1.5], ["body", "budgets", 1]), ([0.1] * 17, ["body", "budgets"])])
+def test_fill_budgets_out_of_range_get_a_422_naming_the_field(api, budgets, loc):
+    response = api.post("/v1/jobs", json=job_body() | {"budgets": budgets})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == loc
+
+
+def test_fill_budgets_are_kept_with_the_job(api):
+    job = api.post("/v1/jobs", json=job_body() | {"budgets": [0.5, 0.7]})
+    assert job.status_code == 202, job.text
+    assert api.get(f"/v1/jobs/{job.json()['id']}").json()["spec"]["budgets"] == [0.5, 0.7]
