@@ -173,7 +173,7 @@ def _enqueue_fills(study: optuna.Study, context: SearchContext) -> None:
         under = [t for t in front if t.values[1] <= budget]
         if not under:
             continue
-        source = under[-1]  # fastest first: the slowest member under the budget has its best quality
+        source = min(under, key=lambda t: (t.values[0], t.values[1], t.number))  # the best quality under it
         filled = context.fill(source.params, budget)
         if filled is None or filled.params == source.params:
             continue
