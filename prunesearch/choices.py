@@ -99,6 +99,13 @@ class CriterionName(StrEnum):
     MAGNITUDE = "magnitude"
 
 
+class Repair(StrEnum):
+    """Training-free repair applied to a pruned model after surgery (`pruning/refit.py`)."""
+
+    NONE = "none"
+    REFIT = "refit"  # a least-squares map of the final hidden state onto the dense model's, folded into the LM head
+
+
 class TextFormat(StrEnum):
     """File formats of calibration and training text, by extension."""
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import transformers
 
-from prunesearch.choices import CriterionName, DType, values
+from prunesearch.choices import CriterionName, DType, Repair, values
 from prunesearch.cliutil import CLIError, output_dir, print_json, read_text, user_errors
 
 from . import draftcheck_cli, heal_cli, lmeval_cli
@@ -37,6 +37,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prune.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     prune.add_argument("--calibration-tokens", type=int, default=65_536)
     prune.add_argument("--seq-len", type=int, default=256)
+    prune.add_argument(
+        "--repair",
+        choices=values(Repair),
+        default=Repair.NONE.value,
+        help="refit: fold a least-squares map of the final hidden state onto the dense model's into the LM head, "
+        "fitted on the calibration text (training-free; needs --calibration)",
+    )
     prune.set_defaults(handler=user_errors(*INPUT_ERRORS)(_prune))
 
     inspect = subparsers.add_parser("inspect", help="print a checkpoint's architecture and its dense plan")
@@ -54,6 +61,8 @@ def _prune(args: argparse.Namespace) -> int:
     check_device(args.device)
     if args.criterion and get_criterion(args.criterion).needs_calibration and args.calibration is None:
         raise CLIError(f"--criterion {args.criterion} needs calibration data; pass --calibration or use magnitude")
+    if args.repair == Repair.REFIT and args.calibration is None:
+        raise CLIError("--repair refit fits its map on calibration text; pass --calibration")
     output_dir(args.out)
     settings = ImportanceCalibration(path=args.calibration, seq_len=args.seq_len, max_tokens=args.calibration_tokens)
     summary = prune_checkpoint(
@@ -64,6 +73,7 @@ def _prune(args: argparse.Namespace) -> int:
         calibration=settings,
         dtype=args.dtype,
         device=args.device,
+        repair=args.repair,
     )
     print_json(summary)
     return 0

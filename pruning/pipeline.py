@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from prunesearch.choices import CriterionName, DType
+from prunesearch.choices import CriterionName, DType, Repair
 
 from .architectures import get_spec, model_shape
 from .calibration import CalibrationDoc, load_calibration, token_blocks
@@ -20,6 +20,7 @@ from .importance import ImportanceScores, compute_importance
 from .modeling import model_class_for
 from .modules import attention_parts, decoder_layers, mlp_parts, spec_of
 from .plan import PrunePlan
+from .refit import RIDGE, fit_final_map, fold_into_head
 from .stats import cached_activation_stats, model_fingerprint, token_blocks_fingerprint
 from .surgery import apply_plan
 from .vocab import select_kept_tokens, token_frequencies, trim_tokenizer
@@ -100,11 +101,14 @@ def prune_checkpoint(
     device: str = "cpu",
     stock_only: bool = False,
     search: Mapping[str, Any] | None = None,
+    repair: str = Repair.NONE,
 ) -> dict[str, Any]:
     """Prune the checkpoint in `model_dir` by `plan`, write the result to `out_dir`, return a summary.
 
     `stock_only` keeps bias compensation only where the stock config can hold the bias (`deploy: stock`);
-    `search` (the trial's metrics and how it was priced) goes into the provenance and the model card."""
+    `search` (the trial's metrics and how it was priced) goes into the provenance and the model card;
+    `repair` "refit" folds the least-squares map of `pruning/refit.py`, fitted on the calibration text, into the
+    LM head."""
     started = time.perf_counter()
     target_dtype = parse_dtype(dtype)
     model, tokenizer = load_base_model(model_dir, device=device)
@@ -117,13 +121,18 @@ def prune_checkpoint(
     if stock_only:
         run = replace(run, scores=run.scores.stock_compensation(spec))
     kept_tokens = _kept_tokens(plan, model.config.vocab_size, tokenizer, docs)
+    refit = _refit(model, plan, run.scores, docs, tokenizer, calibration) if repair == Repair.REFIT else None
     pruned = apply_plan(model, plan, run.scores, kept_token_ids=kept_tokens, dtype=target_dtype)
+    if refit is not None:
+        fold_into_head(pruned, refit[0])
     new_tokenizer = trim_tokenizer(tokenizer, kept_tokens) if kept_tokens is not None else tokenizer
     biased = compensated_parts(spec, shape, plan, run.scores.compensating_parts(spec))
     runtimes = runtimes_for(spec, shape, plan, biased)
     provenance = _provenance(model, model_dir, criterion, run, calibration.path) | {"runtimes": runtimes.to_dict()}
     if search is not None:
         provenance["search"] = dict(search)
+    if refit is not None:
+        provenance["repair"] = {"method": str(Repair.REFIT), "ridge": RIDGE, "tokens": refit[1]}
     _check_runtimes(runtimes, pruned.config)
     export_checkpoint(pruned, new_tokenizer, plan, out_dir, provenance, kept_token_ids=kept_tokens)
     return {
@@ -135,8 +144,20 @@ def prune_checkpoint(
         "vocab": {"before": model.config.vocab_size, "after": pruned.config.vocab_size},
         "layers": layer_shapes(pruned),
         "importance_cached": run.cached,
+        "repair": str(repair),
         "seconds": round(time.perf_counter() - started, 3),
     }
+
+
+def _refit(model, plan: PrunePlan, scores: ImportanceScores, docs, tokenizer, calibration) -> tuple[torch.Tensor, int]:
+    """The repair map of the plan's model (before any vocabulary trim: the map acts on hidden states) fitted on
+    the calibration blocks the search scored, and how many tokens it was fitted on."""
+    if not docs:
+        raise ValueError("repair 'refit' fits a map on calibration text: give a calibration file")
+    blocks = token_blocks(tokenizer, docs, calibration.seq_len, calibration.max_tokens)
+    blocks = blocks.to(next(model.parameters()).device)
+    candidate = apply_plan(model, replace(plan, vocab=None), scores)
+    return fit_final_map(model, candidate, blocks, batch_size=calibration.batch_size), blocks.numel()
 
 
 def _check_runtimes(runtimes: Runtimes, config) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from prunesearch.choices import DeployTarget, Engine, HealMethod, Sampler, values
+from prunesearch.choices import DeployTarget, Engine, HealMethod, Repair, Sampler, values
 from prunesearch.cliutil import CLIError, one_line, output_dir, print_json, read_json, user_errors, validation_message
 from prunesearch.profilers.calibrate import LatencyFitMissingError
 from prunesearch.profilers.hardware import HardwareError
@@ -58,6 +58,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="stock: only plans whose export loads with the stock transformers class and serving engines",
     )
     search.add_argument("--objective", choices=QUALITY_OBJECTIVES, default=Objectives().quality)
+    search.add_argument(
+        "--repair",
+        choices=values(Repair),
+        help="refit: score and export every plan after a least-squares map of its final hidden state onto the "
+        "dense model's, folded into the LM head (training-free; docs/search.md)",
+    )
     search.add_argument("--storage", help="Optuna storage URL (default: sqlite:///OUT/study.db)")
     search.add_argument("--study", help="study name (default: derived from the output folder)")
     search.add_argument(
@@ -120,6 +126,8 @@ def _spec_from_args(args: argparse.Namespace) -> SearchSpec:
         base.setdefault("constraints", {})["deploy"] = args.deploy
     if args.engine is not None:
         base.setdefault("workload", {})["engine"] = args.engine
+    if args.repair is not None:
+        base["repair"] = args.repair
     heal = {
         "top_k": args.heal_top_k,
         "tokens": args.heal_tokens,

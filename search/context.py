@@ -9,6 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from prunesearch.choices import Repair
 from prunesearch.profilers.latency import LatencyEstimate, LatencyModel, Workload
 from prunesearch.profilers.registry import latency_model_for, recommended_ffn_step
 from prunesearch.pruning.architectures import get_spec, model_shape
@@ -107,6 +108,7 @@ class SearchContext:
             prefix_cache_bytes=spec.efficiency.prefix_cache_mib << 20,
             temperature=spec.objectives.speculative.temperature if spec.objectives.speculative else None,
             folds=self.folds.block_fold if self.folds is not None else None,
+            refit=spec.repair == Repair.REFIT,
         )
         self.latency_model: LatencyModel = latency_model_for(spec.hardware, spec.workload.engine)
         self.config = self.model.config.to_dict()
@@ -246,7 +248,9 @@ class SearchContext:
         settings = self.spec.efficiency
         scoring = self.evaluator.start(plan, kept, reuse=settings.prefix_cache_mib > 0)
         metrics["resume_layer"] = scoring.resume
-        low = fidelity.low_fidelity_batches(self.evaluator.n_batches, settings.low_fidelity) if front else 0
+        # a refitted score needs every batch (the map is fitted on them), so such candidates are scored in full
+        staged = front and not self.evaluator.refit
+        low = fidelity.low_fidelity_batches(self.evaluator.n_batches, settings.low_fidelity) if staged else 0
         if low:
             scoring.run(low)
             partial = scoring.quality()

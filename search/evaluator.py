@@ -60,6 +60,7 @@ from prunesearch.pruning.architectures import model_shape
 from prunesearch.pruning.importance import ImportanceScores
 from prunesearch.pruning.modules import decoder, decoder_layers, embedding, lm_head
 from prunesearch.pruning.plan import ModelShape, PrunePlan
+from prunesearch.pruning.refit import MapStatistics
 from prunesearch.pruning.speculative import GREEDY
 from prunesearch.pruning.surgery import apply_plan
 
@@ -213,10 +214,13 @@ class CandidateEvaluator:
         prefix_cache_bytes: int = PREFIX_CACHE_BYTES,
         temperature: float | None = None,
         folds: Sequence[int] | None = None,
+        refit: bool = False,
     ):
         """`folds`: the cross-fitting fold of each block (`search/vocabfit.py`); a batch then holds blocks of one
-        fold only, and the folds take turns batch by batch, so any prefix of batches still samples them all."""
+        fold only, and the folds take turns batch by batch, so any prefix of batches still samples them all.
+        `refit`: score every candidate after the training-free repair of `pruning/refit.py` (see `Scoring`)."""
         self.model = model
+        self.refit = refit
         self.temperature = temperature  # drafts: also score acceptance at this temperature (0: greedy)
         self.scores = scores
         self.batch_size = batch_size
@@ -234,6 +238,7 @@ class CandidateEvaluator:
         cached = blocks.numel() * model.config.vocab_size * 4 * copies <= teacher_cache_bytes
         self.teacher_cache = self._teacher_cache(hidden) if cached else None
         self.teacher_hidden = None if cached else hidden
+        self.dense_hidden = hidden if refit else None  # what a candidate's final hidden states are mapped onto
         self.moments = self._moments(hidden)
 
     @torch.inference_mode()
@@ -331,7 +336,12 @@ class CandidateEvaluator:
 
 class Scoring:
     """One candidate being scored batch by batch: `run` more batches, read `quality` (of the blocks scored so
-    far) or `block_values` at any point; built once, so a stopped scoring can be finished without recomputing."""
+    far) or `block_values` at any point; built once, so a stopped scoring can be finished without recomputing.
+
+    With the evaluator's `refit`, the candidate is scored as its repaired export will run (`pruning/refit.py`):
+    its final hidden states are kept batch by batch, and when scores are read each batch is scored after a map
+    fitted on the *other* scored batches (even against odd batch indices: cross-fitted, so a map that only
+    memorises the calibration text earns nothing). A map fitted on no batch is the identity."""
 
     def __init__(
         self, evaluator: CandidateEvaluator, plan: PrunePlan, choices: Mapping[int, VocabChoice | None], resume: int
@@ -346,7 +356,9 @@ class Scoring:
         }
         self.reads = {fold: _tensor(choice and choice.reads, device) for fold, choice in choices.items()}
         self.stack = decoder(self.candidate)
-        self.sums = evaluator.new_sums()
+        self._sums = evaluator.new_sums()
+        self.kept_hidden: dict[int, torch.Tensor] = {}  # refit: the final hidden states of each scored batch
+        self._refit_sums_at = -1  # refit: how many batches `_sums` covers
         self.batches_done = 0
         self._replay = _install_replay(self.candidate, evaluator.prefix.get(resume), resume)
 
@@ -358,6 +370,13 @@ class Scoring:
     def fraction(self) -> float:
         """Share of the calibration blocks scored so far."""
         return self.sums.per_block().shape[1] / len(self.evaluator.blocks)
+
+    @property
+    def sums(self) -> _Sums:
+        """The proxy sums of every batch scored so far (refit: recomputed with maps fitted on them all)."""
+        if self.evaluator.refit and self._refit_sums_at != self.batches_done:
+            self._sums, self._refit_sums_at = self._refitted_sums(), self.batches_done
+        return self._sums
 
     @torch.inference_mode()
     def run(self, batches: int | None = None) -> Scoring:
@@ -372,9 +391,27 @@ class Scoring:
             reads = self.reads[fold]
             inputs = batch if reads is None else reads[batch]  # the draft's view of the text; targets stay
             hidden = self.stack(input_ids=inputs, use_cache=False).last_hidden_state[:, :-1]
-            self.heads[fold].accumulate(self.sums, hidden, ev._teacher(index), batch[:, 1:])
+            if ev.refit:
+                self.kept_hidden[index] = hidden
+            else:
+                self.heads[fold].accumulate(self._sums, hidden, ev._teacher(index), batch[:, 1:])
             self.batches_done = index + 1
         return self
+
+    @torch.inference_mode()
+    def _refitted_sums(self) -> _Sums:
+        """Each scored batch through the map fitted on the scored batches of the other parity."""
+        ev, sums = self.evaluator, self.evaluator.new_sums()
+        halves = [MapStatistics(ev.model.config.hidden_size, ev.device) for _ in range(2)]
+        for index, hidden in self.kept_hidden.items():
+            halves[index % 2].add(hidden, ev.dense_hidden[index])
+        maps = [halves[1].solve(), halves[0].solve()]  # batch parity -> the map fitted without it
+        batches = ev.batches()
+        for index, hidden in self.kept_hidden.items():
+            mapped = hidden @ maps[index % 2].to(hidden.dtype)
+            head = self.heads[ev.batch_fold[index]]
+            head.accumulate(sums, mapped, ev._teacher(index), batches[index][:, 1:])
+        return sums
 
     def quality(self) -> Quality:
         return _quality(self.sums)

@@ -242,6 +242,7 @@ def export_trial(
         device=device,
         stock_only=spec.stock_only,
         search=search_record(study, spec, trial),
+        repair=spec.repair,
     )
     return summary | {"trial": trial, "study": study_name}
 

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, model_validator
 
-from prunesearch.choices import MAX_LOOKAHEAD, CriterionName, DeployTarget, HealMethod, Sampler
+from prunesearch.choices import MAX_LOOKAHEAD, CriterionName, DeployTarget, HealMethod, Repair, Sampler
 from prunesearch.profilers.latency import Workload
 from prunesearch.pruning.healsettings import HealSettings
 
@@ -210,6 +210,12 @@ class SearchSpec(_Strict):
         "the best plan under each one (efficiency.fill); no constraint",
         exclude_if=lambda value: value is None,  # specs stored before it existed dump as they did
     )
+    repair: Repair = Field(
+        Repair.NONE,
+        description="refit: score every candidate, and export every plan, after a least-squares map of its final "
+        "hidden state onto the dense model's, folded into the LM head (training-free; docs/search.md, 'Repair')",
+        exclude_if=lambda value: value == Repair.NONE,  # specs stored before it existed dump as they did
+    )
     # Default efficiency settings are left out of the dump, so older specs and studies read back unchanged.
     efficiency: Efficiency = Field(default_factory=Efficiency, exclude_if=lambda value: value == Efficiency())
     # A spec without heal dumps exactly as before the field existed (stored specs, studies, job views).
@@ -227,6 +233,12 @@ class SearchSpec(_Strict):
                 "deploy: stock prunes heads and MLP widths uniformly in every layer, so space.layers cannot limit "
                 "them: drop space.layers, or set space.heads and space.ffn to false to remove only those layers"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _repair_not_for_drafts(self) -> SearchSpec:
+        if self.repair != Repair.NONE and self.objectives.speculative is not None:
+            raise ValueError("repair is for pruned replacements, not speculative drafts: set repair to 'none'")
         return self
 
     @property
