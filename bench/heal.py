@@ -12,8 +12,11 @@ Students are the searched plans of `bench/results/search_quality.json` (the fron
 each latency budget) and that bench's baselines at the same budgets (ShortGPT layer removal; uniform width where
 a uniform cut reaches the budget; Torch-Pruning's uniform heads-and-channels cut at the searched plan's parameter
 count), rebuilt from the same search context (llama-docs, 16,384 calibration tokens, flap) and exported under
-`--workdir`. Training data: `pydocs-calib.txt`; perplexity on the first 60,000 characters of pydocs-valid and
-kerneldocs-valid (256-token windows), before and after, by `prunesearch.pruning.heal.heal`.
+`--workdir`. `refit-B` is the plan a `repair: refit` search picked under budget B
+(`bench/results/search_quality_refit.json`), exported with its map as the search exports it; a `+refit` suffix on
+any other kind (`shortgpt+refit-0.7`) exports that student with the same training-free repair. Training data:
+`pydocs-calib.txt`; perplexity on the first 60,000 characters of pydocs-valid and kerneldocs-valid (256-token
+windows), before and after, by `prunesearch.pruning.heal.heal`.
 
 - `throughput`: the library's heal against a bare loop doing the same work (teacher forward, student forward and
   backward over full logits, KL, gradient clipping, AdamW step), in the same process, interleaved, medians.
@@ -51,6 +54,7 @@ from prunesearch.pruning.heal import HealSettings, heal
 from prunesearch.pruning.healio import eval_text, load_student, perplexities
 from prunesearch.pruning.healsettings import DEFAULT_LR
 from prunesearch.pruning.plan import PrunePlan
+from prunesearch.pruning.refit import fit_final_map, fold_into_head
 from prunesearch.pruning.surgery import apply_plan
 from prunesearch.search.parametrize import FixedParams, complete_params, suggest_plan
 
@@ -103,16 +107,24 @@ def build_students(args, names: list[str]) -> dict[str, dict]:
     searched = {
         row["budget"]: row for row in json.loads((ROOT / "bench/results/search_quality.json").read_text())["quality"]
     }
+    refitted = ROOT / "bench/results/search_quality_refit.json"  # `search_quality.py --repair refit`
+    rows = json.loads(refitted.read_text())["quality"] if refitted.is_file() else []
+    searched_refit = {row["budget"]: row for row in rows}
     built, gradient_model = {}, None
     for name in names:
         kind, budget = name.rsplit("-", 1)
         budget = float(budget)
-        search_plan = PrunePlan.from_dict(searched[budget]["search"]["plan"])
+        repaired = kind.endswith("+refit")  # the student exported with the training-free repair folded in
+        kind = kind.removesuffix("+refit")
+        source = searched_refit if kind == "refit" else searched
+        search_plan = PrunePlan.from_dict(source[budget]["search"]["plan"])
         info: dict = {"kind": kind, "budget": budget}
-        if kind in ("search", "filled"):  # filled: the searched plan with the cuts its budget pays for taken back
-            plan = search_plan if kind == "search" else filled_plan(context, search_plan, budget)
+        if kind in ("search", "filled", "refit"):  # filled: the searched plan with the cuts its budget pays for
+            # taken back; refit: the plan a `repair: refit` search picked, exported with its map (as it exports)
+            repaired = repaired or kind == "refit"
+            plan = search_plan if kind != "filled" else filled_plan(context, search_plan, budget)
             model = apply_plan(context.model, plan, context.scores)
-            info["trial"] = searched[budget]["search"]["trial"]
+            info["trial"] = source[budget]["search"]["trial"]
         elif kind in ("shortgpt", "uniform"):
             plan = (sq.shortgpt_under if kind == "shortgpt" else sq.best_uniform_under)(context, budget)
             if plan is None:
@@ -128,6 +140,9 @@ def build_students(args, names: list[str]) -> dict[str, dict]:
             info["importance"] = "taylor"
         else:
             raise SystemExit(f"unknown student kind {kind!r}")
+        if repaired:
+            fold_into_head(model, fit_final_map(context.model, model, context.evaluator.blocks))
+            info["repair"] = "refit"
         folder = args.workdir / "students" / name
         shutil.rmtree(folder, ignore_errors=True)
         export_checkpoint(model, context.tokenizer, plan, folder, {"tool": "prunesearch", "bench": name})

@@ -46,10 +46,11 @@ import torch
 import torch_pruning_baseline as tpb
 from search_efficiency import counted_score, dense_forward_seconds
 
-from prunesearch.choices import Sampler, values
+from prunesearch.choices import Repair, Sampler, values
 from prunesearch.pruning.evaluate import perplexity
 from prunesearch.pruning.importance import CRITERIA, compute_importance
 from prunesearch.pruning.plan import LayerPlan, PrunePlan
+from prunesearch.pruning.refit import fit_final_map, fold_into_head
 from prunesearch.pruning.stats import cached_activation_stats
 from prunesearch.pruning.surgery import apply_plan
 from prunesearch.search.context import SearchContext
@@ -79,6 +80,7 @@ def make_spec(args, sampler: str, trials: int, tokens: int) -> SearchSpec:
             # the budgets the quality table reads: the search's last trials fill each (docs/search.md)
             "budgets": getattr(args, "budgets", None),
             "efficiency": {"fill": not getattr(args, "no_fill", False)},
+            "repair": getattr(args, "repair", "none"),
         }
     )
 
@@ -154,8 +156,12 @@ def shortgpt_under(context: SearchContext, budget: float) -> PrunePlan | None:
     return None
 
 
-def ppl_of(context: SearchContext, plan: PrunePlan, scores, texts: dict[str, str]) -> dict[str, float]:
+def ppl_of(context: SearchContext, plan: PrunePlan, scores, texts: dict[str, str], repair: bool = False) -> dict:
+    """Token perplexity of the plan's model on each text; `repair`: with the refit map (as `repair: refit`
+    exports it) fitted on the search's calibration blocks."""
     model = apply_plan(context.model, plan, scores)
+    if repair:
+        fold_into_head(model, fit_final_map(context.model, model, context.evaluator.blocks))
     return {name: round(perplexity(model, context.tokenizer, text).token_ppl, 2) for name, text in texts.items()}
 
 
@@ -199,7 +205,7 @@ def quality_at_budgets(args, context: SearchContext, storage: str) -> list[dict]
         if under:
             chosen = min(under, key=lambda x: x["metrics"]["kl"])
             plan = PrunePlan.from_dict(chosen["plan"])
-            row["search"] = ppl_of(context, plan, context.scores, texts) | {
+            row["search"] = ppl_of(context, plan, context.scores, texts, repair=context.evaluator.refit) | {
                 "trial": chosen["trial"],
                 "latency_fraction": round(chosen["metrics"]["latency_fraction"], 3),
                 "plan": chosen["plan"],
@@ -221,7 +227,10 @@ def quality_at_budgets(args, context: SearchContext, storage: str) -> list[dict]
             row["shortgpt"] = ppl_of(context, short, context.scores, texts) | {
                 "removed": sum(x.removed for x in short.layers),
                 "latency_fraction": round(latency_fraction(context, short), 3),
+                "plan": short.to_dict(),
             }
+            if context.evaluator.refit:  # the baseline with the same training-free repair, for a fair one-shot
+                row["shortgpt"]["refit"] = ppl_of(context, short, context.scores, texts, repair=True)
         rows.append(row)
     return rows
 
@@ -282,6 +291,7 @@ def main() -> None:
     parser.add_argument("--min-keep-layers", type=float, default=0.25, help="the search's depth bound")
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench/results/search-work")
     parser.add_argument("--no-fill", action="store_true", help="the searches do not fill the budgets")
+    parser.add_argument("--repair", choices=values(Repair), default="none", help="the searches' repair (refit)")
     parser.add_argument("--skip-hv", action="store_true")
     parser.add_argument("--only-hv", action="store_true", help="run only the sampler comparison")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/search_quality.json")

@@ -294,3 +294,22 @@ def test_fill_budgets_are_kept_with_the_job(api):
     job = api.post("/v1/jobs", json=job_body() | {"budgets": [0.5, 0.7]})
     assert job.status_code == 202, job.text
     assert api.get(f"/v1/jobs/{job.json()['id']}").json()["spec"]["budgets"] == [0.5, 0.7]
+
+
+def test_an_unknown_repair_gets_a_422_naming_the_field(api):
+    response = api.post("/v1/jobs", json=job_body() | {"repair": "retrain"})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "repair"]
+
+
+def test_repair_on_a_draft_search_gets_a_422_that_says_why(api):
+    body = job_body() | {"repair": "refit", "objectives": {"speculative": {}}}
+    response = api.post("/v1/jobs", json=body)
+    assert response.status_code == 422
+    assert "repair" in response.text and "draft" in response.text
+
+
+def test_repair_is_kept_with_the_job(api):
+    job = api.post("/v1/jobs", json=job_body() | {"repair": "refit"})
+    assert job.status_code == 202, job.text
+    assert api.get(f"/v1/jobs/{job.json()['id']}").json()["spec"]["repair"] == "refit"
