@@ -156,9 +156,17 @@ def _base_section(config: Mapping[str, Any], provenance: Mapping[str, Any]) -> s
         ("bias compensation (FLAP)", provenance.get("bias_compensation")),
         ("calibration file", provenance.get("calibration_file")),
         ("calibration tokens", provenance.get("calibration_tokens")),
+        ("training-free repair", _repair(provenance.get("repair"))),
         ("dtype", config.get("dtype") or config.get("torch_dtype")),
     ]
     return "## Base model\n\n" + _table(("", ""), [(k, _fmt(v)) for k, v in rows if v is not None]) + "\n"
+
+
+def _repair(repair: Mapping[str, Any] | None) -> str | None:
+    """The repair row: which map was folded into the LM head, fitted on how many calibration tokens."""
+    if not repair:
+        return None
+    return f"{repair['method']}: least-squares map of the final hidden state, {repair['tokens']:,} tokens"
 
 
 def _plan_section(plan: Mapping[str, Any]) -> str:

@@ -113,6 +113,8 @@ def test_a_repaired_export_carries_the_fitted_map_and_loads(arch, tmp_path, prun
     provenance = json.loads((tmp_path / "refit" / "provenance.json").read_text())
     assert provenance["repair"]["method"] == "refit" and provenance["repair"]["tokens"] == 1024
     assert "repair" not in json.loads((tmp_path / "plain" / "provenance.json").read_text())
+    assert "training-free repair | refit" in (tmp_path / "refit" / "README.md").read_text()
+    assert "training-free repair" not in (tmp_path / "plain" / "README.md").read_text()
     unrepaired = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "plain", trust_remote_code=True)
     repaired = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "refit", trust_remote_code=True)
     tokenizer = transformers.AutoTokenizer.from_pretrained(teacher_dir)
