@@ -12,6 +12,7 @@ from prunesearch.pruning.architectures import model_shape
 from prunesearch.pruning.plan import LayerPlan, PrunePlan
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+TINY_LLAMA = Path(__file__).resolve().parents[1] / "examples" / "tiny-llama"  # the bundled demo model
 LLAMA_DOCS = SHARED / "models" / "llama-docs"
 PYDOCS_CALIB = SHARED / "data" / "pydocs-calib.txt"
 
@@ -40,6 +41,18 @@ def tiny_model(arch: str, seed: int = 0) -> transformers.PreTrainedModel:
             if name.endswith("bias"):
                 param.normal_(0, 0.1)
     return model
+
+
+def save_tiny_checkpoint(arch: str, folder: Path) -> transformers.PretrainedConfig:
+    """A random tiny model of `arch` saved as a checkpoint with the bundled tiny Llama's tokenizer (its 1,024
+    tokens serve every architecture); returns its config."""
+    config = TINY_CONFIGS[arch]()
+    config.vocab_size = 1024
+    config.bos_token_id, config.eos_token_id, config.pad_token_id = 0, 0, 1
+    torch.manual_seed(0)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    transformers.AutoTokenizer.from_pretrained(TINY_LLAMA).save_pretrained(folder)
+    return config
 
 
 def random_plan(model, rng: random.Random, *, vocab: int | None = None) -> PrunePlan:

@@ -26,7 +26,7 @@ from prunesearch.pruning.modules import decoder, unwrap_peft
 from prunesearch.pruning.pipeline import ImportanceCalibration, prune_checkpoint
 from prunesearch.pruning.plan import PrunePlan
 
-from .factories import LLAMA_DOCS, TINY_CONFIGS
+from .factories import LLAMA_DOCS, save_tiny_checkpoint
 
 TINY = Path(__file__).resolve().parents[1] / "examples" / "tiny-llama"
 CALIB = TINY / "calib.txt"
@@ -146,12 +146,7 @@ def test_heal_other_architectures(arch, tmp_path, prunesearch_home):
     """Qwen2 (q/k/v biases, tied embeddings) and Qwen3 (q/k norms), pruned by a mixed plan with a trimmed
     vocabulary, heal with either method and load as before."""
     teacher = tmp_path / "teacher"
-    config = TINY_CONFIGS[arch]()
-    config.vocab_size = 1024  # the tiny Llama's tokenizer serves every architecture here
-    config.bos_token_id, config.eos_token_id, config.pad_token_id = 0, 0, 1
-    torch.manual_seed(0)
-    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(teacher)
-    transformers.AutoTokenizer.from_pretrained(TINY).save_pretrained(teacher)
+    config = save_tiny_checkpoint(arch, teacher)
     heads, kv = config.num_attention_heads, config.num_key_value_heads
     plan = {"layers": [{"heads": heads, "ffn": 48}, {"heads": heads // kv, "ffn": 0}, {"heads": 0, "ffn": 24}]}
     plan["layers"] += [{"heads": 0, "ffn": 0}]

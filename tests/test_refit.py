@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,10 +16,9 @@ from prunesearch.pruning.plan import LayerPlan, PrunePlan
 from prunesearch.pruning.refit import MapStatistics, final_hidden_states, fit_final_map, fold_into_head
 from prunesearch.pruning.surgery import apply_plan
 
-from .factories import ARCHS, TINY_CONFIGS, tiny_model
+from .factories import ARCHS, TINY_LLAMA, save_tiny_checkpoint, tiny_model
 
-TINY = Path(__file__).resolve().parents[1] / "examples" / "tiny-llama"
-CALIB = TINY / "calib.txt"
+CALIB = TINY_LLAMA / "calib.txt"
 
 
 def _cut(model) -> PrunePlan:
@@ -90,19 +88,10 @@ def test_folding_into_the_head_equals_mapping_the_hidden_states(arch):
         assert model.config.tie_word_embeddings is False
 
 
-def _teacher(arch: str, folder: Path) -> Path:
-    config = TINY_CONFIGS[arch]()
-    config.vocab_size = 1024  # the tiny Llama's tokenizer serves every architecture here
-    config.bos_token_id, config.eos_token_id, config.pad_token_id = 0, 0, 1
-    torch.manual_seed(0)
-    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    transformers.AutoTokenizer.from_pretrained(TINY).save_pretrained(folder)
-    return folder
-
-
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])  # qwen2: tied embeddings
 def test_a_repaired_export_carries_the_fitted_map_and_loads(arch, tmp_path, prunesearch_home):
-    teacher_dir = _teacher(arch, tmp_path / "teacher")
+    teacher_dir = tmp_path / "teacher"
+    save_tiny_checkpoint(arch, teacher_dir)
     teacher = transformers.AutoModelForCausalLM.from_pretrained(teacher_dir).eval()
     plan = _cut(teacher)
     settings = ImportanceCalibration(path=CALIB, seq_len=32, max_tokens=1024)
@@ -128,7 +117,7 @@ def test_cli_prune_refit_needs_calibration(tmp_path, capsys):
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps({"version": 1, "layers": [{"heads": 4, "ffn": 64}] * 4}))
     code = main(
-        ["prune", "--model", str(TINY), "--plan", str(plan), "--out", str(tmp_path / "out"), "--repair", "refit"]
+        ["prune", "--model", str(TINY_LLAMA), "--plan", str(plan), "--out", str(tmp_path / "out"), "--repair", "refit"]
     )
     assert code == 2
     assert "--repair refit" in capsys.readouterr().err
