@@ -54,7 +54,6 @@ from prunesearch.pruning.heal import HealSettings, heal
 from prunesearch.pruning.healio import eval_text, load_student, perplexities
 from prunesearch.pruning.healsettings import DEFAULT_LR
 from prunesearch.pruning.plan import PrunePlan
-from prunesearch.pruning.refit import fit_final_map, fold_into_head
 from prunesearch.pruning.surgery import apply_plan
 from prunesearch.search.parametrize import FixedParams, complete_params, suggest_plan
 
@@ -141,7 +140,7 @@ def build_students(args, names: list[str]) -> dict[str, dict]:
         else:
             raise SystemExit(f"unknown student kind {kind!r}")
         if repaired:
-            fold_into_head(model, fit_final_map(context.model, model, context.evaluator.blocks))
+            sq.refit_in_place(context, model)
             info["repair"] = "refit"
         folder = args.workdir / "students" / name
         shutil.rmtree(folder, ignore_errors=True)

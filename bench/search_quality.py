@@ -156,12 +156,17 @@ def shortgpt_under(context: SearchContext, budget: float) -> PrunePlan | None:
     return None
 
 
+def refit_in_place(context: SearchContext, model) -> None:
+    """Fold the repair map into `model`'s head, fitted on the search's calibration blocks (as its export does)."""
+    fold_into_head(model, fit_final_map(context.model, model, context.evaluator.blocks))
+
+
 def ppl_of(context: SearchContext, plan: PrunePlan, scores, texts: dict[str, str], repair: bool = False) -> dict:
     """Token perplexity of the plan's model on each text; `repair`: with the refit map (as `repair: refit`
     exports it) fitted on the search's calibration blocks."""
     model = apply_plan(context.model, plan, scores)
     if repair:
-        fold_into_head(model, fit_final_map(context.model, model, context.evaluator.blocks))
+        refit_in_place(context, model)
     return {name: round(perplexity(model, context.tokenizer, text).token_ppl, 2) for name, text in texts.items()}
 
 

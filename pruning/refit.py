@@ -42,11 +42,6 @@ class MapStatistics:
         self.rows += len(h)
         return self
 
-    def __add__(self, other: MapStatistics) -> MapStatistics:
-        total = MapStatistics(self.gram.shape[0], self.gram.device)
-        total.gram, total.cross, total.rows = self.gram + other.gram, self.cross + other.cross, self.rows + other.rows
-        return total
-
     def solve(self, ridge: float = RIDGE) -> torch.Tensor:
         """The map A (hidden x hidden, float32; hidden states map as H @ A): the identity when no row was added."""
         size = self.gram.shape[0]

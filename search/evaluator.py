@@ -369,7 +369,7 @@ class Scoring:
     @property
     def fraction(self) -> float:
         """Share of the calibration blocks scored so far."""
-        return self.sums.per_block().shape[1] / len(self.evaluator.blocks)
+        return sum(self.evaluator.batch_sizes[: self.batches_done]) / len(self.evaluator.blocks)
 
     @property
     def sums(self) -> _Sums:

@@ -46,14 +46,6 @@ def test_a_map_fitted_on_nothing_or_on_few_rows_stays_near_the_identity():
     assert (far.solve(ridge=1e6) - torch.eye(6)).abs().max() < 1e-3
 
 
-def test_two_halves_add_up_to_the_whole():
-    torch.manual_seed(0)
-    hidden, target = torch.randn(40, 5), torch.randn(40, 5)
-    whole = MapStatistics(5).add(hidden, target)
-    halves = MapStatistics(5).add(hidden[:25], target[:25]) + MapStatistics(5).add(hidden[25:], target[25:])
-    assert halves.rows == whole.rows and torch.allclose(halves.solve(), whole.solve(), atol=1e-6)
-
-
 @pytest.mark.parametrize("arch", ARCHS)
 def test_the_fit_never_moves_hidden_states_further_from_the_dense_ones(arch):
     """Ridge towards the identity: the fitted map's squared error is at most the unrepaired one's."""
