@@ -57,6 +57,8 @@ def search(args) -> None:
 
     for hardware in args.hardware:
         key = hardware if args.engine is None else f"{hardware}+{args.engine}"  # the results' and --from's name
+        if args.workload:
+            key += "," + ",".join(f"{k}={v}" for k, v in args.workload.items())
         for space in args.spaces:
             out = args.workdir / "searches" / key / space
             spec = draft_spec(
@@ -69,6 +71,7 @@ def search(args) -> None:
                 temperature=args.temperature,
                 seed=args.seed,
                 calibration_tokens=args.calibration_tokens,
+                base={"workload": args.workload} if args.workload else None,
             )
             load_before, started = load(), time.perf_counter()
             points = run_draft_search(spec, out)
@@ -287,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=100)
     parser.add_argument("--hardware", type=words, default=["h100-sxm", "local-calibrated"])
     parser.add_argument("--engine", default=None, help="the workload's engine (default: the hardware's)")
+    parser.add_argument(
+        "--workload", type=json.loads, default=None, help='search: the job\'s workload, e.g. {"batch": 256}'
+    )
     parser.add_argument("--spaces", type=words, default=["joint", "vocab", "depth", "structure"])
     parser.add_argument("--temperature", type=float, default=0.0, help="search: 0 is greedy")
     parser.add_argument("--calibration-tokens", type=int, default=None)

@@ -23,6 +23,7 @@ from .plan import PrunePlan
 from .refit import RIDGE, fit_final_map, fold_into_head
 from .stats import cached_activation_stats, model_fingerprint, token_blocks_fingerprint
 from .surgery import apply_plan
+from .targetmass import as_weights, calibration_stream, target_token_mass
 from .vocab import select_kept_tokens, token_frequencies, trim_tokenizer
 
 
@@ -81,11 +82,19 @@ def _importance(model, criterion: str, docs: list[CalibrationDoc] | None, tokeni
     return _ImportanceRun(scores, token_blocks_fingerprint(blocks), blocks.numel(), cached)
 
 
-def _kept_tokens(plan: PrunePlan, vocab_size: int, tokenizer, docs: list[CalibrationDoc] | None) -> list[int] | None:
-    """Kept token ids, or None when nothing is trimmed. The model's vocabulary may be padded beyond the
-    tokenizer's; a plan that keeps exactly the tokenizer's tokens then drops the padding rows."""
-    if plan.vocab is None or plan.vocab >= vocab_size:
+def _kept_tokens(
+    plan: PrunePlan, model, tokenizer, docs: list[CalibrationDoc] | None, seq_len: int, draft_temperature: float | None
+) -> list[int] | None:
+    """Kept token ids, or None when nothing is trimmed: the most frequent in the calibration text, or for a draft
+    (`draft_temperature` set) those the target emits most there, as its search chose them (`targetmass`). The
+    model's vocabulary may be padded beyond the tokenizer's; a plan that keeps exactly the tokenizer's tokens then
+    drops the padding rows."""
+    if plan.vocab is None or plan.vocab >= model.config.vocab_size:
         return None
+    if draft_temperature is not None and docs:
+        stream = calibration_stream(tokenizer, docs, seq_len)
+        weights = as_weights(target_token_mass(model, stream, draft_temperature)[0])
+        return select_kept_tokens(tokenizer, weights, plan.vocab)
     texts = [doc.coverage_text for doc in docs] if docs else []
     return select_kept_tokens(tokenizer, token_frequencies(tokenizer, texts), plan.vocab)
 
@@ -102,13 +111,15 @@ def prune_checkpoint(
     stock_only: bool = False,
     search: Mapping[str, Any] | None = None,
     repair: str = Repair.NONE,
+    draft_temperature: float | None = None,
 ) -> dict[str, Any]:
     """Prune the checkpoint in `model_dir` by `plan`, write the result to `out_dir`, return a summary.
 
     `stock_only` keeps bias compensation only where the stock config can hold the bias (`deploy: stock`);
     `search` (the trial's metrics and how it was priced) goes into the provenance and the model card;
     `repair` "refit" folds the least-squares map of `pruning/refit.py`, fitted on the calibration text, into the
-    LM head."""
+    LM head; `draft_temperature` (a draft's decoding temperature) keeps the tokens the target emits at it rather
+    than the text's most frequent ones."""
     started = time.perf_counter()
     target_dtype = parse_dtype(dtype)
     model, tokenizer = load_base_model(model_dir, device=device)
@@ -120,7 +131,7 @@ def prune_checkpoint(
     spec = get_spec(model.config.model_type)
     if stock_only:
         run = replace(run, scores=run.scores.stock_compensation(spec))
-    kept_tokens = _kept_tokens(plan, model.config.vocab_size, tokenizer, docs)
+    kept_tokens = _kept_tokens(plan, model, tokenizer, docs, calibration.seq_len, draft_temperature)
     refit = _refit(model, plan, run.scores, docs, tokenizer, calibration) if repair == Repair.REFIT else None
     pruned = apply_plan(model, plan, run.scores, kept_token_ids=kept_tokens, dtype=target_dtype)
     if refit is not None:
@@ -133,6 +144,8 @@ def prune_checkpoint(
         provenance["search"] = dict(search)
     if refit is not None:
         provenance["repair"] = {"method": str(Repair.REFIT), "ridge": RIDGE, "tokens": refit[1]}
+    if kept_tokens is not None:
+        provenance["vocabulary"] = _vocabulary_choice(draft_temperature if docs else None)
     _check_runtimes(runtimes, pruned.config)
     export_checkpoint(pruned, new_tokenizer, plan, out_dir, provenance, kept_token_ids=kept_tokens)
     return {
@@ -165,6 +178,13 @@ def _check_runtimes(runtimes: Runtimes, config) -> None:
     stock_config = "auto_map" not in config.to_dict()
     if runtimes.stock_transformers != stock_config:
         raise RuntimeError(f"runtime decision ({runtimes.architecture}) disagrees with the exported config")
+
+
+def _vocabulary_choice(draft_temperature: float | None) -> dict[str, Any]:
+    """How a trimmed vocabulary was chosen, for the provenance."""
+    if draft_temperature is None:
+        return {"kept_by": "calibration token frequency"}
+    return {"kept_by": "target emissions on the calibration text", "temperature": draft_temperature}
 
 
 def _provenance(model, model_dir, criterion: str, run: _ImportanceRun, calibration_path) -> dict:

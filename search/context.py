@@ -95,11 +95,16 @@ class SearchContext:
         self.knobs: Knobs = resolve(
             self.shape, spec.space, influence, step, stock_heads=stock_heads, min_vocab=min_vocab
         )
-        self.frequencies = token_frequencies(self.tokenizer, [doc.coverage_text for doc in docs])
-        # drafts with a vocabulary knob: acceptance of a trim is scored out of sample (search/vocabfit.py)
+        self.frequencies = token_frequencies(self.tokenizer, [doc.coverage_text for doc in docs])  # coverage
+        self.vocab_weights: Mapping[int, float] = self.frequencies  # what a vocabulary of k tokens keeps the top of
+        # drafts with a vocabulary knob: keep what the target emits, scored out of sample (search/vocabfit.py)
         self.folds: VocabFolds | None = None
-        if spec.objectives.speculative is not None and spec.space.vocab:
-            self.folds = vocab_folds(self.tokenizer, docs, self.frequencies, settings.seq_len, len(blocks))
+        speculative = spec.objectives.speculative
+        if speculative is not None and spec.space.vocab:
+            self.folds = vocab_folds(
+                self.model, self.tokenizer, docs, settings.seq_len, len(blocks), speculative.temperature
+            )
+            self.vocab_weights = self.folds.total
         self.evaluator = CandidateEvaluator(
             self.model,
             blocks,
@@ -131,7 +136,7 @@ class SearchContext:
     def _kept_tokens(self, size: int | None) -> tuple[int, ...] | None:
         if size is None or size >= self.shape.vocab_size:
             return None
-        return tuple(select_kept_tokens(self.tokenizer, self.frequencies, size))
+        return tuple(select_kept_tokens(self.tokenizer, self.vocab_weights, size))
 
     def _scored_vocabulary(self, size: int | None):
         """What the proxy scores a vocabulary of `size` with: for drafts, per fold of the calibration blocks, the
@@ -142,7 +147,7 @@ class SearchContext:
             return kept
         choices = {}
         for fold in self.folds.used:
-            fold_kept = select_kept_tokens(self.tokenizer, self.folds.counts[fold], size)
+            fold_kept = select_kept_tokens(self.tokenizer, self.folds.weights[fold], size)
             reads = draft_reads(self.tokenizer, fold_kept, self.shape.vocab_size)
             choices[fold] = VocabChoice(kept=tuple(fold_kept), reads=tuple(reads))
         return choices

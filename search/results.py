@@ -243,6 +243,7 @@ def export_trial(
         stock_only=spec.stock_only,
         search=search_record(study, spec, trial),
         repair=spec.repair,
+        draft_temperature=spec.objectives.speculative.temperature if spec.objectives.speculative else None,
     )
     return summary | {"trial": trial, "study": study_name}
 

@@ -178,3 +178,23 @@ def test_exporting_a_vocabulary_below_the_tokenizers_mandatory_tokens_is_a_one_l
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "258" in err
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+def test_a_trimmed_draft_export_keeps_the_vocabulary_its_search_scored(storage, tmp_path, temperature, monkeypatch):
+    """The exported draft's tokens are those the search's context keeps for the same size: the target's
+    emissions on the calibration text at the job's temperature, and its provenance says so."""
+    from prunesearch.pruning.draftvocab import read_token_map
+    from prunesearch.search.context import SearchContext
+    from prunesearch.search.spec import SearchSpec
+
+    monkeypatch.setenv("PRUNESEARCH_HOME", str(tmp_path / "home"))
+    spec = draft_spec_dict(temperature=temperature)
+    study = create_draft_study(storage, "draft", spec)
+    number = add_draft_trial(study, draft_plan(vocab=512))
+    export_trial(storage, "draft", number, tmp_path / "out")
+    context = SearchContext(SearchSpec.model_validate(spec))
+    assert read_token_map(tmp_path / "out") == list(context.kept_tokens(512))
+    provenance = json.loads((tmp_path / "out" / "provenance.json").read_text())
+    kept_by = "target emissions on the calibration text"
+    assert provenance["vocabulary"] == {"kept_by": kept_by, "temperature": temperature}
