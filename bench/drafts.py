@@ -3,6 +3,7 @@ predicted, real assisted generation on this CPU, and a healed draft.
 
     python bench/drafts.py calibrate                 # fit local-calibrated to this CPU (latency-calibrate)
     python bench/drafts.py search [--trials 100] [--hardware h100-sxm,local-calibrated] [--spaces ...]
+    python bench/drafts.py alpha [--sizes 1792,2880,4416] [--temperature 0]  # predicted vs teacher-forced alpha
     python bench/drafts.py check [--from local-calibrated/joint,h100-sxm/joint]
     python bench/drafts.py heal [--tokens 100000]
     python bench/drafts.py selfheal [--cuts 0:2048,0-1:2048] [--heal-steps 300] [--self-data 150000] --threads 1
@@ -107,6 +108,40 @@ def export_best(args, name: str) -> Path:
     if not (out / "config.json").is_file():
         export_trial(row["storage"], row["study"], point["trial"], out)
     return out
+
+
+def alpha(args) -> None:
+    """Predicted (the search's cross-fitted estimate) against teacher-forced acceptance on held-out text, for
+    vocabulary-only drafts of the given sizes, exported as a draft search exports them."""
+    from prunesearch.pruning import draftcheck
+    from prunesearch.pruning.assist import load_assistant
+    from prunesearch.pruning.export import load_base_model
+    from prunesearch.pruning.pipeline import ImportanceCalibration, prune_checkpoint
+    from prunesearch.search.context import SearchContext
+    from prunesearch.search.draftjob import draft_spec
+    from prunesearch.search.parametrize import VOCAB_STEP, FixedParams
+
+    calibration = args.data / "pydocs-calib.txt"
+    spec = draft_spec(
+        args.model, calibration, space="vocab", temperature=args.temperature, calibration_tokens=args.calibration_tokens
+    )
+    context = SearchContext(spec)
+    target, tokenizer = load_base_model(args.model)
+    settings = spec.calibration_settings
+    for size in args.sizes:
+        outcome = context.evaluate(FixedParams({"vocab_cuts": (context.shape.vocab_size - size) // VOCAB_STEP}))
+        out = args.workdir / "alpha" / f"vocab-{size}-t{args.temperature}"
+        importance = ImportanceCalibration(path=calibration, seq_len=settings.seq_len, max_tokens=settings.tokens)
+        prune_checkpoint(args.model, outcome.plan, out, calibration=importance, draft_temperature=args.temperature)
+        draft = load_assistant(out, target, tokenizer)
+        row = {"vocab": outcome.plan.vocab, "predicted": round(outcome.metrics["acceptance"], 4), "command": command()}
+        row["coverage"] = round(outcome.metrics["coverage"], 4)
+        for domain, file in HELD_OUT.items():
+            ids = draftcheck.heldout_token_ids(tokenizer, args.data / file, args.alpha_tokens)
+            measured = draftcheck.teacher_forced_acceptance(target, draft, ids, [args.temperature])
+            row[f"teacher_forced_{domain}"] = round(measured[args.temperature], 4)
+        resultsfile.record(args.results, ["alpha", f"t{args.temperature}", str(size)], row)
+        print(json.dumps(row), flush=True)
 
 
 def check(args) -> None:
@@ -282,7 +317,7 @@ def verify(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     words = lambda s: [w for w in s.split(",") if w]  # noqa: E731
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["calibrate", "search", "check", "heal", "selfheal", "verify"])
+    parser.add_argument("what", choices=["calibrate", "search", "alpha", "check", "heal", "selfheal", "verify"])
     parser.add_argument("--model", type=Path, default=SHARED / "models/llama-docs")
     parser.add_argument("--data", type=Path, default=SHARED / "data")
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench/results/drafts-work")
@@ -296,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spaces", type=words, default=["joint", "vocab", "depth", "structure"])
     parser.add_argument("--temperature", type=float, default=0.0, help="search: 0 is greedy")
     parser.add_argument("--calibration-tokens", type=int, default=None)
+    parser.add_argument("--sizes", type=lambda s: [int(x) for x in words(s)], default=[1792, 2880, 4416], help="alpha")
     parser.add_argument("--from", dest="sources", type=words, default=["local-calibrated/joint", "h100-sxm/joint"])
     parser.add_argument("--temperatures", type=lambda s: [float(x) for x in words(s)], default=[1.0])
     parser.add_argument("--alpha-tokens", type=int, default=16_384, help="held-out tokens for teacher-forced alpha")
@@ -320,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PRUNESEARCH_HOME", str(args.workdir / "home"))
     args.workdir.mkdir(parents=True, exist_ok=True)
     stages = {"calibrate": calibrate, "search": search, "check": check, "heal": heal, "selfheal": selfheal}
-    stages["verify"] = verify
+    stages |= {"verify": verify, "alpha": alpha}
     stages[args.what](args)
     return 0
 
