@@ -4,6 +4,7 @@ predicted, real assisted generation on this CPU, and a healed draft.
     python bench/drafts.py calibrate                 # fit local-calibrated to this CPU (latency-calibrate)
     python bench/drafts.py search [--trials 100] [--hardware h100-sxm,local-calibrated] [--spaces ...]
     python bench/drafts.py alpha [--sizes 1792,2880,4416] [--temperature 0]  # predicted vs teacher-forced alpha
+    python bench/drafts.py regions --from h100-sxm/joint@4  # a draft's acceptance on each quarter of pydocs-calib
     python bench/drafts.py check [--from local-calibrated/joint,h100-sxm/joint]
     python bench/drafts.py heal [--tokens 100000]
     python bench/drafts.py selfheal [--cuts 0:2048,0-1:2048] [--heal-steps 300] [--self-data 150000] --threads 1
@@ -144,6 +145,30 @@ def alpha(args) -> None:
         print(json.dumps(row), flush=True)
 
 
+def regions(args) -> None:
+    """Teacher-forced greedy acceptance of exported drafts (`--from`, as `check` names them) on the first
+    --alpha-tokens tokens of each quarter of pydocs-calib: how hard each part of the calibration text is."""
+    import torch
+
+    from prunesearch.pruning import draftcheck
+    from prunesearch.pruning.assist import load_assistant
+    from prunesearch.pruning.export import load_base_model
+
+    target, tokenizer = load_base_model(args.model)
+    text = (args.data / "pydocs-calib.txt").read_text()
+    ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"])
+    quarter = len(ids) // 4
+    for name in args.sources:
+        draft = load_assistant(export_best(args, name), target, tokenizer)
+        by_region = [
+            draftcheck.teacher_forced_acceptance(target, draft, ids[r * quarter : r * quarter + args.alpha_tokens])
+            for r in range(4)
+        ]
+        row = {"calibration_quarters": [round(a[0.0], 4) for a in by_region], "command": command()}
+        resultsfile.record(args.results, ["regions", name], row)
+        print(json.dumps({name: row}), flush=True)
+
+
 def check(args) -> None:
     import torch
 
@@ -163,6 +188,10 @@ def check(args) -> None:
             ids = draftcheck.heldout_token_ids(tokenizer, args.data / file, args.alpha_tokens)
             alphas = draftcheck.teacher_forced_acceptance(target, draft, ids, temperatures)
             row[f"teacher_forced_{domain}"] = {str(t): round(a, 4) for t, a in alphas.items()}
+        if args.new_tokens == 0:  # acceptance only
+            resultsfile.record(args.results, ["checks", name], row)
+            print(json.dumps({name: row}, default=str)[:2000], flush=True)
+            continue
         ids = draftcheck.heldout_token_ids(tokenizer, args.data / HELD_OUT["in_domain"], args.alpha_tokens)
         prompts = draftcheck.prompts_from_ids(ids, args.prompts, args.prompt_tokens)
         row["generation"] = {}
@@ -317,7 +346,8 @@ def verify(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     words = lambda s: [w for w in s.split(",") if w]  # noqa: E731
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["calibrate", "search", "alpha", "check", "heal", "selfheal", "verify"])
+    stages = ["calibrate", "search", "alpha", "regions", "check", "heal", "selfheal", "verify"]
+    parser.add_argument("what", choices=stages)
     parser.add_argument("--model", type=Path, default=SHARED / "models/llama-docs")
     parser.add_argument("--data", type=Path, default=SHARED / "data")
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench/results/drafts-work")
@@ -337,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--alpha-tokens", type=int, default=16_384, help="held-out tokens for teacher-forced alpha")
     parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--prompt-tokens", type=int, default=32)
-    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--new-tokens", type=int, default=64, help="check: 0 measures acceptance only")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=100_000, help="heal: training tokens")
     parser.add_argument("--method", default="full", help="heal: full or lora")
@@ -356,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PRUNESEARCH_HOME", str(args.workdir / "home"))
     args.workdir.mkdir(parents=True, exist_ok=True)
     stages = {"calibrate": calibrate, "search": search, "check": check, "heal": heal, "selfheal": selfheal}
-    stages |= {"verify": verify, "alpha": alpha}
+    stages |= {"verify": verify, "alpha": alpha, "regions": regions}
     stages[args.what](args)
     return 0
 

@@ -48,9 +48,9 @@ def target_token_mass(
     mass = torch.zeros(int(group_ids.max()) + 1 if len(group_ids) else 1, vocab, dtype=torch.float64)
     device = next(model.parameters()).device
     for start in range(0, len(blocks), batch_size):
-        logits = model(input_ids=blocks[start : start + batch_size].to(device)).logits.float().cpu()
+        logits = model(input_ids=blocks[start : start + batch_size].to(device)).logits
         for row, group in zip(logits, group_ids[start : start + batch_size].tolist(), strict=True):
-            mass[group] += emissions(row, temperature)
+            mass[group] += emissions(row.float(), temperature).cpu()  # one sequence's logits at a time
     return mass
 
 
