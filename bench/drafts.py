@@ -5,6 +5,7 @@ predicted, real assisted generation on this CPU, and a healed draft.
     python bench/drafts.py search [--trials 100] [--hardware h100-sxm,local-calibrated] [--spaces ...]
     python bench/drafts.py alpha [--sizes 1792,2880,4416] [--temperature 0]  # predicted vs teacher-forced alpha
     python bench/drafts.py regions --from h100-sxm/joint@4  # a draft's acceptance on each quarter of pydocs-calib
+    python bench/drafts.py split --workdir W   # W/split: pydocs-calib's first 75% as calibration, the rest held out
     python bench/drafts.py check [--from local-calibrated/joint,h100-sxm/joint]
     python bench/drafts.py heal [--tokens 100000]
     python bench/drafts.py selfheal [--cuts 0:2048,0-1:2048] [--heal-steps 300] [--self-data 150000] --threads 1
@@ -143,6 +144,21 @@ def alpha(args) -> None:
             row[f"teacher_forced_{domain}"] = round(measured[args.temperature], 4)
         resultsfile.record(args.results, ["alpha", f"t{args.temperature}", str(size)], row)
         print(json.dumps(row), flush=True)
+
+
+def split(args) -> None:
+    """A data folder for `--data` whose pydocs-calib.txt is the first 75% of pydocs-calib's paragraphs and whose
+    pydocs-valid.txt is the rest: held-out text from the calibration file's own source (kerneldocs-valid linked)."""
+    out = args.workdir / "split"
+    out.mkdir(parents=True, exist_ok=True)
+    paragraphs = (args.data / "pydocs-calib.txt").read_text().split("\n\n")
+    cut = int(len(paragraphs) * 0.75)
+    (out / "pydocs-calib.txt").write_text("\n\n".join(paragraphs[:cut]))
+    (out / "pydocs-valid.txt").write_text("\n\n".join(paragraphs[cut:]))
+    link = out / "kerneldocs-valid.txt"
+    link.unlink(missing_ok=True)
+    link.symlink_to((args.data / "kerneldocs-valid.txt").resolve())
+    print(out)
 
 
 def regions(args) -> None:
@@ -346,7 +362,7 @@ def verify(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     words = lambda s: [w for w in s.split(",") if w]  # noqa: E731
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    stages = ["calibrate", "search", "alpha", "regions", "check", "heal", "selfheal", "verify"]
+    stages = ["calibrate", "search", "alpha", "regions", "split", "check", "heal", "selfheal", "verify"]
     parser.add_argument("what", choices=stages)
     parser.add_argument("--model", type=Path, default=SHARED / "models/llama-docs")
     parser.add_argument("--data", type=Path, default=SHARED / "data")
@@ -386,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PRUNESEARCH_HOME", str(args.workdir / "home"))
     args.workdir.mkdir(parents=True, exist_ok=True)
     stages = {"calibrate": calibrate, "search": search, "check": check, "heal": heal, "selfheal": selfheal}
-    stages |= {"verify": verify, "alpha": alpha, "regions": regions}
+    stages |= {"verify": verify, "alpha": alpha, "regions": regions, "split": split}
     stages[args.what](args)
     return 0
 
