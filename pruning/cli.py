@@ -44,6 +44,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="refit: fold a least-squares map of the final hidden state onto the dense model's into the LM head, "
         "fitted on the calibration text (training-free; needs --calibration)",
     )
+    prune.add_argument(
+        "--draft-temperature",
+        type=float,
+        help="the plan is a speculative-decoding draft decoded at this temperature (0: greedy): a trimmed vocabulary "
+        "keeps the tokens the model emits most on the calibration text, as a draft search does (needs --calibration)",
+    )
     prune.set_defaults(handler=user_errors(*INPUT_ERRORS)(_prune))
 
     inspect = subparsers.add_parser("inspect", help="print a checkpoint's architecture and its dense plan")
@@ -63,6 +69,8 @@ def _prune(args: argparse.Namespace) -> int:
         raise CLIError(f"--criterion {args.criterion} needs calibration data; pass --calibration or use magnitude")
     if args.repair == Repair.REFIT and args.calibration is None:
         raise CLIError("--repair refit fits its map on calibration text; pass --calibration")
+    if args.draft_temperature is not None and (args.calibration is None or args.draft_temperature < 0):
+        raise CLIError("--draft-temperature needs --calibration and a temperature of 0 or more")
     output_dir(args.out)
     settings = ImportanceCalibration(path=args.calibration, seq_len=args.seq_len, max_tokens=args.calibration_tokens)
     summary = prune_checkpoint(
@@ -74,6 +82,7 @@ def _prune(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         device=args.device,
         repair=args.repair,
+        draft_temperature=args.draft_temperature,
     )
     print_json(summary)
     return 0

@@ -281,3 +281,40 @@ def test_padded_vocabulary_trims_to_the_tokenizer(capsys, tmp_path, prunesearch_
 def test_the_default_device_is_the_gpu_where_there_is_one(monkeypatch, cuda, device):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     assert default_device() == device
+
+
+@pytest.mark.parametrize("extra", [[], ["--calibration", str(PYDOCS_CALIB), "--draft-temperature", "-1"]])
+def test_draft_temperature_needs_calibration_and_a_temperature_of_zero_or_more(capsys, tmp_path, extra):
+    out = tmp_path / "o"
+    argv = ["prune", "--model", str(LLAMA_DOCS), "--plan", str(EXAMPLE_PLAN), "--out", str(out)]
+    code, err = _run(capsys, *argv, *(extra or ["--draft-temperature", "0"]))
+    assert code == 2 and "--draft-temperature needs --calibration" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_a_draft_cut_by_hand_keeps_the_tokens_the_model_emits(capsys, tmp_path, prunesearch_home):
+    from prunesearch.pruning.calibration import load_calibration
+    from prunesearch.pruning.export import load_base_model
+    from prunesearch.pruning.targetmass import as_weights, calibration_stream, target_token_mass
+    from prunesearch.pruning.vocab import select_kept_tokens
+
+    from .factories import TINY_LLAMA
+
+    plan = {"layers": [{"heads": 4, "ffn": 256}] * 2 + [{"heads": 0, "ffn": 0}] * 2, "vocab": 400}
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(json.dumps(plan))
+    calib = TINY_LLAMA / "calib.txt"
+    argv = ["prune", "--model", str(TINY_LLAMA), "--plan", str(plan_file), "--calibration", str(calib)]
+    code, summary = _run(capsys, *argv, "--seq-len", "64", "--draft-temperature", "0", "--out", str(tmp_path / "d"))
+    assert code == 0, summary
+    model, tokenizer = load_base_model(TINY_LLAMA)
+    emitted = target_token_mass(model, calibration_stream(tokenizer, load_calibration(calib), 64), 0.0)[0]
+    assert read_token_map(tmp_path / "d") == select_kept_tokens(tokenizer, as_weights(emitted), 400)
+    provenance = json.loads((tmp_path / "d" / "provenance.json").read_text())
+    assert provenance["vocabulary"] == {"kept_by": "target emissions on the calibration text", "temperature": 0.0}
+    code, plain = _run(capsys, *argv, "--seq-len", "64", "--out", str(tmp_path / "p"))
+    assert code == 0, plain
+    assert read_token_map(tmp_path / "p") != read_token_map(tmp_path / "d")
+    assert json.loads((tmp_path / "p" / "provenance.json").read_text())["vocabulary"] == {
+        "kept_by": "calibration token frequency"
+    }
