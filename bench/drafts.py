@@ -303,7 +303,8 @@ def selfheal(args) -> None:
             if layout == "column_major":
                 column_major_linears(draft)
             row["lean"][layout] = lean(args, target, draft, prompts, args.lookahead, temperatures)["lean"]
-        resultsfile.record(args.results, ["selfheal", f"{cut} healed {args.heal_steps}"], row)
+        key = f"{cut} healed {args.heal_steps}" + (", vocabulary by emissions" if args.vocab_by == "emissions" else "")
+        resultsfile.record(args.results, ["selfheal", key], row)
         print(json.dumps({cut: row}, default=str)[:3000], flush=True)
 
 
@@ -318,7 +319,7 @@ def _cut_and_heal(args, cut: str) -> Path:
     layers_text, vocab_text = cut.split(":")
     first, _, last = layers_text.partition("-")
     kept = range(int(first), int(last or first) + 1)
-    name = cut.replace(":", "-v")
+    name = cut.replace(":", "-v") + ("-text" if args.vocab_by == "text" else "")
     cut_dir, healed = args.workdir / "selfheal" / name, args.workdir / "selfheal" / f"{name}-healed{args.heal_steps}"
     calibration = args.data / "pydocs-calib.txt"
     if not (cut_dir / "config.json").is_file():
@@ -327,7 +328,9 @@ def _cut_and_heal(args, cut: str) -> Path:
         layers = tuple(whole if i in kept else LayerPlan(0, 0) for i in range(config["num_hidden_layers"]))
         vocab = None if vocab_text == "full" else int(vocab_text)
         plan = PrunePlan(layers=layers, vocab=vocab)
-        prune_checkpoint(args.model, plan, cut_dir, calibration=ImportanceCalibration(calibration, max_tokens=16_384))
+        importance = ImportanceCalibration(calibration, max_tokens=16_384)
+        emitted = 0.0 if args.vocab_by == "emissions" else None  # greedy drafts keep the target's argmax tokens
+        prune_checkpoint(args.model, plan, cut_dir, calibration=importance, draft_temperature=emitted)
     if args.heal_steps and not (healed / "config.json").is_file():
         settings = HealSettings(
             steps=args.heal_steps, lr=5e-4, seq_len=128, batch=8, seed=args.seed,
@@ -391,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cuts", type=words, default=["0:2048", "0-1:2048"], help="selfheal: LAYERS:VOCAB drafts")
     parser.add_argument("--heal-steps", type=int, default=300, help="selfheal: 0 measures the cut unhealed")
+    parser.add_argument(
+        "--vocab-by", choices=["emissions", "text"], default="emissions", help="selfheal: how a cut's tokens are kept"
+    )
     parser.add_argument("--self-data", type=int, default=150_000, help="selfheal: greedy self-data tokens")
     parser.add_argument("--lookahead", type=int, default=3, help="selfheal: lookaheads 1 to this")
     parser.add_argument("--layouts", type=words, default=["row_major", "column_major"])
