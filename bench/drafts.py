@@ -365,8 +365,9 @@ def verify(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     words = lambda s: [w for w in s.split(",") if w]  # noqa: E731
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    stages = ["calibrate", "search", "alpha", "regions", "split", "check", "heal", "selfheal", "verify"]
-    parser.add_argument("what", choices=stages)
+    stages = {"calibrate": calibrate, "search": search, "alpha": alpha, "regions": regions, "split": split}
+    stages |= {"check": check, "heal": heal, "selfheal": selfheal, "verify": verify}
+    parser.add_argument("what", choices=list(stages))
     parser.add_argument("--model", type=Path, default=SHARED / "models/llama-docs")
     parser.add_argument("--data", type=Path, default=SHARED / "data")
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench/results/drafts-work")
@@ -407,8 +408,6 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     os.environ.setdefault("PRUNESEARCH_HOME", str(args.workdir / "home"))
     args.workdir.mkdir(parents=True, exist_ok=True)
-    stages = {"calibrate": calibrate, "search": search, "check": check, "heal": heal, "selfheal": selfheal}
-    stages |= {"verify": verify, "alpha": alpha, "regions": regions, "split": split}
     stages[args.what](args)
     return 0
 
