@@ -186,8 +186,6 @@ def regions(args) -> None:
 
 
 def check(args) -> None:
-    import torch
-
     from prunesearch.pruning import draftcheck
     from prunesearch.pruning.assist import load_assistant
     from prunesearch.pruning.export import load_base_model, read_speculative
@@ -204,28 +202,34 @@ def check(args) -> None:
             ids = draftcheck.heldout_token_ids(tokenizer, args.data / file, args.alpha_tokens)
             alphas = draftcheck.teacher_forced_acceptance(target, draft, ids, temperatures)
             row[f"teacher_forced_{domain}"] = {str(t): round(a, 4) for t, a in alphas.items()}
-        if args.new_tokens == 0:  # acceptance only
-            resultsfile.record(args.results, ["checks", name], row)
-            print(json.dumps({name: row}, default=str)[:2000], flush=True)
-            continue
-        ids = draftcheck.heldout_token_ids(tokenizer, args.data / HELD_OUT["in_domain"], args.alpha_tokens)
-        prompts = draftcheck.prompts_from_ids(ids, args.prompts, args.prompt_tokens)
-        row["generation"] = {}
-        for temperature in temperatures:
-            with torch.inference_mode():
-                measured = draftcheck.measure_generation(
-                    target,
-                    draft,
-                    prompts,
-                    max_new_tokens=args.new_tokens,
-                    temperature=temperature,
-                    lookahead=lookahead,
-                    repeats=args.repeats,
-                )
-            row["generation"][str(temperature)] = measured | {"load_average": load()}
-        row.update(lean(args, target, draft, prompts, lookahead, temperatures))
+        if args.new_tokens > 0:  # 0: acceptance only
+            row.update(generation(args, target, draft, tokenizer, lookahead, temperatures))
         resultsfile.record(args.results, ["checks", name], row)
         print(json.dumps({name: row}, default=str)[:2000], flush=True)
+
+
+def generation(args, target, draft, tokenizer, lookahead: int, temperatures) -> dict:
+    """Assisted generation (transformers) and the lean loop on held-out in-domain prompts, at each temperature."""
+    import torch
+
+    from prunesearch.pruning import draftcheck
+
+    ids = draftcheck.heldout_token_ids(tokenizer, args.data / HELD_OUT["in_domain"], args.alpha_tokens)
+    prompts = draftcheck.prompts_from_ids(ids, args.prompts, args.prompt_tokens)
+    rows: dict = {"generation": {}}
+    for temperature in temperatures:
+        with torch.inference_mode():
+            measured = draftcheck.measure_generation(
+                target,
+                draft,
+                prompts,
+                max_new_tokens=args.new_tokens,
+                temperature=temperature,
+                lookahead=lookahead,
+                repeats=args.repeats,
+            )
+        rows["generation"][str(temperature)] = measured | {"load_average": load()}
+    return rows | lean(args, target, draft, prompts, lookahead, temperatures)
 
 
 def lean(args, target, draft, prompts, lookahead: int, temperatures) -> dict:
